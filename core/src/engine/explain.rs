@@ -1,0 +1,149 @@
+//! Why is a step not done? A readable answer per unfinished step, computed from the
+//! task view (steps are stored in topological order, so one forward pass suffices).
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use crate::store::TaskView;
+use crate::time::rfc3339;
+
+#[derive(Debug, Serialize)]
+pub struct Explanation {
+    pub task_id: i64,
+    pub state: String,
+    pub steps: Vec<StepExplanation>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StepExplanation {
+    pub name: String,
+    pub state: String,
+    /// One of `waiting_on_parents`, `blocked`, `retry_scheduled`, `waiting_for_worker`,
+    /// `running`, `failed`, `cancelled`.
+    pub status: &'static str,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting_on: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub blocked_by: Vec<String>,
+}
+
+pub fn explain(view: &TaskView, now: i64) -> Explanation {
+    let state_of: HashMap<&str, &str> = view
+        .steps
+        .iter()
+        .map(|s| (s.name.as_str(), s.state.as_str()))
+        .collect();
+    // Steps that can never run without an operator: in error/cancelled, or below one.
+    let mut stuck: HashSet<&str> = HashSet::new();
+    let mut out = Vec::new();
+    for s in &view.steps {
+        let blocked_by: Vec<String> = s
+            .depends_on
+            .iter()
+            .filter(|p| stuck.contains(p.as_str()))
+            .cloned()
+            .collect();
+        match s.state.as_str() {
+            "error" | "cancelled" => {
+                stuck.insert(&s.name);
+            }
+            "pending" if !blocked_by.is_empty() => {
+                stuck.insert(&s.name);
+            }
+            _ => {}
+        }
+        let (status, reason, waiting_on) = match s.state.as_str() {
+            "complete" | "resolved_manually" => continue,
+            "pending" if !blocked_by.is_empty() => (
+                "blocked",
+                format!(
+                    "cannot run: {} failed or was cancelled upstream; retry or resolve it",
+                    blocked_by.join(", ")
+                ),
+                Vec::new(),
+            ),
+            "pending" => {
+                let waiting: Vec<String> = s
+                    .depends_on
+                    .iter()
+                    .filter(|p| {
+                        !matches!(
+                            state_of.get(p.as_str()),
+                            Some(&"complete") | Some(&"resolved_manually")
+                        )
+                    })
+                    .cloned()
+                    .collect();
+                let detail: Vec<String> = waiting
+                    .iter()
+                    .map(|p| format!("{p} ({})", state_of.get(p.as_str()).copied().unwrap_or("?")))
+                    .collect();
+                (
+                    "waiting_on_parents",
+                    format!("waiting on {}", detail.join(", ")),
+                    waiting,
+                )
+            }
+            "ready" => match s.ready_at_ms {
+                Some(at) if at > now => (
+                    "retry_scheduled",
+                    format!(
+                        "attempt {} of {} failed; retry at {} (in {} ms)",
+                        s.attempts,
+                        s.max_attempts,
+                        rfc3339(at),
+                        at - now
+                    ),
+                    Vec::new(),
+                ),
+                _ => (
+                    "waiting_for_worker",
+                    format!("ready; waiting for a worker that handles `{}`", s.handler),
+                    Vec::new(),
+                ),
+            },
+            "running" => (
+                "running",
+                format!(
+                    "attempt {} running on worker {}; lease expires at {}",
+                    s.attempts,
+                    s.worker.as_deref().unwrap_or("?"),
+                    s.lease_expires_at_ms.map(rfc3339).unwrap_or_default()
+                ),
+                Vec::new(),
+            ),
+            "error" => {
+                let message = s
+                    .error
+                    .as_ref()
+                    .and_then(|e| serde_json::from_str::<serde_json::Value>(e.get()).ok())
+                    .and_then(|e| e.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+                    .unwrap_or_default();
+                (
+                    "failed",
+                    format!(
+                        "failed after {} attempt(s): {message}; use retry_step or resolve_step",
+                        s.attempts
+                    ),
+                    Vec::new(),
+                )
+            }
+            _ => ("cancelled", "the task was cancelled".to_owned(), Vec::new()),
+        };
+        out.push(StepExplanation {
+            name: s.name.clone(),
+            state: s.state.clone(),
+            status,
+            reason,
+            waiting_on,
+            blocked_by,
+        });
+    }
+    Explanation {
+        task_id: view.summary.id,
+        state: view.summary.state.clone(),
+        steps: out,
+    }
+}

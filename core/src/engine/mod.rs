@@ -1,0 +1,579 @@
+//! The engine: every operation over a [`Store`], plus what is not SQL: template lookup
+//! and caching, context validation, payload limits, waiting for work or events without
+//! polling, the background lease sweep, and readiness explanations.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::error::{Error, ErrorCode, Result};
+use crate::model::template::{Template, TemplateDoc, TemplateLimits};
+use crate::store::sqlite::SqliteStore;
+use crate::store::*;
+use crate::time::now_ms;
+
+mod explain;
+mod templates;
+
+pub use explain::{explain, Explanation};
+
+/// A template with its compiled input schema.
+pub struct Compiled {
+    pub template: Arc<Template>,
+    validator: Option<jsonschema::Validator>,
+}
+
+type TemplateKey = (String, String, String);
+
+pub struct Engine {
+    config: Config,
+    store: Arc<dyn Store>,
+    templates: RwLock<HashMap<TemplateKey, Arc<Compiled>>>,
+    /// Woken when steps may have become claimable in this process.
+    ready: Notify,
+    /// Woken when transitions were written in this process.
+    events: Notify,
+    closed: AtomicBool,
+}
+
+/// A request to create a task.
+#[derive(Debug)]
+pub struct CreateTask {
+    pub namespace: String,
+    pub name: String,
+    pub version: Option<String>,
+    pub context: Option<Box<RawValue>>,
+    pub idempotency_key: Option<String>,
+    pub priority: i32,
+}
+
+/// A claim request.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub handlers: Vec<String>,
+    pub limit: u32,
+    pub wait_ms: u64,
+    pub worker: String,
+    pub lease_ms: Option<u64>,
+}
+
+/// A failure reported by a handler.
+#[derive(Debug, Clone)]
+pub struct StepFailure {
+    pub message: String,
+    pub kind: String,
+    pub retryable: bool,
+    pub retry_after_ms: Option<u64>,
+    /// The whole error document as given (message, kind, details, backtrace, ...).
+    pub document: Value,
+}
+
+/// Largest number of handler names one claim may list.
+pub const MAX_CLAIM_HANDLERS: usize = 64;
+
+impl Engine {
+    /// Opens the store named by `config.database_url` and applies migrations if
+    /// configured to.
+    pub async fn open(config: Config) -> Result<Arc<Engine>> {
+        let url = config.database_url.as_str();
+        let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
+            Arc::new(SqliteStore::open(&config).await?)
+        } else {
+            return Err(Error::invalid_argument(format!(
+                "unsupported database_url `{url}`: expected sqlite://path"
+            )));
+        };
+        if config.migrate_on_open {
+            store.migrate().await?;
+        }
+        Ok(Arc::new(Engine {
+            config,
+            store,
+            templates: RwLock::new(HashMap::new()),
+            ready: Notify::new(),
+            events: Notify::new(),
+            closed: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::new(ErrorCode::Closed, "the engine is closed"));
+        }
+        Ok(())
+    }
+
+    fn changed(&self, ready: bool) {
+        if ready {
+            self.ready.notify_waiters();
+        }
+        self.events.notify_waiters();
+    }
+
+    /// Runs the lease sweep every `sweep_interval_ms` until the runtime stops.
+    pub async fn sweep_forever(self: Arc<Engine>) {
+        let every = Duration::from_millis(self.config.sweep_interval_ms);
+        loop {
+            tokio::time::sleep(every).await;
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            match self.sweep().await {
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "lease sweep failed"),
+            }
+        }
+    }
+
+    pub async fn migrate(&self) -> Result<u32> {
+        self.check_open()?;
+        self.store.migrate().await
+    }
+
+    fn limits(&self) -> TemplateLimits {
+        TemplateLimits {
+            default_retry: self.config.default_retry,
+            default_timeout_s: self.config.default_timeout_s,
+            max_steps: self.config.max_steps_per_task,
+        }
+    }
+
+    /// Validates a template document without storing it.
+    pub fn validate_template(&self, doc: TemplateDoc) -> Result<Template> {
+        doc.resolve(&self.config.env, &self.limits())
+    }
+
+    /// Validates and stores a template; returns it and whether the store changed.
+    pub async fn register_template(
+        &self,
+        doc: TemplateDoc,
+        replace: bool,
+    ) -> Result<(Arc<Template>, bool)> {
+        let (compiled, changed) = self.register_compiled(doc, replace).await?;
+        Ok((compiled.template.clone(), changed))
+    }
+
+    async fn register_compiled(
+        &self,
+        doc: TemplateDoc,
+        replace: bool,
+    ) -> Result<(Arc<Compiled>, bool)> {
+        self.check_open()?;
+        let template = self.validate_template(doc)?;
+        let compiled = self.compile(template)?;
+        let changed = self
+            .store
+            .put_template(&compiled.template, replace, now_ms())
+            .await?;
+        self.cache(compiled.clone());
+        Ok((compiled, changed))
+    }
+
+    fn compile(&self, template: Template) -> Result<Arc<Compiled>> {
+        let validator = match &template.input_schema {
+            Some(schema) => Some(jsonschema::validator_for(schema).map_err(|e| {
+                Error::invalid_template(
+                    "bad_input_schema",
+                    format!("input_schema is not a valid JSON Schema: {e}"),
+                    serde_json::json!({}),
+                )
+            })?),
+            None => None,
+        };
+        Ok(Arc::new(Compiled {
+            template: Arc::new(template),
+            validator,
+        }))
+    }
+
+    fn cache(&self, compiled: Arc<Compiled>) {
+        let key = compiled.template.key();
+        self.templates
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, compiled);
+    }
+
+    /// Finds a template: the in-process cache, then the store's registry, then the
+    /// template directory (registering what it finds there).
+    pub async fn find_template(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Arc<Compiled>> {
+        if let Some(v) = version {
+            let key = (namespace.to_owned(), name.to_owned(), v.to_owned());
+            if let Some(c) = self
+                .templates
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+            {
+                return Ok(c.clone());
+            }
+        }
+        if let Some(t) = self.store.get_template(namespace, name, version).await? {
+            let compiled = self.compile(t)?;
+            self.cache(compiled.clone());
+            return Ok(compiled);
+        }
+        if let Some(doc) =
+            templates::find_in_directory(&self.config.templates_dir, namespace, name, version)?
+        {
+            let (compiled, _) = self.register_compiled(doc, false).await?;
+            return Ok(compiled);
+        }
+        Err(Error::not_found(match version {
+            Some(v) => format!(
+                "no template {namespace}/{name} version {v} in the registry or under {}",
+                self.config.templates_dir
+            ),
+            None => format!(
+                "no template {namespace}/{name} in the registry or under {}",
+                self.config.templates_dir
+            ),
+        })
+        .with_details(
+            serde_json::json!({ "namespace": namespace, "name": name, "version": version }),
+        ))
+    }
+
+    fn check_payload(&self, what: &str, bytes: usize) -> Result<()> {
+        if bytes > self.config.max_payload_bytes {
+            return Err(Error::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "{what} is {bytes} bytes; the limit is {} (max_payload_bytes)",
+                    self.config.max_payload_bytes
+                ),
+            )
+            .with_details(
+                serde_json::json!({ "limit": self.config.max_payload_bytes, "size": bytes }),
+            ));
+        }
+        Ok(())
+    }
+
+    pub async fn create_task(&self, req: CreateTask) -> Result<CreatedTask> {
+        self.check_open()?;
+        let compiled = self
+            .find_template(&req.namespace, &req.name, req.version.as_deref())
+            .await?;
+        let context = req
+            .context
+            .map(|c| c.get().to_owned())
+            .unwrap_or_else(|| "{}".into());
+        self.check_payload("context", context.len())?;
+        if let Some(validator) = &compiled.validator {
+            let value: Value =
+                serde_json::from_str(&context).map_err(|e| Error::internal(e.to_string()))?;
+            let problems: Vec<Value> = validator
+                .iter_errors(&value)
+                .take(20)
+                .map(|e| serde_json::json!({ "path": e.instance_path().to_string(), "message": e.to_string() }))
+                .collect();
+            if !problems.is_empty() {
+                let first = problems[0]["message"].as_str().unwrap_or("").to_owned();
+                return Err(Error::new(
+                    ErrorCode::SchemaViolation,
+                    format!(
+                        "context does not match the input_schema of {}/{}: {first}",
+                        req.namespace, req.name
+                    ),
+                )
+                .with_details(serde_json::json!({ "errors": problems })));
+            }
+        }
+        if let Some(key) = &req.idempotency_key {
+            if key.is_empty() || key.len() > 256 {
+                return Err(Error::invalid_argument(
+                    "idempotency_key must be 1-256 characters",
+                ));
+            }
+        }
+        let created = self
+            .store
+            .create_task(NewTask {
+                template: compiled.template.clone(),
+                context,
+                idempotency_key: req.idempotency_key,
+                priority: req.priority,
+                now: now_ms(),
+            })
+            .await?;
+        if created.created {
+            self.changed(true);
+        }
+        Ok(created)
+    }
+
+    /// Claims up to `limit` ready steps, waiting up to `wait_ms` for some to appear.
+    /// In-process readiness wakes the waiter at once; a retry coming due wakes it at
+    /// its `ready_at`; `claim_poll_ms` bounds each sleep to notice other processes.
+    pub async fn claim(&self, req: Claim) -> Result<ClaimBatch> {
+        self.check_open()?;
+        if req.handlers.is_empty() {
+            return Err(Error::invalid_argument(
+                "claim needs at least one handler name",
+            ));
+        }
+        if req.handlers.len() > MAX_CLAIM_HANDLERS {
+            return Err(Error::invalid_argument(format!(
+                "claim may name at most {MAX_CLAIM_HANDLERS} handlers"
+            )));
+        }
+        if req.limit == 0 || req.limit > self.config.claim_limit_max {
+            return Err(Error::invalid_argument(format!(
+                "limit must be between 1 and {} (claim_limit_max)",
+                self.config.claim_limit_max
+            )));
+        }
+        let mut handlers = req.handlers.clone();
+        handlers.sort();
+        handlers.dedup();
+        let lease_ms = req.lease_ms.unwrap_or(self.config.lease_ms).max(1);
+        let wait_ms = req.wait_ms.min(self.config.wait_ms_max);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+        loop {
+            let notified = self.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = now_ms();
+            let batch = self
+                .store
+                .claim(ClaimParams {
+                    handlers: handlers.clone(),
+                    limit: req.limit,
+                    worker: req.worker.clone(),
+                    lease_ms,
+                    now,
+                })
+                .await?;
+            if !batch.steps.is_empty() {
+                self.changed(false);
+                return Ok(batch);
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok(batch);
+            }
+            let mut nap = left.min(Duration::from_millis(self.config.claim_poll_ms));
+            if let Some(at) = batch.next_ready_at {
+                nap = nap.min(Duration::from_millis((at - now).max(0) as u64 + 1));
+            }
+            let _ = tokio::time::timeout(nap, notified).await;
+        }
+    }
+
+    pub async fn heartbeat(&self, step_id: i64, token: i64, lease_ms: Option<u64>) -> Result<i64> {
+        self.check_open()?;
+        self.store
+            .heartbeat(
+                step_id,
+                token,
+                lease_ms.unwrap_or(self.config.lease_ms).max(1),
+                now_ms(),
+            )
+            .await
+    }
+
+    pub async fn complete_steps(&self, items: Vec<Completion>) -> Result<Vec<ItemOutcome>> {
+        self.check_open()?;
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        for item in &items {
+            self.check_payload(
+                &format!("result of step {}", item.step_id),
+                item.result.get().len(),
+            )?;
+        }
+        let out = self.store.complete(items, now_ms()).await?;
+        self.changed(true);
+        Ok(out)
+    }
+
+    pub async fn fail_step(
+        &self,
+        step_id: i64,
+        token: i64,
+        failure: StepFailure,
+    ) -> Result<FailOutcome> {
+        self.check_open()?;
+        let error_json = failure.document.to_string();
+        self.check_payload(&format!("error of step {step_id}"), error_json.len())?;
+        let out = self
+            .store
+            .fail(FailureReport {
+                step_id,
+                claim_token: token,
+                message: failure.message,
+                kind: failure.kind,
+                retryable: failure.retryable,
+                retry_after_ms: failure.retry_after_ms,
+                error_json,
+                now: now_ms(),
+            })
+            .await?;
+        self.changed(true);
+        Ok(out)
+    }
+
+    /// Takes back expired leases now (the background sweep does this periodically).
+    pub async fn sweep(&self) -> Result<u32> {
+        self.check_open()?;
+        let mut total = 0;
+        loop {
+            let n = self.store.sweep(now_ms(), self.config.sweep_batch).await?;
+            total += n;
+            if n < self.config.sweep_batch {
+                break;
+            }
+        }
+        if total > 0 {
+            self.changed(true);
+        }
+        Ok(total)
+    }
+
+    pub async fn cancel_task(&self, task_id: i64, reason: Option<String>) -> Result<TaskChange> {
+        self.check_open()?;
+        let out = self.store.cancel_task(task_id, reason, now_ms()).await?;
+        self.changed(false);
+        Ok(out)
+    }
+
+    pub async fn retry_step(&self, step: StepRef) -> Result<StepChange> {
+        self.check_open()?;
+        let out = self.store.retry_step(step, now_ms()).await?;
+        self.changed(true);
+        Ok(out)
+    }
+
+    pub async fn resolve_step(
+        &self,
+        step: StepRef,
+        result: Option<Box<RawValue>>,
+        reason: Option<String>,
+    ) -> Result<StepChange> {
+        self.check_open()?;
+        let result = result.map(|r| r.get().to_owned());
+        if let Some(r) = &result {
+            self.check_payload("result", r.len())?;
+        }
+        let out = self
+            .store
+            .resolve_step(step, result, reason, now_ms())
+            .await?;
+        self.changed(true);
+        Ok(out)
+    }
+
+    pub async fn get_task(&self, task_id: i64) -> Result<TaskView> {
+        self.check_open()?;
+        self.store
+            .get_task(task_id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("task {task_id} does not exist")))
+    }
+
+    pub async fn list_tasks(&self, mut filter: TaskFilter) -> Result<Vec<TaskSummary>> {
+        self.check_open()?;
+        if filter.limit == 0 || filter.limit > self.config.list_page_max {
+            return Err(Error::invalid_argument(format!(
+                "limit must be between 1 and {} (list_page_max)",
+                self.config.list_page_max
+            )));
+        }
+        if let Some(s) = &filter.state {
+            if crate::model::state::TaskState::parse(s).is_none() {
+                return Err(Error::invalid_argument(format!("unknown task state `{s}`")));
+            }
+        }
+        filter.limit = filter.limit.min(self.config.list_page_max);
+        self.store.list_tasks(filter).await
+    }
+
+    pub async fn explain_task(&self, task_id: i64) -> Result<Explanation> {
+        let view = self.get_task(task_id).await?;
+        Ok(explain(&view, now_ms()))
+    }
+
+    pub async fn stats(&self) -> Result<Stats> {
+        self.check_open()?;
+        self.store.stats(now_ms()).await
+    }
+
+    /// Reads events after `since`, waiting up to `wait_ms` for one to appear.
+    /// `types` keeps only the named events (the cursor still advances past others).
+    pub async fn events(
+        &self,
+        since: i64,
+        limit: u32,
+        wait_ms: u64,
+        task_id: Option<i64>,
+        types: Option<&[String]>,
+    ) -> Result<(Vec<Event>, i64)> {
+        self.check_open()?;
+        if limit == 0 || limit > self.config.event_page_max {
+            return Err(Error::invalid_argument(format!(
+                "limit must be between 1 and {} (event_page_max)",
+                self.config.event_page_max
+            )));
+        }
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(wait_ms.min(self.config.wait_ms_max));
+        let mut cursor = since;
+        loop {
+            let notified = self.events.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let rows = self.store.events(cursor, limit, task_id).await?;
+            if let Some(last) = rows.last() {
+                cursor = last.id;
+            }
+            let got: Vec<Event> = match types {
+                Some(t) => rows
+                    .into_iter()
+                    .filter(|e| t.iter().any(|x| x == e.event))
+                    .collect(),
+                None => rows,
+            };
+            if !got.is_empty() {
+                return Ok((got, cursor));
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok((got, cursor));
+            }
+            let nap = left.min(Duration::from_millis(self.config.claim_poll_ms));
+            let _ = tokio::time::timeout(nap, notified).await;
+        }
+    }
+
+    pub async fn last_event_id(&self) -> Result<i64> {
+        self.check_open()?;
+        self.store.last_event_id().await
+    }
+
+    /// Stops background work and releases the store's connections.
+    pub async fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.ready.notify_waiters();
+        self.events.notify_waiters();
+        self.store.close().await
+    }
+}

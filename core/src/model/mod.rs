@@ -1,0 +1,7 @@
+//! The data model: templates, the step and task state machines, retry policies and the
+//! names of lifecycle events. Pure code: no I/O, so every rule here is tested as a table.
+
+pub mod events;
+pub mod retry;
+pub mod state;
+pub mod template;

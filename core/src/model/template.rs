@@ -1,0 +1,606 @@
+//! Templates: parsing (YAML or JSON), environment overrides, and validation into the
+//! resolved form the engine stores and instantiates.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::error::{Error, Result};
+use crate::model::retry::{RetryPolicy, RetrySpec};
+
+/// A template as written by a person.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateDoc {
+    pub namespace: String,
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub input_schema: Option<Value>,
+    #[serde(default)]
+    pub defaults: DefaultsDoc,
+    #[serde(default)]
+    pub steps: Vec<StepDoc>,
+    #[serde(default)]
+    pub environments: BTreeMap<String, EnvironmentDoc>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultsDoc {
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+    #[serde(default)]
+    pub priority: Option<i32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepDoc {
+    pub name: String,
+    pub handler: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+    #[serde(default)]
+    pub priority: Option<i32>,
+    #[serde(default)]
+    pub config: Option<Value>,
+}
+
+/// Overrides applied when `TASKER_ENV` names this environment.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentDoc {
+    #[serde(default)]
+    pub defaults: Option<DefaultsDoc>,
+    #[serde(default)]
+    pub steps: Vec<StepOverride>,
+}
+
+/// A per-environment change to one step. `config` keys are merged over the step's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepOverride {
+    pub name: String,
+    #[serde(default)]
+    pub handler: Option<String>,
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+    #[serde(default)]
+    pub priority: Option<i32>,
+    #[serde(default)]
+    pub config: Option<Value>,
+}
+
+/// A validated template with every default and override applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Template {
+    pub namespace: String,
+    pub name: String,
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<Value>,
+    /// Steps in a topological order: every step after all of its parents.
+    pub steps: Vec<StepSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepSpec {
+    pub name: String,
+    pub handler: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub depends_on: Vec<String>,
+    pub retry: RetryPolicy,
+    pub timeout_s: u64,
+    pub priority: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Value>,
+}
+
+/// Defaults and limits that come from the engine configuration.
+#[derive(Debug, Clone)]
+pub struct TemplateLimits {
+    pub default_retry: RetryPolicy,
+    pub default_timeout_s: u64,
+    pub max_steps: usize,
+}
+
+impl Default for TemplateLimits {
+    fn default() -> Self {
+        TemplateLimits {
+            default_retry: RetryPolicy::default(),
+            default_timeout_s: 300,
+            max_steps: 100_000,
+        }
+    }
+}
+
+/// Parses YAML or JSON text (JSON is YAML) into a document.
+pub fn parse_text(text: &str) -> Result<TemplateDoc> {
+    let value: Value = serde_yaml_ng::from_str(text).map_err(|e| {
+        Error::invalid_template(
+            "syntax",
+            format!("template is not valid YAML or JSON: {e}"),
+            json!({}),
+        )
+    })?;
+    parse_value(value)
+}
+
+/// Reads a document from an already-parsed JSON value.
+pub fn parse_value(value: Value) -> Result<TemplateDoc> {
+    serde_json::from_value(value).map_err(|e| {
+        Error::invalid_template(
+            "shape",
+            format!("template has an invalid shape: {e}"),
+            json!({}),
+        )
+    })
+}
+
+fn valid_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+impl TemplateDoc {
+    /// Applies the environment's overrides, fills defaults and validates everything.
+    pub fn resolve(self, environment: &str, limits: &TemplateLimits) -> Result<Template> {
+        let TemplateDoc {
+            namespace,
+            name,
+            version,
+            description,
+            input_schema,
+            mut defaults,
+            mut steps,
+            environments,
+        } = self;
+        for (field, value) in [
+            ("namespace", &namespace),
+            ("name", &name),
+            ("version", &version),
+        ] {
+            if !valid_identifier(value) {
+                return Err(Error::invalid_template(
+                    "bad_identifier",
+                    format!("template {field} `{value}` must be 1-128 characters of letters, digits, `_`, `-` or `.`"),
+                    json!({ "field": field }),
+                ));
+            }
+        }
+        if let Some(env) = environments.get(environment) {
+            if let Some(d) = &env.defaults {
+                if d.retry.is_some() {
+                    defaults.retry = d.retry.clone();
+                }
+                defaults.timeout_s = d.timeout_s.or(defaults.timeout_s);
+                defaults.priority = d.priority.or(defaults.priority);
+            }
+            for o in &env.steps {
+                let Some(step) = steps.iter_mut().find(|s| s.name == o.name) else {
+                    return Err(Error::invalid_template(
+                        "unknown_step",
+                        format!(
+                            "environment `{environment}` overrides unknown step `{}`",
+                            o.name
+                        ),
+                        json!({ "step": o.name, "environment": environment }),
+                    ));
+                };
+                apply_override(step, o);
+            }
+        }
+
+        if steps.is_empty() {
+            return Err(Error::invalid_template(
+                "empty",
+                format!("template {namespace}/{name} {version} has no steps"),
+                json!({}),
+            ));
+        }
+        if steps.len() > limits.max_steps {
+            return Err(Error::invalid_template(
+                "too_many_steps",
+                format!(
+                    "template has {} steps; the limit is {}",
+                    steps.len(),
+                    limits.max_steps
+                ),
+                json!({ "limit": limits.max_steps }),
+            ));
+        }
+        if let Some(schema) = &input_schema {
+            if let Err(e) = jsonschema::validator_for(schema) {
+                return Err(Error::invalid_template(
+                    "bad_input_schema",
+                    format!("input_schema is not a valid JSON Schema: {e}"),
+                    json!({}),
+                ));
+            }
+        }
+
+        let base_retry = match &defaults.retry {
+            Some(spec) => spec.resolve(&limits.default_retry).map_err(|m| {
+                Error::invalid_template(
+                    "bad_retry_policy",
+                    format!("defaults.retry: {m}"),
+                    json!({}),
+                )
+            })?,
+            None => limits.default_retry,
+        };
+        let base_timeout = defaults.timeout_s.unwrap_or(limits.default_timeout_s);
+        let base_priority = defaults.priority.unwrap_or(0);
+
+        let mut index: HashMap<&str, usize> = HashMap::with_capacity(steps.len());
+        for (i, s) in steps.iter().enumerate() {
+            if !valid_identifier(&s.name) {
+                return Err(Error::invalid_template(
+                    "bad_identifier",
+                    format!("step name `{}` must be 1-128 characters of letters, digits, `_`, `-` or `.`", s.name),
+                    json!({ "step": s.name }),
+                ));
+            }
+            if s.handler.is_empty() || s.handler.len() > 256 {
+                return Err(Error::invalid_template(
+                    "bad_handler",
+                    format!("step `{}` needs a handler name of 1-256 characters", s.name),
+                    json!({ "step": s.name }),
+                ));
+            }
+            if index.insert(s.name.as_str(), i).is_some() {
+                return Err(Error::invalid_template(
+                    "duplicate_step",
+                    format!("step name `{}` is used more than once", s.name),
+                    json!({ "step": s.name }),
+                ));
+            }
+        }
+        let mut parents: Vec<Vec<usize>> = Vec::with_capacity(steps.len());
+        for s in &steps {
+            let mut ps = Vec::with_capacity(s.depends_on.len());
+            for d in &s.depends_on {
+                let Some(&p) = index.get(d.as_str()) else {
+                    return Err(Error::invalid_template(
+                        "unknown_dependency",
+                        format!("step `{}` depends on unknown step `{d}`", s.name),
+                        json!({ "step": s.name, "dependency": d }),
+                    ));
+                };
+                if ps.contains(&p) {
+                    return Err(Error::invalid_template(
+                        "duplicate_dependency",
+                        format!("step `{}` lists dependency `{d}` twice", s.name),
+                        json!({ "step": s.name, "dependency": d }),
+                    ));
+                }
+                ps.push(p);
+            }
+            parents.push(ps);
+        }
+        let order = topological_order(&parents).map_err(|cycle| {
+            let names: Vec<&str> = cycle.iter().map(|&i| steps[i].name.as_str()).collect();
+            Error::invalid_template(
+                "cycle",
+                format!("dependency cycle: {}", cycle_text(&names)),
+                json!({ "steps": names }),
+            )
+        })?;
+
+        let mut resolved = Vec::with_capacity(steps.len());
+        for i in order {
+            let s = &steps[i];
+            let retry = match &s.retry {
+                Some(spec) => spec.resolve(&base_retry).map_err(|m| {
+                    Error::invalid_template(
+                        "bad_retry_policy",
+                        format!("step `{}` retry: {m}", s.name),
+                        json!({ "step": s.name }),
+                    )
+                })?,
+                None => base_retry,
+            };
+            let timeout_s = s.timeout_s.unwrap_or(base_timeout);
+            if timeout_s == 0 {
+                return Err(Error::invalid_template(
+                    "bad_timeout",
+                    format!("step `{}` timeout_s must be positive", s.name),
+                    json!({ "step": s.name }),
+                ));
+            }
+            resolved.push(StepSpec {
+                name: s.name.clone(),
+                handler: s.handler.clone(),
+                description: s.description.clone(),
+                depends_on: s.depends_on.clone(),
+                retry,
+                timeout_s,
+                priority: s.priority.unwrap_or(base_priority),
+                config: s.config.clone(),
+            });
+        }
+        Ok(Template {
+            namespace,
+            name,
+            version,
+            description,
+            input_schema,
+            steps: resolved,
+        })
+    }
+}
+
+fn apply_override(step: &mut StepDoc, o: &StepOverride) {
+    if let Some(h) = &o.handler {
+        step.handler = h.clone();
+    }
+    if let Some(r) = &o.retry {
+        let mut merged = step.retry.clone().unwrap_or_default();
+        merged.max_attempts = r.max_attempts.or(merged.max_attempts);
+        merged.backoff = r.backoff.clone().or(merged.backoff);
+        merged.base_ms = r.base_ms.or(merged.base_ms);
+        merged.max_ms = r.max_ms.or(merged.max_ms);
+        merged.jitter = r.jitter.or(merged.jitter);
+        step.retry = Some(merged);
+    }
+    step.timeout_s = o.timeout_s.or(step.timeout_s);
+    step.priority = o.priority.or(step.priority);
+    if let Some(cfg) = &o.config {
+        step.config = Some(match (step.config.take(), cfg) {
+            (Some(Value::Object(mut base)), Value::Object(layer)) => {
+                for (k, v) in layer {
+                    base.insert(k.clone(), v.clone());
+                }
+                Value::Object(base)
+            }
+            (_, other) => other.clone(),
+        });
+    }
+}
+
+fn cycle_text(names: &[&str]) -> String {
+    let mut s = names.join(" -> ");
+    if let Some(first) = names.first() {
+        s.push_str(" -> ");
+        s.push_str(first);
+    }
+    s
+}
+
+/// Kahn's algorithm over parent lists. On a cycle, returns the steps on one cycle in
+/// dependency order (each step depends on the one after it... closed back to the first).
+fn topological_order(parents: &[Vec<usize>]) -> std::result::Result<Vec<usize>, Vec<usize>> {
+    let n = parents.len();
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut pending: Vec<usize> = parents.iter().map(Vec::len).collect();
+    for (c, ps) in parents.iter().enumerate() {
+        for &p in ps {
+            children[p].push(c);
+        }
+    }
+    let mut order = Vec::with_capacity(n);
+    let mut queue: Vec<usize> = (0..n).filter(|&i| pending[i] == 0).collect();
+    // Keep declaration order among independent steps: process the queue front to back.
+    let mut head = 0;
+    while head < queue.len() {
+        let i = queue[head];
+        head += 1;
+        order.push(i);
+        for &c in &children[i] {
+            pending[c] -= 1;
+            if pending[c] == 0 {
+                queue.push(c);
+            }
+        }
+    }
+    if order.len() == n {
+        return Ok(order);
+    }
+    // Every leftover step has a leftover parent; walking parents must revisit a step.
+    let start = (0..n).find(|&i| pending[i] > 0).unwrap_or(0);
+    let mut seen: HashMap<usize, usize> = HashMap::new();
+    let mut path = Vec::new();
+    let mut cur = start;
+    loop {
+        if let Some(&pos) = seen.get(&cur) {
+            let mut cycle: Vec<usize> = path[pos..].to_vec();
+            cycle.reverse();
+            return Err(cycle);
+        }
+        seen.insert(cur, path.len());
+        path.push(cur);
+        cur = match parents[cur].iter().copied().find(|&p| pending[p] > 0) {
+            Some(p) => p,
+            None => return Err(path),
+        };
+    }
+}
+
+impl Template {
+    /// The resolved template as JSON (what `get_template` returns and the store keeps).
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    pub fn key(&self) -> (String, String, String) {
+        (
+            self.namespace.clone(),
+            self.name.clone(),
+            self.version.clone(),
+        )
+    }
+
+    pub fn summary(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("namespace".into(), json!(self.namespace));
+        m.insert("name".into(), json!(self.name));
+        m.insert("version".into(), json!(self.version));
+        m.insert("steps".into(), json!(self.steps.len()));
+        m
+    }
+}
+
+/// Compares versions numerically part by part (`1.10.0` > `1.9.3`), falling back to
+/// text comparison for non-numeric parts.
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    let mut ai = a.split('.');
+    let mut bi = b.split('.');
+    loop {
+        match (ai.next(), bi.next()) {
+            (None, None) => return std::cmp::Ordering::Equal,
+            (None, Some(_)) => return std::cmp::Ordering::Less,
+            (Some(_), None) => return std::cmp::Ordering::Greater,
+            (Some(x), Some(y)) => {
+                let o = match (x.parse::<u64>(), y.parse::<u64>()) {
+                    (Ok(x), Ok(y)) => x.cmp(&y),
+                    _ => x.cmp(y),
+                };
+                if o != std::cmp::Ordering::Equal {
+                    return o;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULFILL: &str = r#"
+namespace: orders
+name: fulfill
+version: 1.0.0
+input_schema: { type: object, required: [order_id] }
+defaults:
+  retry: { max_attempts: 3, backoff: exponential, base_ms: 1000, max_ms: 60000, jitter: 0.1 }
+  timeout_s: 300
+steps:
+  - name: ship
+    handler: ship_order
+    depends_on: [reserve, charge]
+    config: { carrier: ups }
+  - name: validate
+    handler: validate_order
+  - name: reserve
+    handler: reserve_inventory
+    depends_on: [validate]
+    retry: { max_attempts: 5 }
+  - name: charge
+    handler: charge_payment
+    depends_on: [validate]
+environments:
+  test: { steps: [ { name: charge, config: { sandbox: true } }, { name: ship, config: { fast: true } } ] }
+"#;
+
+    fn resolve(text: &str, env: &str) -> Result<Template> {
+        parse_text(text)?.resolve(env, &TemplateLimits::default())
+    }
+
+    #[test]
+    fn resolves_defaults_overrides_and_order() {
+        let t = resolve(FULFILL, "test").unwrap();
+        let names: Vec<&str> = t.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["validate", "reserve", "charge", "ship"]);
+        let reserve = &t.steps[1];
+        assert_eq!(reserve.retry.max_attempts, 5);
+        assert_eq!(reserve.retry.base_ms, 1000);
+        assert_eq!(t.steps[2].config, Some(json!({"sandbox": true})));
+        assert_eq!(
+            t.steps[3].config,
+            Some(json!({"carrier": "ups", "fast": true}))
+        );
+        let prod = resolve(FULFILL, "production").unwrap();
+        assert_eq!(prod.steps[2].config, None);
+    }
+
+    #[test]
+    fn json_templates_parse_too() {
+        let t = resolve(
+            r#"{"namespace":"a","name":"b","version":"1","steps":[{"name":"x","handler":"h"}]}"#,
+            "test",
+        )
+        .unwrap();
+        assert_eq!(t.steps[0].retry, RetryPolicy::default());
+        assert_eq!(t.steps[0].timeout_s, 300);
+    }
+
+    fn problem(text: &str) -> (String, Error) {
+        let e = resolve(text, "test").unwrap_err();
+        let p = e.details.as_ref().unwrap()["problem"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (p, e)
+    }
+
+    #[test]
+    fn rejections_name_the_problem() {
+        let head = "namespace: a\nname: b\nversion: '1'\n";
+        let cases = [
+            ("steps: []", "empty", "no steps"),
+            ("steps: [{name: x, handler: h}, {name: x, handler: h}]", "duplicate_step", "`x`"),
+            ("steps: [{name: x, handler: h, depends_on: [nope]}]", "unknown_dependency", "`nope`"),
+            ("steps: [{name: x, handler: h, depends_on: [x]}]", "cycle", "x -> x"),
+            (
+                "steps: [{name: a, handler: h, depends_on: [c]}, {name: b, handler: h, depends_on: [a]}, {name: c, handler: h, depends_on: [b]}, {name: d, handler: h}]",
+                "cycle",
+                "->",
+            ),
+            ("steps: [{name: x, handler: h, retry: {max_attempts: 0}}]", "bad_retry_policy", "`x`"),
+            ("defaults: {retry: {jitter: 2}}\nsteps: [{name: x, handler: h}]", "bad_retry_policy", "jitter"),
+            ("steps: [{name: x, handler: ''}]", "bad_handler", "`x`"),
+            ("steps: [{name: x, handler: h, timeout_s: 0}]", "bad_timeout", "`x`"),
+            ("steps: [{name: x, handler: h, colour: red}]", "shape", "colour"),
+            ("input_schema: {type: 12}\nsteps: [{name: x, handler: h}]", "bad_input_schema", "input_schema"),
+            ("environments: {test: {steps: [{name: y, config: {}}]}}\nsteps: [{name: x, handler: h}]", "unknown_step", "`y`"),
+            ("steps: [{name: 'a b', handler: h}]", "bad_identifier", "a b"),
+        ];
+        for (body, want, word) in cases {
+            let (p, e) = problem(&format!("{head}{body}"));
+            assert_eq!(p, want, "{body}: {e}");
+            assert!(e.message.contains(word), "{body}: {}", e.message);
+        }
+        let (p, e) = problem("namespace: a\nname: b\nversion: '1'\nsteps: [{name: a, handler: h, depends_on: [c]}, {name: b, handler: h, depends_on: [a]}, {name: c, handler: h, depends_on: [b]}]");
+        assert_eq!(p, "cycle");
+        let mut on_cycle: Vec<String> = e.details.unwrap()["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        on_cycle.sort();
+        assert_eq!(on_cycle, ["a", "b", "c"]);
+        let (p, _) = problem("- not a mapping");
+        assert_eq!(p, "shape");
+        let (p, _) = problem("steps: [ {");
+        assert_eq!(p, "syntax");
+    }
+
+    #[test]
+    fn versions_compare_numerically() {
+        use std::cmp::Ordering::*;
+        assert_eq!(compare_versions("1.10.0", "1.9.3"), Greater);
+        assert_eq!(compare_versions("1.0", "1.0.0"), Less);
+        assert_eq!(compare_versions("2.0.0", "2.0.0"), Equal);
+    }
+}

@@ -1,0 +1,298 @@
+//! Storage: the [`Store`] trait every backend implements, and the records that cross it.
+//!
+//! A store applies one engine operation in one transaction: the state changes, the
+//! parent counters, the task counters and the transition rows (the audit trail and the
+//! event log) always commit together. Policy that is not SQL (retry decisions, event
+//! names) comes from [`crate::model`], so every backend shares it.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::error::Result;
+use crate::model::template::Template;
+
+pub mod sqlite;
+
+/// A boxed future, so the trait stays object-safe (`Arc<dyn Store>`).
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// Milliseconds since the epoch, rendered as RFC 3339 in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ts(pub i64);
+
+impl Serialize for Ts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::time::rfc3339(self.0))
+    }
+}
+
+/// A task to create, already validated by the engine.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub template: std::sync::Arc<Template>,
+    pub context: String,
+    pub idempotency_key: Option<String>,
+    pub priority: i32,
+    pub now: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CreatedTask {
+    pub task_id: i64,
+    /// False when an existing task with the same idempotency key was returned.
+    pub created: bool,
+    pub state: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClaimParams {
+    pub handlers: Vec<String>,
+    pub limit: u32,
+    pub worker: String,
+    pub lease_ms: u64,
+    pub now: i64,
+}
+
+/// One claimed step with everything its handler needs.
+#[derive(Debug, Serialize)]
+pub struct ClaimedStep {
+    pub step_id: i64,
+    pub task_id: i64,
+    pub step_name: String,
+    pub handler: String,
+    pub claim_token: String,
+    pub attempt: i64,
+    pub max_attempts: i64,
+    pub lease_expires_at: Ts,
+    pub timeout_ms: i64,
+    pub context: Box<RawValue>,
+    pub config: Option<Box<RawValue>>,
+    /// Results of the parent steps by step name.
+    pub results: std::collections::BTreeMap<String, Box<RawValue>>,
+}
+
+#[derive(Debug, Default)]
+pub struct ClaimBatch {
+    pub steps: Vec<ClaimedStep>,
+    /// When claiming found nothing: the earliest future `ready_at` among these handlers.
+    pub next_ready_at: Option<i64>,
+}
+
+/// A result reported for a claimed step.
+#[derive(Debug)]
+pub struct Completion {
+    pub step_id: i64,
+    pub claim_token: i64,
+    pub result: Box<RawValue>,
+}
+
+/// The outcome of one item of a batch operation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ItemOutcome {
+    pub step_id: i64,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::error::Error>,
+}
+
+/// A failed attempt as reported by a handler.
+#[derive(Debug, Clone)]
+pub struct FailureReport {
+    pub step_id: i64,
+    pub claim_token: i64,
+    pub message: String,
+    pub kind: String,
+    pub retryable: bool,
+    pub retry_after_ms: Option<u64>,
+    /// The stored error document (message, kind, retryable, details, ...), as JSON.
+    pub error_json: String,
+    pub now: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailOutcome {
+    pub step_id: i64,
+    /// `ready` (a retry is scheduled) or `error`.
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Ts>,
+    pub attempt: i64,
+    pub task_state: String,
+}
+
+/// Names one step: by id, or by task and step name.
+#[derive(Debug, Clone)]
+pub enum StepRef {
+    Id(i64),
+    Named { task_id: i64, step_name: String },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepChange {
+    pub step_id: i64,
+    pub task_id: i64,
+    pub step_name: String,
+    pub state: String,
+    pub task_state: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskChange {
+    pub task_id: i64,
+    pub state: String,
+    /// False when the task already was in that state.
+    pub changed: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub state: Option<String>,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    /// Return tasks with ids below this (the previous page's `next_cursor`).
+    pub before_id: Option<i64>,
+    pub limit: u32,
+}
+
+/// A task as listed.
+#[derive(Debug, Serialize)]
+pub struct TaskSummary {
+    pub id: i64,
+    pub namespace: String,
+    pub name: String,
+    pub version: String,
+    pub state: String,
+    pub priority: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    pub steps_total: i64,
+    pub steps_done: i64,
+    pub steps_error: i64,
+    pub created_at: Ts,
+    pub started_at: Option<Ts>,
+    pub finished_at: Option<Ts>,
+    pub duration_ms: Option<i64>,
+}
+
+/// A step as shown by `get_task`.
+#[derive(Debug, Serialize)]
+pub struct StepView {
+    pub id: i64,
+    pub name: String,
+    pub handler: String,
+    pub state: String,
+    pub depends_on: Vec<String>,
+    pub pending_parents: i64,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub priority: i64,
+    pub config: Option<Box<RawValue>>,
+    pub result: Option<Box<RawValue>>,
+    pub error: Option<Box<RawValue>>,
+    pub worker: Option<String>,
+    pub ready_at: Option<Ts>,
+    pub lease_expires_at: Option<Ts>,
+    pub first_started_at: Option<Ts>,
+    pub started_at: Option<Ts>,
+    pub finished_at: Option<Ts>,
+    /// From the first claim to the finish.
+    pub duration_ms: Option<i64>,
+    #[serde(skip)]
+    pub ready_at_ms: Option<i64>,
+    #[serde(skip)]
+    pub lease_expires_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TaskView {
+    #[serde(flatten)]
+    pub summary: TaskSummary,
+    pub context: Box<RawValue>,
+    pub steps: Vec<StepView>,
+}
+
+/// One row of the transitions table, as an event.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub id: i64,
+    pub event: &'static str,
+    pub task_id: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_name: Option<String>,
+    pub from: Option<String>,
+    pub to: String,
+    pub at: Ts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Box<RawValue>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SlowStep {
+    pub task_id: i64,
+    pub step_id: i64,
+    pub step_name: String,
+    pub handler: String,
+    pub duration_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub tasks: std::collections::BTreeMap<String, i64>,
+    pub steps: std::collections::BTreeMap<String, i64>,
+    /// Age of the oldest step that is claimable now (0 when none waits).
+    pub oldest_ready_age_ms: i64,
+    pub slowest_steps: Vec<SlowStep>,
+    pub last_event_id: i64,
+}
+
+/// Operations every storage backend provides, each one transaction.
+pub trait Store: Send + Sync {
+    /// Applies pending migrations; returns how many were applied.
+    fn migrate(&self) -> BoxFut<'_, u32>;
+    /// Stores a template. Returns false when an identical one was already stored.
+    /// A different body under the same key is a `conflict` unless `replace`.
+    fn put_template<'a>(&'a self, t: &'a Template, replace: bool, now: i64) -> BoxFut<'a, bool>;
+    /// One version, or the highest version when `version` is `None`.
+    fn get_template<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        version: Option<&'a str>,
+    ) -> BoxFut<'a, Option<Template>>;
+    fn create_task(&self, task: NewTask) -> BoxFut<'_, CreatedTask>;
+    fn claim(&self, params: ClaimParams) -> BoxFut<'_, ClaimBatch>;
+    /// Renews a lease; returns the new expiry.
+    fn heartbeat(&self, step_id: i64, token: i64, lease_ms: u64, now: i64) -> BoxFut<'_, i64>;
+    fn complete(&self, items: Vec<Completion>, now: i64) -> BoxFut<'_, Vec<ItemOutcome>>;
+    fn fail(&self, report: FailureReport) -> BoxFut<'_, FailOutcome>;
+    /// Takes back up to `limit` expired leases as failed attempts; returns how many.
+    fn sweep(&self, now: i64, limit: u32) -> BoxFut<'_, u32>;
+    fn cancel_task(&self, task_id: i64, reason: Option<String>, now: i64)
+        -> BoxFut<'_, TaskChange>;
+    fn retry_step(&self, step: StepRef, now: i64) -> BoxFut<'_, StepChange>;
+    fn resolve_step(
+        &self,
+        step: StepRef,
+        result: Option<String>,
+        reason: Option<String>,
+        now: i64,
+    ) -> BoxFut<'_, StepChange>;
+    fn get_task(&self, task_id: i64) -> BoxFut<'_, Option<TaskView>>;
+    fn list_tasks(&self, filter: TaskFilter) -> BoxFut<'_, Vec<TaskSummary>>;
+    fn stats(&self, now: i64) -> BoxFut<'_, Stats>;
+    fn events(&self, since: i64, limit: u32, task_id: Option<i64>) -> BoxFut<'_, Vec<Event>>;
+    fn last_event_id(&self) -> BoxFut<'_, i64>;
+    /// Releases connections; later calls fail.
+    fn close(&self) -> BoxFut<'_, ()>;
+}

@@ -1,0 +1,304 @@
+//! Building blocks shared by every write: transition rows, parent counters and task
+//! counters with finalization. Each is one set-based statement over a JSON array bound
+//! as a single parameter, so a batch costs the same number of round trips as one item.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+use sqlx::sqlite::SqliteConnection;
+use sqlx::Row;
+
+use crate::error::Result;
+use crate::model::events::reason;
+
+/// One row for the transitions table.
+#[derive(Debug, Clone)]
+pub struct Tr {
+    pub task_id: i64,
+    pub step_id: Option<i64>,
+    pub step_name: Option<String>,
+    pub from: Option<String>,
+    pub to: String,
+    pub attempt: Option<i64>,
+    pub worker: Option<String>,
+    pub reason: Option<&'static str>,
+    /// JSON text.
+    pub details: Option<String>,
+}
+
+impl Tr {
+    pub fn task(task_id: i64, from: Option<&str>, to: &str, why: &'static str) -> Tr {
+        Tr {
+            task_id,
+            step_id: None,
+            step_name: None,
+            from: from.map(str::to_owned),
+            to: to.to_owned(),
+            attempt: None,
+            worker: None,
+            reason: Some(why),
+            details: None,
+        }
+    }
+
+    pub fn step(
+        task_id: i64,
+        step_id: i64,
+        name: &str,
+        from: Option<&str>,
+        to: &str,
+        why: &'static str,
+    ) -> Tr {
+        Tr {
+            task_id,
+            step_id: Some(step_id),
+            step_name: Some(name.to_owned()),
+            from: from.map(str::to_owned),
+            to: to.to_owned(),
+            attempt: None,
+            worker: None,
+            reason: Some(why),
+            details: None,
+        }
+    }
+
+    pub fn attempt(mut self, attempt: i64, worker: Option<String>) -> Tr {
+        self.attempt = Some(attempt);
+        self.worker = worker;
+        self
+    }
+
+    pub fn details(mut self, details: Option<String>) -> Tr {
+        self.details = details;
+        self
+    }
+
+    fn to_json(&self) -> Value {
+        json!([
+            self.task_id,
+            self.step_id,
+            self.step_name,
+            self.from,
+            self.to,
+            self.attempt,
+            self.worker,
+            self.reason,
+            self.details
+        ])
+    }
+}
+
+pub async fn insert_transitions(conn: &mut SqliteConnection, rows: &[Tr], now: i64) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let array = Value::Array(rows.iter().map(Tr::to_json).collect()).to_string();
+    sqlx::query(
+        "INSERT INTO tasker_transitions
+            (task_id, step_id, step_name, from_state, to_state, at, attempt, worker, reason, details)
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, ?2,
+                value ->> 5, value ->> 6, value ->> 7, value ->> 8
+         FROM json_each(?1)",
+    )
+    .bind(array)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Changes to a task's step counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Delta {
+    pub active: i64,
+    pub done: i64,
+    pub error: i64,
+}
+
+pub type Deltas = HashMap<i64, Delta>;
+
+pub fn bump(deltas: &mut Deltas, task_id: i64, f: impl FnOnce(&mut Delta)) {
+    f(deltas.entry(task_id).or_default());
+}
+
+/// Decrements the parent counters of the children of `parents` (which just finished);
+/// children whose count reaches zero become `ready`. Records those transitions and
+/// counts them as active.
+pub async fn release_children(
+    conn: &mut SqliteConnection,
+    parents: &[i64],
+    now: i64,
+    deltas: &mut Deltas,
+    trs: &mut Vec<Tr>,
+) -> Result<()> {
+    if parents.is_empty() {
+        return Ok(());
+    }
+    let ids = Value::from(parents.to_vec()).to_string();
+    let rows = sqlx::query(
+        "UPDATE tasker_steps AS s SET
+            pending_parents = s.pending_parents - d.n,
+            state = CASE WHEN s.state = 'pending' AND s.pending_parents = d.n THEN 'ready' ELSE s.state END,
+            ready_at = CASE WHEN s.state = 'pending' AND s.pending_parents = d.n THEN ?2 ELSE s.ready_at END,
+            updated_at = ?2
+         FROM (SELECT child_id, count(*) AS n FROM tasker_edges
+               WHERE parent_id IN (SELECT value FROM json_each(?1)) GROUP BY child_id) AS d
+         WHERE s.id = d.child_id
+         RETURNING id, task_id, name, state, pending_parents",
+    )
+    .bind(ids)
+    .bind(now)
+    .fetch_all(conn)
+    .await?;
+    for row in rows {
+        let state: String = row.try_get(3)?;
+        let pending: i64 = row.try_get(4)?;
+        if state == "ready" && pending == 0 {
+            let id: i64 = row.try_get(0)?;
+            let task_id: i64 = row.try_get(1)?;
+            let name: String = row.try_get(2)?;
+            bump(deltas, task_id, |d| d.active += 1);
+            trs.push(Tr::step(
+                task_id,
+                id,
+                &name,
+                Some("pending"),
+                "ready",
+                reason::PARENTS_DONE,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Applies counter deltas and finalizes tasks in one statement: a task with nothing
+/// ready or running is `complete` when every step is done, else `error`; an errored task
+/// that gets active steps again is `running`. Records task transitions.
+/// Returns the new state of every touched task.
+pub async fn apply_deltas(
+    conn: &mut SqliteConnection,
+    deltas: &Deltas,
+    now: i64,
+    trs: &mut Vec<Tr>,
+) -> Result<HashMap<i64, String>> {
+    let mut states = HashMap::with_capacity(deltas.len());
+    if deltas.is_empty() {
+        return Ok(states);
+    }
+    let array = Value::Array(
+        deltas
+            .iter()
+            .map(|(id, d)| json!([id, d.active, d.done, d.error]))
+            .collect(),
+    )
+    .to_string();
+    let rows = sqlx::query(
+        "UPDATE tasker_tasks AS t SET
+            prev_state = t.state,
+            n_active = t.n_active + d.da,
+            n_done = t.n_done + d.dd,
+            n_error = t.n_error + d.de,
+            state = CASE
+                WHEN t.state IN ('complete', 'cancelled') THEN t.state
+                WHEN t.n_active + d.da = 0 AND t.n_done + d.dd = t.n_total THEN 'complete'
+                WHEN t.n_active + d.da = 0 THEN 'error'
+                WHEN t.state = 'error' THEN 'running'
+                ELSE t.state END,
+            finished_at = CASE
+                WHEN t.state IN ('complete', 'cancelled') THEN t.finished_at
+                WHEN t.n_active + d.da = 0 THEN COALESCE(t.finished_at, ?2)
+                ELSE NULL END,
+            updated_at = ?2
+         FROM (SELECT value ->> 0 AS id, value ->> 1 AS da, value ->> 2 AS dd, value ->> 3 AS de
+               FROM json_each(?1)) AS d
+         WHERE t.id = d.id
+         RETURNING id, prev_state, state",
+    )
+    .bind(array)
+    .bind(now)
+    .fetch_all(conn)
+    .await?;
+    for row in rows {
+        let id: i64 = row.try_get(0)?;
+        let prev: Option<String> = row.try_get(1)?;
+        let state: String = row.try_get(2)?;
+        if prev.as_deref() != Some(state.as_str()) {
+            trs.push(Tr::task(id, prev.as_deref(), &state, reason::FINALIZED));
+        }
+        states.insert(id, state);
+    }
+    Ok(states)
+}
+
+/// A failed attempt's new step state, applied by [`apply_failures`].
+#[derive(Debug, Clone)]
+pub struct FailedStep {
+    pub step_id: i64,
+    pub task_id: i64,
+    pub name: String,
+    pub attempt: i64,
+    pub worker: Option<String>,
+    /// `ready` (retry scheduled at `ready_at`) or `error`.
+    pub state: &'static str,
+    pub ready_at: Option<i64>,
+    pub error_json: String,
+    pub reason: &'static str,
+}
+
+/// Writes failed attempts (from `fail` or from the lease sweep) and their transitions.
+pub async fn apply_failures(
+    conn: &mut SqliteConnection,
+    failed: &[FailedStep],
+    now: i64,
+    deltas: &mut Deltas,
+    trs: &mut Vec<Tr>,
+) -> Result<()> {
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let array = Value::Array(
+        failed
+            .iter()
+            .map(|f| json!([f.step_id, f.state, f.ready_at, f.error_json]))
+            .collect(),
+    )
+    .to_string();
+    sqlx::query(
+        "UPDATE tasker_steps AS s SET
+            state = d.value ->> 1,
+            ready_at = d.value ->> 2,
+            last_error = d.value ->> 3,
+            claim_token = NULL,
+            lease_expires_at = NULL,
+            finished_at = CASE WHEN d.value ->> 1 = 'error' THEN ?2 ELSE NULL END,
+            updated_at = ?2
+         FROM json_each(?1) AS d
+         WHERE s.id = d.value ->> 0",
+    )
+    .bind(array)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    for f in failed {
+        if f.state == "error" {
+            bump(deltas, f.task_id, |d| {
+                d.active -= 1;
+                d.error += 1;
+            });
+        }
+        let details = json!({ "error": serde_json::from_str::<Value>(&f.error_json).unwrap_or(Value::Null), "retry_at": f.ready_at.map(crate::time::rfc3339) });
+        trs.push(
+            Tr::step(
+                f.task_id,
+                f.step_id,
+                &f.name,
+                Some("running"),
+                f.state,
+                f.reason,
+            )
+            .attempt(f.attempt, f.worker.clone())
+            .details(Some(details.to_string())),
+        );
+    }
+    Ok(())
+}
