@@ -35,6 +35,15 @@ struct HandleInner {
     closed: AtomicBool,
 }
 
+impl std::fmt::Debug for Tasker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tasker")
+            .field("database_url", &self.inner.config.database_url)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
 impl Tasker {
     /// Opens a handle. `config_json` is `""`, `"null"` or a JSON object of settings
     /// laid over `tasker.yaml` and `TASKER_*` variables (see `docs/configuration.md`).
