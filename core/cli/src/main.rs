@@ -1,1 +1,236 @@
-fn main() {}
+//! `tasker`: the operator command line. Every command is one (or, for `events
+//! --follow`, a loop of) JSON operation(s) on a [`tasker_core::api::Tasker`] handle; the
+//! default output is aligned text for people, `--json` prints the raw responses.
+//!
+//! Exit status: 0 on success, 1 when the operation fails (`error [code]: message` on
+//! stderr), 2 for usage errors.
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+mod commands;
+mod session;
+
+use session::Failure;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tasker",
+    version,
+    about = "Operate a Tasker database: migrations, templates, tasks, steps, statistics and events",
+    after_help = "The database comes from --database-url, else TASKER_DATABASE_URL, else tasker.yaml \
+                  (TASKER_CONFIG or ./tasker.yaml), else sqlite://tasker.db. See docs/configuration.md."
+)]
+pub struct Cli {
+    /// Database to operate on: sqlite://PATH [default: TASKER_DATABASE_URL, tasker.yaml, sqlite://tasker.db]
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// Configuration file to read instead of TASKER_CONFIG or ./tasker.yaml
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<String>,
+
+    /// Print the raw JSON responses (one JSON document per line) instead of tables
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database if needed and apply pending migrations
+    Migrate,
+    /// Validate and register workflow templates
+    #[command(subcommand)]
+    Template(TemplateCmd),
+    /// List, inspect, explain and cancel tasks
+    #[command(subcommand)]
+    Task(TaskCmd),
+    /// Retry or manually resolve a step
+    #[command(subcommand)]
+    Step(StepCmd),
+    /// Counts of tasks and steps by state, queue age and the slowest steps
+    Stats,
+    /// Print lifecycle events from the durable event log
+    Events(EventsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCmd {
+    /// Check a template file (YAML or JSON) without storing it; exits 1 when invalid
+    Validate {
+        /// Template file
+        file: String,
+    },
+    /// Validate a template file and store it in the registry
+    Register {
+        /// Template file
+        file: String,
+        /// Replace a different template already registered under the same version
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Show a registered template (the highest version unless VERSION is given)
+    Show {
+        namespace: String,
+        name: String,
+        version: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCmd {
+    /// List tasks, newest first
+    List {
+        /// Only tasks in this state (pending, running, complete, error, cancelled)
+        #[arg(long, value_name = "STATE")]
+        state: Option<String>,
+        /// Only tasks of templates in this namespace
+        #[arg(long, value_name = "NAMESPACE")]
+        namespace: Option<String>,
+        /// Only tasks of templates with this name
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// Most tasks to show
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: u32,
+        /// Continue after a previous page (its "next cursor")
+        #[arg(long, value_name = "CURSOR")]
+        cursor: Option<i64>,
+    },
+    /// Show a task and a table of its steps
+    Show {
+        /// Task id
+        id: i64,
+    },
+    /// Explain why each unfinished step of a task is not done
+    Explain {
+        /// Task id
+        id: i64,
+    },
+    /// Cancel a task: its unfinished steps are cancelled and nothing more runs
+    Cancel {
+        /// Task id
+        id: i64,
+        /// Why (recorded in the audit trail)
+        #[arg(long, value_name = "REASON")]
+        reason: Option<String>,
+    },
+}
+
+/// Names one step: `--step-id ID`, or `TASK_ID STEP_NAME`.
+#[derive(Debug, Args)]
+pub struct StepTarget {
+    /// The step's id
+    #[arg(
+        long,
+        value_name = "ID",
+        conflicts_with_all = ["task_id", "step_name"],
+        required_unless_present = "task_id"
+    )]
+    pub step_id: Option<i64>,
+    /// The task's id (with STEP_NAME)
+    #[arg(value_name = "TASK_ID", requires = "step_name")]
+    pub task_id: Option<i64>,
+    /// The step's name within the task
+    #[arg(value_name = "STEP_NAME")]
+    pub step_name: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StepCmd {
+    /// Make a failed (error) step ready again; its task resumes
+    #[command(override_usage = "tasker step retry (--step-id ID | TASK_ID STEP_NAME)")]
+    Retry {
+        #[command(flatten)]
+        target: StepTarget,
+    },
+    /// Mark a step done by hand, optionally with the result its children will see
+    #[command(
+        override_usage = "tasker step resolve (--step-id ID | TASK_ID STEP_NAME) [--result JSON] [--reason REASON]"
+    )]
+    Resolve {
+        #[command(flatten)]
+        target: StepTarget,
+        /// The step's result, as JSON (default: null)
+        #[arg(long, value_name = "JSON")]
+        result: Option<String>,
+        /// Why (recorded in the audit trail)
+        #[arg(long, value_name = "REASON")]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Print events after this cursor (an event id)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub since: i64,
+    /// Only events of this task
+    #[arg(long = "task", value_name = "ID")]
+    pub task: Option<i64>,
+    /// Only events of this type (repeatable), for example step.failed
+    #[arg(long = "type", value_name = "TYPE")]
+    pub types: Vec<String>,
+    /// Most events per read
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub limit: u32,
+    /// Keep waiting for new events and print them as they arrive (stop with Ctrl-C)
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout with status 0; usage errors exit 2.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match commands::run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Api(e)) => {
+            if cli.json {
+                println!("{}", e.to_json());
+            }
+            eprintln!("error [{}]: {}", e.code, e.message);
+            if let Some(details) = e.details.as_ref().filter(|d| has_content(d)) {
+                eprintln!("  details: {details}");
+            }
+            ExitCode::from(1)
+        }
+        Err(Failure::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(Failure::Io(e)) => {
+            eprintln!("error [io]: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn has_content(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Null => false,
+        serde_json::Value::Object(m) => !m.is_empty(),
+        _ => true,
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings only).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
