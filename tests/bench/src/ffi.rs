@@ -1,0 +1,71 @@
+//! Per-call overhead of the handle API with a trivial operation (`ping`): from Rust
+//! (`Tasker::call`) and, when the C benchmark binary is given, through the C ABI.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use crate::results::Results;
+use crate::util::{self, Res, Scratch};
+
+/// Median over batches of the mean ns per `Tasker::call("ping")`.
+pub fn rust(sync: &str, calls: usize, batch: usize, out: &mut Results) -> Res<()> {
+    let scratch = Scratch::new("ping")?;
+    let t = util::open(&scratch.db(), sync)?;
+    for _ in 0..1_000 {
+        t.call("ping", "{}")?;
+    }
+    let mut means = Vec::with_capacity(calls / batch);
+    for _ in 0..calls / batch {
+        let start = Instant::now();
+        for _ in 0..batch {
+            let r = t.call("ping", "{}")?;
+            std::hint::black_box(r);
+        }
+        means.push(start.elapsed().as_nanos() as f64 / batch as f64);
+    }
+    t.close();
+    let ns = util::median(&mut means);
+    out.num("rust_noop_call_ns", ns);
+    eprintln!("  rust ping: {ns:.0} ns/call");
+    Ok(())
+}
+
+/// Runs the C benchmark (`ffi_noop <db> <calls> <batch>`), which prints `key value` lines.
+pub fn c(bin: &Path, calls: usize, batch: usize, out: &mut Results) -> Res<()> {
+    let scratch = Scratch::new("ffi")?;
+    let output = Command::new(bin)
+        .arg(scratch.db())
+        .arg(calls.to_string())
+        .arg(batch.to_string())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{} failed ({}): {}",
+            bin.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    let text = String::from_utf8(output.stdout)?;
+    let mut found = false;
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        if let (Some(key), Some(value)) = (parts.next(), parts.next()) {
+            if let Ok(v) = value.parse::<f64>() {
+                found |= key == "ffi_noop_call_ns_c";
+                out.num(key, v);
+            }
+        }
+    }
+    if !found {
+        return Err(format!("{} printed no ffi_noop_call_ns_c: {text}", bin.display()).into());
+    }
+    eprintln!(
+        "  C ping: {:.0} ns/call",
+        out.get("ffi_noop_call_ns_c").unwrap_or(f64::NAN)
+    );
+    Ok(())
+}

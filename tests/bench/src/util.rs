@@ -1,0 +1,212 @@
+//! Shared helpers: scratch databases, JSON calls, the no-op worker loop, percentiles.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use tasker_core::api::Tasker;
+
+pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The handler name every benchmark step uses.
+pub const NOOP: &str = "noop";
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct Scratch {
+    pub dir: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(tag: &str) -> Res<Scratch> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tasker-bench-{}-{}-{tag}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Scratch { dir })
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.join("bench.db")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+/// Opens the engine on a fresh database file with the given `sqlite_synchronous`.
+pub fn open(db: &Path, sync: &str) -> Res<Tasker> {
+    let cfg = json!({ "database_url": sqlite_url(db), "sqlite_synchronous": sync });
+    Ok(Tasker::open(&cfg.to_string())?)
+}
+
+/// One operation; the response parsed.
+pub fn call(t: &Tasker, op: &str, req: &str) -> Res<Value> {
+    let out = t
+        .call(op, req)
+        .map_err(|e| format!("{op} failed: {} {}", e.code, e.message))?;
+    Ok(serde_json::from_str(&out)?)
+}
+
+pub fn register(t: &Tasker, template: &Value) -> Res<()> {
+    call(
+        t,
+        "register_template",
+        &json!({ "template": template }).to_string(),
+    )?;
+    Ok(())
+}
+
+/// The `create_task` request for a template registered under `bench/<name>`.
+pub fn create_request(name: &str) -> String {
+    json!({ "namespace": "bench", "name": name, "version": "1.0.0", "context": {"n": 1} })
+        .to_string()
+}
+
+pub fn create(t: &Tasker, req: &str) -> Res<i64> {
+    let v = call(t, "create_task", req)?;
+    v["task_id"]
+        .as_i64()
+        .ok_or_else(|| format!("create_task returned no task_id: {v}").into())
+}
+
+/// A template in namespace `bench` whose steps (name, parents) all use the no-op handler.
+pub fn template(name: &str, steps: &[(String, Vec<String>)]) -> Value {
+    let steps: Vec<Value> = steps
+        .iter()
+        .map(|(n, deps)| {
+            if deps.is_empty() {
+                json!({ "name": n, "handler": NOOP })
+            } else {
+                json!({ "name": n, "handler": NOOP, "depends_on": deps })
+            }
+        })
+        .collect();
+    json!({ "namespace": "bench", "name": name, "version": "1.0.0", "steps": steps })
+}
+
+/// Time spent in each kind of call, summed over a run.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OpTimes {
+    pub claims: u64,
+    pub claim_ns: u64,
+    pub completes: u64,
+    pub complete_ns: u64,
+}
+
+impl OpTimes {
+    pub fn add(&mut self, other: &OpTimes) {
+        self.claims += other.claims;
+        self.claim_ns += other.claim_ns;
+        self.completes += other.completes;
+        self.complete_ns += other.complete_ns;
+    }
+
+    /// Adds `<prefix>_claim_rounds`, the mean ms per claim and per completion call.
+    pub fn record(&self, prefix: &str, out: &mut crate::results::Results) {
+        out.int(&format!("{prefix}_claim_rounds"), self.claims);
+        out.num(
+            &format!("{prefix}_claim_call_ms"),
+            self.claim_ns as f64 / self.claims.max(1) as f64 / 1e6,
+        );
+        out.num(
+            &format!("{prefix}_complete_call_ms"),
+            self.complete_ns as f64 / self.completes.max(1) as f64 / 1e6,
+        );
+    }
+}
+
+/// A worker of no-op handlers: claims (with a wait) up to `limit` steps, completes them
+/// all in one `complete_steps`, until `target` steps are done. Adds its calls to `times`.
+pub fn drain(t: &Tasker, limit: u32, target: usize, times: &mut OpTimes) -> Res<()> {
+    let claim =
+        format!(r#"{{"handlers":["{NOOP}"],"limit":{limit},"wait_ms":1000,"worker_id":"bench"}}"#);
+    let mut done = 0usize;
+    let mut empty = 0u32;
+    let mut items = String::with_capacity(64 * limit as usize);
+    while done < target {
+        let start = Instant::now();
+        let page = call(t, "claim", &claim)?;
+        times.claims += 1;
+        times.claim_ns += start.elapsed().as_nanos() as u64;
+        let steps = page["steps"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        if steps.is_empty() {
+            empty += 1;
+            if empty >= 5 {
+                return Err(
+                    format!("stalled: {done} of {target} steps done, claims find nothing").into(),
+                );
+            }
+            continue;
+        }
+        empty = 0;
+        items.clear();
+        items.push_str(r#"{"items":["#);
+        for (i, s) in steps.iter().enumerate() {
+            if i > 0 {
+                items.push(',');
+            }
+            let id = s["step_id"]
+                .as_i64()
+                .ok_or("claimed step without step_id")?;
+            let token = s["claim_token"]
+                .as_str()
+                .ok_or("claimed step without claim_token")?;
+            let _ = write!(
+                items,
+                r#"{{"step_id":{id},"claim_token":"{token}","result":null}}"#
+            );
+        }
+        items.push_str("]}");
+        let start = Instant::now();
+        let out = t
+            .call("complete_steps", &items)
+            .map_err(|e| format!("complete_steps failed: {} {}", e.code, e.message))?;
+        times.completes += 1;
+        times.complete_ns += start.elapsed().as_nanos() as u64;
+        if out.contains(r#""ok":false"#) {
+            return Err(format!("a completion was refused: {out}").into());
+        }
+        done += steps.len();
+    }
+    Ok(())
+}
+
+/// The task's state, from `get_task` (used to verify runs, never timed).
+pub fn task_state(t: &Tasker, task_id: i64) -> Res<String> {
+    let v = call(t, "get_task", &json!({ "task_id": task_id }).to_string())?;
+    Ok(v["task"]["state"].as_str().unwrap_or("?").to_owned())
+}
+
+pub fn expect_complete(t: &Tasker, task_id: i64) -> Res<()> {
+    match task_state(t, task_id)?.as_str() {
+        "complete" => Ok(()),
+        other => Err(format!("task {task_id} ended {other}, not complete").into()),
+    }
+}
+
+/// Nearest-rank percentile of sorted values.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    percentile(values, 50.0)
+}
