@@ -48,7 +48,11 @@ fn a_stale_claim_token_gets_lease_lost_and_changes_nothing() {
         "complete_step",
         json!({ "step_id": second["step_id"], "claim_token": second["claim_token"], "result": 2 }),
     );
-    assert_eq!(e.code, ErrorCode::LeaseLost, "a second report of the same attempt is refused");
+    assert_eq!(
+        e.code,
+        ErrorCode::LeaseLost,
+        "a second report of the same attempt is refused"
+    );
     assert_eq!(db.step(id, "a")["result"], "winner");
 }
 
@@ -70,7 +74,11 @@ fn expired_leases_are_retried_then_exhausted_and_recorded() {
     assert_eq!(db.step(id, "a")["state"], "error");
     assert_eq!(db.task(id)["state"], "error");
     let events = db.events(id);
-    assert_eq!(events.iter().filter(|e| *e == "step.lease_expired").count(), 2, "{events:?}");
+    assert_eq!(
+        events.iter().filter(|e| *e == "step.lease_expired").count(),
+        2,
+        "{events:?}"
+    );
     assert_eq!(events.last().unwrap(), "task.failed");
 }
 
@@ -102,14 +110,18 @@ fn heartbeats_extend_the_lease_but_not_past_the_timeout() {
     );
     // The lease is capped at started_at + timeout (1 s), not 10 minutes away.
     let expires = hb["lease_expires_at"].as_str().unwrap().to_owned();
-    assert!(expires > s["lease_expires_at"].as_str().unwrap().to_owned());
+    assert!(expires.as_str() > s["lease_expires_at"].as_str().unwrap());
     let ms_of = |ts: &str| -> i64 {
         let secs: f64 = ts[17..23].parse().unwrap();
         let mins: i64 = ts[14..16].parse().unwrap();
         mins * 60_000 + (secs * 1000.0) as i64
     };
-    let span = (ms_of(&expires) - ms_of(s["lease_expires_at"].as_str().unwrap())).rem_euclid(3_600_000);
-    assert!(span <= 1000, "lease extended by {span} ms, past the 1 s timeout");
+    let span =
+        (ms_of(&expires) - ms_of(s["lease_expires_at"].as_str().unwrap())).rem_euclid(3_600_000);
+    assert!(
+        span <= 1000,
+        "lease extended by {span} ms, past the 1 s timeout"
+    );
 }
 
 #[test]
@@ -131,13 +143,20 @@ fn failures_follow_the_policy_and_retry_after() {
     assert_eq!(step["error"]["kind"], "RateLimit");
     assert_eq!(step["error"]["details"]["status"], 429);
     let explain = db.call("explain_task", json!({ "task_id": id }));
-    assert_eq!(explain["steps"][0]["status"], "retry_scheduled", "{explain}");
+    assert_eq!(
+        explain["steps"][0]["status"], "retry_scheduled",
+        "{explain}"
+    );
 }
 
 #[test]
 fn a_permanent_failure_errors_the_task_after_independent_work_finishes() {
     let db = open(json!({}));
-    db.register(template("two", &[("a", &[]), ("b", &[]), ("c", &["a"])], fast_retry(3)));
+    db.register(template(
+        "two",
+        &[("a", &[]), ("b", &[]), ("c", &["a"])],
+        fast_retry(3),
+    ));
     let id = db.create("two", json!({}));
     let steps = db.claim(&["a", "b"], 10, 60_000);
     assert_eq!(steps.len(), 2);
@@ -153,7 +172,12 @@ fn a_permanent_failure_errors_the_task_after_independent_work_finishes() {
     let task = db.task(id);
     assert_eq!(task["state"], "error");
     let explain = db.call("explain_task", json!({ "task_id": id }));
-    let c = explain["steps"].as_array().unwrap().iter().find(|s| s["name"] == "c").unwrap();
+    let c = explain["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "c")
+        .unwrap();
     assert_eq!(c["status"], "blocked");
     assert_eq!(c["blocked_by"], json!(["a"]));
 
@@ -161,14 +185,20 @@ fn a_permanent_failure_errors_the_task_after_independent_work_finishes() {
     let r = db.call("retry_step", json!({ "task_id": id, "step_name": "a" }));
     assert_eq!(r["task_state"], "running");
     let a2 = db.claim(&["a"], 1, 60_000).remove(0);
-    assert_eq!(a2["attempt"], 1, "an operator retry starts a fresh attempt budget");
+    assert_eq!(
+        a2["attempt"], 1,
+        "an operator retry starts a fresh attempt budget"
+    );
     db.complete(&a2, json!(2));
     let c2 = db.claim(&["c"], 1, 60_000).remove(0);
     assert_eq!(c2["results"]["a"], 2);
     db.complete(&c2, json!(3));
     assert_eq!(db.task(id)["state"], "complete");
     let ev = db.events(id);
-    assert!(ev.contains(&"task.failed".to_owned()) && ev.contains(&"task.resumed".to_owned()), "{ev:?}");
+    assert!(
+        ev.contains(&"task.failed".to_owned()) && ev.contains(&"task.resumed".to_owned()),
+        "{ev:?}"
+    );
 }
 
 #[test]
@@ -202,7 +232,10 @@ fn cancelling_fences_out_running_workers() {
     db.register(template("lin", &[("a", &[]), ("b", &["a"])], fast_retry(1)));
     let id = db.create("lin", json!({}));
     let a = db.claim(&["a"], 1, 60_000).remove(0);
-    let out = db.call("cancel_task", json!({ "task_id": id, "reason": "customer asked" }));
+    let out = db.call(
+        "cancel_task",
+        json!({ "task_id": id, "reason": "customer asked" }),
+    );
     assert_eq!(out["state"], "cancelled");
     let e = db.call_err(
         "complete_step",
@@ -211,9 +244,16 @@ fn cancelling_fences_out_running_workers() {
     assert_eq!(e.code, ErrorCode::LeaseLost);
     let task = db.task(id);
     assert_eq!(task["state"], "cancelled");
-    assert!(task["steps"].as_array().unwrap().iter().all(|s| s["state"] == "cancelled"));
+    assert!(task["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["state"] == "cancelled"));
     assert!(db.claim(&["a", "b"], 5, 1000).is_empty());
-    assert_eq!(db.call("cancel_task", json!({ "task_id": id }))["changed"], false);
+    assert_eq!(
+        db.call("cancel_task", json!({ "task_id": id }))["changed"],
+        false
+    );
     let e = db.call_err("retry_step", json!({ "task_id": id, "step_name": "a" }));
     assert_eq!(e.code, ErrorCode::InvalidState);
 }
@@ -228,7 +268,13 @@ fn idempotency_keys_return_the_existing_task() {
     assert_eq!(first["task_id"], second["task_id"]);
     assert_eq!(first["created"], true);
     assert_eq!(second["created"], false);
-    assert_eq!(db.call("list_tasks", json!({}))["tasks"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        db.call("list_tasks", json!({}))["tasks"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -241,29 +287,103 @@ fn bad_input_gets_a_stable_code_and_changes_nothing() {
     let before = db.fingerprint();
     let raw = |op: &str, req: &str| db.tasker.call(op, req).unwrap_err().code;
     assert_eq!(raw("create_task", "{not json"), ErrorCode::InvalidJson);
-    assert_eq!(raw("create_task", r#"{"namespace":"t","name":"one","extra":1}"#), ErrorCode::InvalidArgument);
-    assert_eq!(raw("create_task", r#"{"namespace":"t"}"#), ErrorCode::InvalidArgument);
+    assert_eq!(
+        raw("create_task", r#"{"namespace":"t","name":"one","extra":1}"#),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        raw("create_task", r#"{"namespace":"t"}"#),
+        ErrorCode::InvalidArgument
+    );
     assert_eq!(raw("no_such_op", "{}"), ErrorCode::UnknownOperation);
     assert_eq!(raw("get_task", &"x".repeat(5000)), ErrorCode::TooLarge);
     let cases: Vec<(&str, Value, ErrorCode)> = vec![
-        ("create_task", json!({ "namespace": "t", "name": "one", "context": {} }), ErrorCode::SchemaViolation),
-        ("create_task", json!({ "namespace": "t", "name": "one", "context": { "order_id": "x" } }), ErrorCode::SchemaViolation),
-        ("create_task", json!({ "namespace": "t", "name": "one", "context": { "order_id": 1, "pad": "y".repeat(2000) } }), ErrorCode::TooLarge),
-        ("create_task", json!({ "namespace": "t", "name": "nope" }), ErrorCode::NotFound),
+        (
+            "create_task",
+            json!({ "namespace": "t", "name": "one", "context": {} }),
+            ErrorCode::SchemaViolation,
+        ),
+        (
+            "create_task",
+            json!({ "namespace": "t", "name": "one", "context": { "order_id": "x" } }),
+            ErrorCode::SchemaViolation,
+        ),
+        (
+            "create_task",
+            json!({ "namespace": "t", "name": "one", "context": { "order_id": 1, "pad": "y".repeat(2000) } }),
+            ErrorCode::TooLarge,
+        ),
+        (
+            "create_task",
+            json!({ "namespace": "t", "name": "nope" }),
+            ErrorCode::NotFound,
+        ),
         ("get_task", json!({ "task_id": 999 }), ErrorCode::NotFound),
-        ("cancel_task", json!({ "task_id": 999 }), ErrorCode::NotFound),
-        ("retry_step", json!({ "task_id": id, "step_name": "a" }), ErrorCode::InvalidState),
-        ("retry_step", json!({ "task_id": id, "step_name": "zz" }), ErrorCode::NotFound),
-        ("retry_step", json!({ "task_id": id }), ErrorCode::InvalidArgument),
-        ("complete_step", json!({ "step_id": 999, "claim_token": "1", "result": 1 }), ErrorCode::NotFound),
-        ("complete_step", json!({ "step_id": 1, "claim_token": "not-a-token" }), ErrorCode::InvalidArgument),
-        ("claim", json!({ "handlers": [] }), ErrorCode::InvalidArgument),
-        ("claim", json!({ "handlers": ["a"], "limit": 0 }), ErrorCode::InvalidArgument),
-        ("list_tasks", json!({ "state": "weird" }), ErrorCode::InvalidArgument),
-        ("events", json!({ "types": ["step.exploded"] }), ErrorCode::InvalidArgument),
-        ("register_template", json!({ "template": template("cyc", &[("a", &["b"]), ("b", &["a"])], fast_retry(1)) }), ErrorCode::InvalidTemplate),
-        ("register_template", json!({ "yaml": "namespace: t\nname: one\nversion: '1'\nsteps: [{name: z, handler: z}]" }), ErrorCode::Conflict),
-        ("register_template", json!({ "yaml": "a", "path": "b" }), ErrorCode::InvalidArgument),
+        (
+            "cancel_task",
+            json!({ "task_id": 999 }),
+            ErrorCode::NotFound,
+        ),
+        (
+            "retry_step",
+            json!({ "task_id": id, "step_name": "a" }),
+            ErrorCode::InvalidState,
+        ),
+        (
+            "retry_step",
+            json!({ "task_id": id, "step_name": "zz" }),
+            ErrorCode::NotFound,
+        ),
+        (
+            "retry_step",
+            json!({ "task_id": id }),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            "complete_step",
+            json!({ "step_id": 999, "claim_token": "1", "result": 1 }),
+            ErrorCode::NotFound,
+        ),
+        (
+            "complete_step",
+            json!({ "step_id": 1, "claim_token": "not-a-token" }),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            "claim",
+            json!({ "handlers": [] }),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            "claim",
+            json!({ "handlers": ["a"], "limit": 0 }),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            "list_tasks",
+            json!({ "state": "weird" }),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            "events",
+            json!({ "types": ["step.exploded"] }),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            "register_template",
+            json!({ "template": template("cyc", &[("a", &["b"]), ("b", &["a"])], fast_retry(1)) }),
+            ErrorCode::InvalidTemplate,
+        ),
+        (
+            "register_template",
+            json!({ "yaml": "namespace: t\nname: one\nversion: '1'\nsteps: [{name: z, handler: z}]" }),
+            ErrorCode::Conflict,
+        ),
+        (
+            "register_template",
+            json!({ "yaml": "a", "path": "b" }),
+            ErrorCode::InvalidArgument,
+        ),
     ];
     for (op, req, code) in cases {
         let e = db.call_err(op, req.clone());
@@ -276,22 +396,37 @@ fn bad_input_gets_a_stable_code_and_changes_nothing() {
 #[test]
 fn handles_share_one_engine_per_database_and_close_cleanly() {
     let db = open(json!({}));
-    let other = tasker_core::api::Tasker::open(&json!({ "database_url": db.url }).to_string()).unwrap();
+    let other =
+        tasker_core::api::Tasker::open(&json!({ "database_url": db.url }).to_string()).unwrap();
     db.register(template("one", &[("a", &[])], fast_retry(1)));
     // The second handle sees the first one's template through the shared engine cache.
-    let out = other.call("create_task", &json!({ "namespace": "t", "name": "one" }).to_string()).unwrap();
+    let out = other
+        .call(
+            "create_task",
+            &json!({ "namespace": "t", "name": "one" }).to_string(),
+        )
+        .unwrap();
     assert!(out.contains("task_id"));
     other.close();
     other.close();
-    assert_eq!(other.call("ping", "{}").unwrap_err().code, ErrorCode::Closed);
+    assert_eq!(
+        other.call("ping", "{}").unwrap_err().code,
+        ErrorCode::Closed
+    );
     // Closing one handle leaves the other working.
     assert_eq!(db.call("ping", json!({}))["ok"], true);
 
     let id = tasker_core::api::handles::insert(db.tasker.clone());
     assert!(tasker_core::api::handles::get(id).is_ok());
     tasker_core::api::handles::remove(id).unwrap();
-    assert_eq!(tasker_core::api::handles::get(id).unwrap_err().code, ErrorCode::Closed);
-    assert_eq!(tasker_core::api::handles::get(u64::MAX).unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(
+        tasker_core::api::handles::get(id).unwrap_err().code,
+        ErrorCode::Closed
+    );
+    assert_eq!(
+        tasker_core::api::handles::get(u64::MAX).unwrap_err().code,
+        ErrorCode::NotFound
+    );
 }
 
 #[test]
@@ -301,9 +436,13 @@ fn subscribers_receive_events_in_order() {
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let sub = db
         .tasker
-        .subscribe(0, Some(vec!["task.created".into(), "task.completed".into()]), move |e| {
-            let _ = tx.send(e["event"].as_str().unwrap().to_owned());
-        })
+        .subscribe(
+            0,
+            Some(vec!["task.created".into(), "task.completed".into()]),
+            move |e| {
+                let _ = tx.send(e["event"].as_str().unwrap().to_owned());
+            },
+        )
         .unwrap();
     db.create("one", json!({}));
     let s = db.claim(&["a"], 1, 60_000).remove(0);
@@ -323,7 +462,10 @@ fn a_waiting_claim_is_woken_by_new_work() {
     let t = db.tasker.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(t.call("claim", &json!({ "handlers": ["a"], "wait_ms": 30_000 }).to_string()));
+        let _ = tx.send(t.call(
+            "claim",
+            &json!({ "handlers": ["a"], "wait_ms": 30_000 }).to_string(),
+        ));
     });
     sleep_ms(100);
     db.create("one", json!({}));
@@ -345,16 +487,26 @@ fn templates_are_found_in_the_template_directory() {
         "namespace: t\nname: fromfile\nversion: 2.0.0\nsteps:\n  - name: a\n    handler: a\n",
     )
     .unwrap();
-    let out = db.call("create_task", json!({ "namespace": "t", "name": "fromfile", "version": "2.0.0" }));
+    let out = db.call(
+        "create_task",
+        json!({ "namespace": "t", "name": "fromfile", "version": "2.0.0" }),
+    );
     assert_eq!(out["created"], true);
-    let tpl = db.call("get_template", json!({ "namespace": "t", "name": "fromfile" }));
+    let tpl = db.call(
+        "get_template",
+        json!({ "namespace": "t", "name": "fromfile" }),
+    );
     assert_eq!(tpl["template"]["version"], "2.0.0");
 }
 
 #[test]
 fn batch_completion_reports_each_item() {
     let db = open(json!({}));
-    db.register(template("fan", &[("a", &[]), ("b", &[]), ("c", &["a", "b"])], fast_retry(1)));
+    db.register(template(
+        "fan",
+        &[("a", &[]), ("b", &[]), ("c", &["a", "b"])],
+        fast_retry(1),
+    ));
     let id = db.create("fan", json!({}));
     let steps = db.claim(&["a", "b"], 10, 60_000);
     let items: Vec<Value> = steps

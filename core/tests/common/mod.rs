@@ -46,7 +46,10 @@ impl Db {
     }
 
     pub fn create(&self, name: &str, context: Value) -> i64 {
-        self.call("create_task", json!({ "namespace": "t", "name": name, "context": context }))["task_id"]
+        self.call(
+            "create_task",
+            json!({ "namespace": "t", "name": name, "context": context }),
+        )["task_id"]
             .as_i64()
             .unwrap()
     }

@@ -1,7 +1,7 @@
 //! Embedded migrations for SQLite, applied in order inside one transaction each.
 
 use sqlx::sqlite::SqliteConnection;
-use sqlx::{Connection, Row};
+use sqlx::Connection;
 
 use crate::error::Result;
 

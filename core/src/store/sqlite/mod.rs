@@ -85,7 +85,7 @@ impl SqliteStore {
             .as_mut()
             .ok_or_else(|| Error::new(ErrorCode::Closed, "the store is closed"))?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        let value = f(&mut *tx).await?;
+        let value = f(&mut tx).await?;
         tx.commit().await?;
         Ok(value)
     }
