@@ -152,13 +152,19 @@ impl Error {
     }
 }
 
-impl From<sqlx::Error> for Error {
-    fn from(e: sqlx::Error) -> Self {
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode as Sq;
         match &e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            rusqlite::Error::SqliteFailure(f, _)
+                if matches!(
+                    f.code,
+                    Sq::DatabaseBusy | Sq::DatabaseLocked | Sq::CannotOpen
+                ) =>
+            {
                 Error::new(ErrorCode::Unavailable, format!("database unavailable: {e}"))
             }
-            sqlx::Error::RowNotFound => Error::not_found(e.to_string()),
+            rusqlite::Error::QueryReturnedNoRows => Error::not_found(e.to_string()),
             _ => Error::new(ErrorCode::Database, format!("database error: {e}")),
         }
     }

@@ -83,7 +83,7 @@ impl Engine {
     pub async fn open(config: Config) -> Result<Arc<Engine>> {
         let url = config.database_url.as_str();
         let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
-            Arc::new(SqliteStore::open(&config).await?)
+            Arc::new(SqliteStore::open(&config)?)
         } else {
             return Err(Error::invalid_argument(format!(
                 "unsupported database_url `{url}`: expected sqlite://path"
@@ -267,6 +267,22 @@ impl Engine {
 
     pub async fn create_task(&self, req: CreateTask) -> Result<CreatedTask> {
         self.check_open()?;
+        if let Some(key) = &req.idempotency_key {
+            if key.is_empty() || key.len() > 256 {
+                return Err(Error::invalid_argument(
+                    "idempotency_key must be 1-256 characters",
+                ));
+            }
+            // A repeat returns the task the key made, whatever its context: it is the
+            // same request, and the first one was already validated.
+            if let Some(existing) = self
+                .store
+                .find_task_by_key(&req.namespace, &req.name, key)
+                .await?
+            {
+                return Ok(existing);
+            }
+        }
         let compiled = self
             .find_template(&req.namespace, &req.name, req.version.as_deref())
             .await?;
@@ -293,13 +309,6 @@ impl Engine {
                     ),
                 )
                 .with_details(serde_json::json!({ "errors": problems })));
-            }
-        }
-        if let Some(key) = &req.idempotency_key {
-            if key.is_empty() || key.len() > 256 {
-                return Err(Error::invalid_argument(
-                    "idempotency_key must be 1-256 characters",
-                ));
             }
         }
         let created = self

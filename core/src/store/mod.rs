@@ -270,6 +270,14 @@ pub trait Store: Send + Sync {
         name: &'a str,
         version: Option<&'a str>,
     ) -> BoxFut<'a, Option<Template>>;
+    /// The task created earlier with this idempotency key, if any.
+    fn find_task_by_key<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        key: &'a str,
+    ) -> BoxFut<'a, Option<CreatedTask>>;
+    /// Creates a task; an existing task with the same idempotency key is returned instead.
     fn create_task(&self, task: NewTask) -> BoxFut<'_, CreatedTask>;
     fn claim(&self, params: ClaimParams) -> BoxFut<'_, ClaimBatch>;
     /// Renews a lease; returns the new expiry.

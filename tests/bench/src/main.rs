@@ -151,15 +151,6 @@ fn run() -> Res<()> {
 }
 
 fn sqlite_version() -> Res<String> {
-    use sqlx::Connection;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    Ok(rt.block_on(async {
-        let mut c = sqlx::SqliteConnection::connect("sqlite::memory:").await?;
-        let v: (String,) = sqlx::query_as("SELECT sqlite_version()")
-            .fetch_one(&mut c)
-            .await?;
-        Ok::<_, sqlx::Error>(v.0)
-    })?)
+    let c = rusqlite::Connection::open_in_memory()?;
+    Ok(c.query_row("SELECT sqlite_version()", [], |r| r.get(0))?)
 }

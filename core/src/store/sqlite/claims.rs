@@ -2,13 +2,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::sync::Arc;
 
+use rusqlite::{
+    params, params_from_iter, types::Value as SqlValue, Connection, OptionalExtension, Row,
+};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{Sqlite, SqliteConnection};
-use sqlx::{AssertSqlSafe, Row};
 
 use super::write::{self, bump, Deltas, FailedStep, Tr};
 use crate::error::{Error, ErrorCode, Result};
@@ -19,6 +18,8 @@ use crate::store::*;
 /// The claim statement for `k` handlers: one index range scan per handler (each already
 /// in priority, `ready_at` order), merged, limited, and flipped to `running` in place.
 /// Parameters: ?1 token, ?2 worker, ?3 now, ?4 lease ms, ?5 limit, ?6.. handlers.
+/// (`?5 + 0` keeps the limit out of the planner's view: a bare bound LIMIT makes
+/// SQLite re-prepare the statement on every run.)
 pub fn claim_sql(k: usize) -> String {
     let mut inner = String::new();
     for i in 0..k {
@@ -29,7 +30,7 @@ pub fn claim_sql(k: usize) -> String {
             inner,
             "SELECT * FROM (SELECT id, priority, ready_at FROM tasker_steps \
              WHERE state = 'ready' AND handler = ?{} AND ready_at <= ?3 \
-             ORDER BY priority DESC, ready_at LIMIT ?5)",
+             ORDER BY priority DESC, ready_at LIMIT ?5 + 0)",
             6 + i
         );
     }
@@ -37,14 +38,14 @@ pub fn claim_sql(k: usize) -> String {
         "UPDATE tasker_steps SET state = 'running', attempts = attempts + 1, claim_token = ?1, \
          worker = ?2, started_at = ?3, first_started_at = COALESCE(first_started_at, ?3), \
          lease_expires_at = MIN(?3 + ?4, ?3 + timeout_ms), updated_at = ?3 \
-         WHERE id IN (SELECT id FROM ({inner}) ORDER BY priority DESC, ready_at, id LIMIT ?5) \
+         WHERE id IN (SELECT id FROM ({inner}) ORDER BY priority DESC, ready_at, id LIMIT ?5 + 0) \
          RETURNING id, task_id, name, handler, attempts, retry_base, max_attempts, \
          lease_expires_at, timeout_ms, config"
     )
 }
 
 /// A claimed row before its inputs (context, parent results) are loaded.
-pub struct ClaimedRow {
+struct ClaimedRow {
     step_id: i64,
     task_id: i64,
     name: String,
@@ -55,55 +56,78 @@ pub struct ClaimedRow {
     lease_expires_at: i64,
     timeout_ms: i64,
     config: Option<String>,
-    token: i64,
 }
 
-pub async fn claim(
-    conn: &mut SqliteConnection,
-    sql: AssertSqlSafe<Arc<str>>,
-    params: ClaimParams,
-) -> Result<(Vec<ClaimedRow>, Option<i64>)> {
+fn raw(text: String) -> Result<Box<RawValue>> {
+    RawValue::from_string(text).map_err(|e| Error::internal(format!("stored JSON is invalid: {e}")))
+}
+
+pub fn claim(conn: &Connection, params: &ClaimParams) -> Result<ClaimBatch> {
     let token = fastrand::i64(1..(1i64 << 53));
-    let mut q = sqlx::query(sql)
-        .bind(token)
-        .bind(params.worker.clone())
-        .bind(params.now)
-        .bind(params.lease_ms as i64)
-        .bind(i64::from(params.limit));
-    for h in &params.handlers {
-        q = q.bind(h.clone());
+    let mut args: Vec<SqlValue> = vec![
+        SqlValue::Integer(token),
+        SqlValue::Text(params.worker.clone()),
+        SqlValue::Integer(params.now),
+        SqlValue::Integer(params.lease_ms as i64),
+        SqlValue::Integer(i64::from(params.limit)),
+    ];
+    args.extend(params.handlers.iter().map(|h| SqlValue::Text(h.clone())));
+    let mut claimed = Vec::new();
+    {
+        let mut stmt = conn.prepare_cached(&claim_sql(params.handlers.len()))?;
+        let mut rows = stmt.query(params_from_iter(args))?;
+        while let Some(row) = rows.next()? {
+            claimed.push(ClaimedRow {
+                step_id: row.get(0)?,
+                task_id: row.get(1)?,
+                name: row.get(2)?,
+                handler: row.get(3)?,
+                attempts: row.get(4)?,
+                retry_base: row.get(5)?,
+                max_attempts: row.get(6)?,
+                lease_expires_at: row.get(7)?,
+                timeout_ms: row.get(8)?,
+                config: row.get(9)?,
+            });
+        }
     }
-    let rows = q.fetch_all(&mut *conn).await?;
-    if rows.is_empty() {
+    if claimed.is_empty() {
         // Nothing claimable now: tell the waiter when the next retry comes due.
         let handlers = Value::from(params.handlers.clone()).to_string();
-        let next: Option<i64> = sqlx::query(
-            "SELECT MIN(ready_at) FROM tasker_steps
-             WHERE state = 'ready' AND handler IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(handlers)
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get(0)?;
-        return Ok((Vec::new(), next));
+        let next: Option<i64> = conn
+            .prepare_cached(
+                "SELECT MIN(ready_at) FROM tasker_steps
+                 WHERE state = 'ready' AND handler IN (SELECT value FROM json_each(?1))",
+            )?
+            .query_row([handlers], |r| r.get(0))?;
+        return Ok(ClaimBatch {
+            steps: Vec::new(),
+            next_ready_at: next,
+        });
     }
-    let mut claimed = Vec::with_capacity(rows.len());
-    let mut trs = Vec::with_capacity(rows.len() + 1);
-    let mut tasks: Vec<i64> = Vec::new();
-    for row in rows {
-        let c = ClaimedRow {
-            step_id: row.try_get(0)?,
-            task_id: row.try_get(1)?,
-            name: row.try_get(2)?,
-            handler: row.try_get(3)?,
-            attempts: row.try_get(4)?,
-            retry_base: row.try_get(5)?,
-            max_attempts: row.try_get(6)?,
-            lease_expires_at: row.try_get(7)?,
-            timeout_ms: row.try_get(8)?,
-            config: row.try_get(9)?,
-            token,
-        };
+    claimed.sort_unstable_by_key(|c| c.step_id);
+    let mut task_ids: Vec<i64> = claimed.iter().map(|c| c.task_id).collect();
+    task_ids.sort_unstable();
+    task_ids.dedup();
+    let task_list = Value::from(task_ids).to_string();
+
+    // The task starts before its first step does, in the event log too.
+    let mut trs = Vec::with_capacity(claimed.len() + 1);
+    {
+        let mut stmt = conn.prepare_cached(
+            "UPDATE tasker_tasks SET state = 'running', prev_state = state, started_at = ?2, updated_at = ?2
+             WHERE id IN (SELECT value FROM json_each(?1)) AND state = 'pending'
+             RETURNING id",
+        )?;
+        let mut started: Vec<i64> = stmt
+            .query_map(params![task_list, params.now], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        started.sort_unstable();
+        for id in started {
+            trs.push(Tr::task(id, Some("pending"), "running", reason::CLAIMED));
+        }
+    }
+    for c in &claimed {
         trs.push(
             Tr::step(
                 c.task_id,
@@ -115,89 +139,41 @@ pub async fn claim(
             )
             .attempt(c.attempts, Some(params.worker.clone())),
         );
-        if !tasks.contains(&c.task_id) {
-            tasks.push(c.task_id);
+    }
+    write::insert_transitions(conn, &trs, params.now)?;
+
+    // What the handlers need: task contexts and the results of each step's parents
+    // (both immutable once written).
+    let mut contexts: HashMap<i64, String> = HashMap::new();
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, context FROM tasker_tasks WHERE id IN (SELECT value FROM json_each(?1))",
+        )?;
+        let mut rows = stmt.query([&task_list])?;
+        while let Some(r) = rows.next()? {
+            contexts.insert(r.get(0)?, r.get(1)?);
         }
-        claimed.push(c);
     }
-    claimed.sort_by_key(|c| c.step_id);
-    let started = sqlx::query(
-        "UPDATE tasker_tasks SET state = 'running', prev_state = state, started_at = ?2, updated_at = ?2
-         WHERE id IN (SELECT value FROM json_each(?1)) AND state = 'pending'
-         RETURNING id",
-    )
-    .bind(Value::from(tasks).to_string())
-    .bind(params.now)
-    .fetch_all(&mut *conn)
-    .await?;
-    // The task starts before its first step does, in the event log too.
-    let mut ordered = Vec::with_capacity(trs.len() + started.len());
-    for row in started {
-        ordered.push(Tr::task(
-            row.try_get(0)?,
-            Some("pending"),
-            "running",
-            reason::CLAIMED,
-        ));
-    }
-    ordered.append(&mut trs);
-    let trs = ordered;
-    write::insert_transitions(conn, &trs, params.now).await?;
-    Ok((claimed, None))
-}
-
-fn raw(text: String) -> Result<Box<RawValue>> {
-    RawValue::from_string(text).map_err(|e| Error::internal(format!("stored JSON is invalid: {e}")))
-}
-
-/// Loads what the handlers need, after the claim committed: task contexts and the
-/// results of each step's parents (both immutable once written, so no lock is needed).
-pub async fn load_claim_inputs(
-    conn: &mut PoolConnection<Sqlite>,
-    claimed: (Vec<ClaimedRow>, Option<i64>),
-    _params: &ClaimParams,
-) -> Result<ClaimBatch> {
-    let (rows, next_ready_at) = claimed;
-    if rows.is_empty() {
-        return Ok(ClaimBatch {
-            steps: Vec::new(),
-            next_ready_at,
-        });
-    }
-    let mut task_ids: Vec<i64> = rows.iter().map(|r| r.task_id).collect();
-    task_ids.sort_unstable();
-    task_ids.dedup();
-    let mut contexts: HashMap<i64, String> = HashMap::with_capacity(task_ids.len());
-    for row in sqlx::query(
-        "SELECT id, context FROM tasker_tasks WHERE id IN (SELECT value FROM json_each(?1))",
-    )
-    .bind(Value::from(task_ids).to_string())
-    .fetch_all(&mut **conn)
-    .await?
-    {
-        contexts.insert(row.try_get(0)?, row.try_get(1)?);
-    }
-    let step_ids: Vec<i64> = rows.iter().map(|r| r.step_id).collect();
+    let step_list = Value::from(claimed.iter().map(|c| c.step_id).collect::<Vec<_>>()).to_string();
     let mut results: HashMap<i64, BTreeMap<String, Box<RawValue>>> = HashMap::new();
-    for row in sqlx::query(
-        "SELECT e.child_id, p.name, p.result FROM tasker_edges AS e
-         JOIN tasker_steps AS p ON p.id = e.parent_id
-         WHERE e.child_id IN (SELECT value FROM json_each(?1))",
-    )
-    .bind(Value::from(step_ids).to_string())
-    .fetch_all(&mut **conn)
-    .await?
     {
-        let child: i64 = row.try_get(0)?;
-        let name: String = row.try_get(1)?;
-        let result: Option<String> = row.try_get(2)?;
-        results
-            .entry(child)
-            .or_default()
-            .insert(name, raw(result.unwrap_or_else(|| "null".into()))?);
+        let mut stmt = conn.prepare_cached(
+            "SELECT e.child_id, p.name, p.result FROM tasker_edges AS e
+             JOIN tasker_steps AS p ON p.id = e.parent_id
+             WHERE e.child_id IN (SELECT value FROM json_each(?1))",
+        )?;
+        let mut rows = stmt.query([&step_list])?;
+        while let Some(r) = rows.next()? {
+            let result: Option<String> = r.get(2)?;
+            results
+                .entry(r.get(0)?)
+                .or_default()
+                .insert(r.get(1)?, raw(result.unwrap_or_else(|| "null".into()))?);
+        }
     }
-    let mut steps = Vec::with_capacity(rows.len());
-    for r in rows {
+    let token_text = token.to_string();
+    let mut steps = Vec::with_capacity(claimed.len());
+    for r in claimed {
         let context = contexts.get(&r.task_id).cloned().ok_or_else(|| {
             Error::internal(format!("task {} of a claimed step is missing", r.task_id))
         })?;
@@ -206,7 +182,7 @@ pub async fn load_claim_inputs(
             task_id: r.task_id,
             step_name: r.name,
             handler: r.handler,
-            claim_token: r.token.to_string(),
+            claim_token: token_text.clone(),
             attempt: r.attempts - r.retry_base,
             max_attempts: r.max_attempts,
             lease_expires_at: Ts(r.lease_expires_at),
@@ -224,60 +200,54 @@ pub async fn load_claim_inputs(
 
 /// Why a fenced update matched nothing: the step is unknown, or no longer held by
 /// this claim.
-async fn fence_error(conn: &mut SqliteConnection, step_id: i64) -> Result<Error> {
-    let row = sqlx::query("SELECT state FROM tasker_steps WHERE id = ?1")
-        .bind(step_id)
-        .fetch_optional(conn)
-        .await?;
-    Ok(match row {
+fn fence_error(conn: &Connection, step_id: i64) -> Result<Error> {
+    let state: Option<String> = conn
+        .prepare_cached("SELECT state FROM tasker_steps WHERE id = ?1")?
+        .query_row([step_id], |r| r.get(0))
+        .optional()?;
+    Ok(match state {
         None => Error::not_found(format!("step {step_id} does not exist")),
-        Some(row) => {
-            let state: String = row.try_get(0)?;
-            Error::new(
-                ErrorCode::LeaseLost,
-                format!("step {step_id} is no longer held by this claim (it is {state}); the result was not recorded"),
-            )
-            .with_details(json!({ "step_id": step_id, "state": state }))
-        }
+        Some(state) => Error::new(
+            ErrorCode::LeaseLost,
+            format!("step {step_id} is no longer held by this claim (it is {state}); nothing was recorded"),
+        )
+        .with_details(json!({ "step_id": step_id, "state": state })),
     })
 }
 
-pub async fn heartbeat(
-    conn: &mut SqliteConnection,
+pub fn heartbeat(
+    conn: &Connection,
     step_id: i64,
     token: i64,
     lease_ms: u64,
     now: i64,
 ) -> Result<i64> {
-    let row = sqlx::query(
-        "UPDATE tasker_steps SET lease_expires_at = MIN(?3 + ?4, started_at + timeout_ms), updated_at = ?3
-         WHERE id = ?1 AND claim_token = ?2 AND state = 'running'
-         RETURNING lease_expires_at",
-    )
-    .bind(step_id)
-    .bind(token)
-    .bind(now)
-    .bind(lease_ms as i64)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let row: Option<(i64, i64)> = conn
+        .prepare_cached(
+            "UPDATE tasker_steps SET lease_expires_at = MIN(?3 + ?4, started_at + timeout_ms), updated_at = ?3
+             WHERE id = ?1 AND claim_token = ?2 AND state = 'running'
+             RETURNING lease_expires_at, started_at + timeout_ms",
+        )?
+        .query_row(params![step_id, token, now, lease_ms as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
     match row {
-        Some(row) => Ok(row.try_get(0)?),
-        None => Err(fence_error(conn, step_id).await?),
+        Some((_, deadline)) if deadline <= now => Err(Error::new(
+            ErrorCode::LeaseLost,
+            format!("step {step_id} ran past its timeout; its lease cannot be extended and the attempt will be failed"),
+        )
+        .with_details(json!({ "step_id": step_id, "state": "running", "timed_out": true }))),
+        Some((expires, _)) => Ok(expires),
+        None => Err(fence_error(conn, step_id)?),
     }
 }
 
-pub async fn complete(
-    conn: &mut SqliteConnection,
-    items: Vec<Completion>,
-    now: i64,
-) -> Result<Vec<ItemOutcome>> {
-    let mut seen = HashSet::with_capacity(items.len());
+pub fn complete(conn: &Connection, items: Vec<Completion>, now: i64) -> Result<Vec<ItemOutcome>> {
+    // Only the first report of a step in a batch is applied; later ones are refused.
+    let mut first: HashSet<i64> = HashSet::with_capacity(items.len());
     let mut array = String::with_capacity(items.len() * 48);
     array.push('[');
-    let mut duplicate = Vec::new();
     for item in &items {
-        if !seen.insert(item.step_id) {
-            duplicate.push(item.step_id);
+        if !first.insert(item.step_id) {
             continue;
         }
         if array.len() > 1 {
@@ -292,77 +262,72 @@ pub async fn complete(
         );
     }
     array.push(']');
-    let rows = sqlx::query(
-        "UPDATE tasker_steps AS s SET state = 'complete', result = j.value -> 2,
-            claim_token = NULL, lease_expires_at = NULL, finished_at = ?2, updated_at = ?2
-         FROM json_each(?1) AS j
-         WHERE s.id = j.value ->> 0 AND s.claim_token = j.value ->> 1 AND s.state = 'running'
-         RETURNING id, task_id, name, attempts, worker",
-    )
-    .bind(array)
-    .bind(now)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut done_ids = Vec::with_capacity(rows.len());
+    let mut done_ids = Vec::with_capacity(items.len());
     let mut deltas = Deltas::new();
-    let mut trs = Vec::with_capacity(rows.len() * 2);
-    for row in rows {
-        let id: i64 = row.try_get(0)?;
-        let task_id: i64 = row.try_get(1)?;
-        let name: String = row.try_get(2)?;
-        bump(&mut deltas, task_id, |d| {
-            d.active -= 1;
-            d.done += 1;
-        });
-        trs.push(
-            Tr::step(
-                task_id,
-                id,
-                &name,
-                Some("running"),
-                "complete",
-                reason::COMPLETED,
-            )
-            .attempt(row.try_get(3)?, row.try_get(4)?),
-        );
-        done_ids.push(id);
+    let mut trs = Vec::with_capacity(items.len() * 2);
+    {
+        let mut stmt = conn.prepare_cached(
+            "UPDATE tasker_steps AS s SET state = 'complete', result = j.value -> 2,
+                claim_token = NULL, lease_expires_at = NULL, finished_at = ?2, updated_at = ?2
+             FROM json_each(?1) AS j
+             WHERE s.id = j.value ->> 0 AND s.claim_token = j.value ->> 1 AND s.state = 'running'
+             RETURNING id, task_id, name, attempts, worker",
+        )?;
+        let mut rows = stmt.query(params![array, now])?;
+        let mut done: Vec<(i64, i64, String, i64, Option<String>)> = Vec::new();
+        while let Some(r) = rows.next()? {
+            done.push((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?));
+        }
+        done.sort_unstable_by_key(|d| d.0);
+        for (id, task_id, name, attempts, worker) in done {
+            bump(&mut deltas, task_id, |d| {
+                d.active -= 1;
+                d.done += 1;
+            });
+            trs.push(
+                Tr::step(
+                    task_id,
+                    id,
+                    &name,
+                    Some("running"),
+                    "complete",
+                    reason::COMPLETED,
+                )
+                .attempt(attempts, worker),
+            );
+            done_ids.push(id);
+        }
     }
-    write::release_children(conn, &done_ids, now, &mut deltas, &mut trs).await?;
-    write::apply_deltas(conn, &deltas, now, &mut trs).await?;
-    write::insert_transitions(conn, &trs, now).await?;
+    write::release_children(conn, &done_ids, now, &mut deltas, &mut trs)?;
+    write::apply_deltas(conn, &deltas, now, &mut trs)?;
+    write::insert_transitions(conn, &trs, now)?;
 
     let done: HashSet<i64> = done_ids.into_iter().collect();
+    let mut reported: HashSet<i64> = HashSet::with_capacity(items.len());
     let mut out = Vec::with_capacity(items.len());
     for item in &items {
-        if done.contains(&item.step_id) && !duplicate.contains(&item.step_id) {
-            out.push(ItemOutcome {
-                step_id: item.step_id,
-                ok: true,
-                error: None,
-            });
-        } else if duplicate.contains(&item.step_id) && done.contains(&item.step_id) {
-            duplicate.retain(|&d| d != item.step_id);
-            out.push(ItemOutcome {
-                step_id: item.step_id,
-                ok: false,
-                error: Some(Error::invalid_argument(format!(
-                    "step {} appears twice in the batch",
-                    item.step_id
-                ))),
-            });
+        let error = if !reported.insert(item.step_id) {
+            Some(Error::invalid_argument(format!(
+                "step {} appears more than once in the batch; only its first report was considered",
+                item.step_id
+            )))
+        } else if done.contains(&item.step_id) {
+            None
         } else {
-            out.push(ItemOutcome {
-                step_id: item.step_id,
-                ok: false,
-                error: Some(fence_error(conn, item.step_id).await?),
-            });
-        }
+            Some(fence_error(conn, item.step_id)?)
+        };
+        out.push(ItemOutcome {
+            step_id: item.step_id,
+            ok: error.is_none(),
+            error,
+        });
     }
     Ok(out)
 }
 
 /// The columns a failure decision needs.
 struct Held {
+    id: i64,
     task_id: i64,
     name: String,
     attempts: i64,
@@ -373,34 +338,32 @@ struct Held {
     timeout_ms: i64,
 }
 
-const HELD_COLUMNS: &str = "id, task_id, name, attempts, retry_base, worker, max_attempts, backoff, base_ms, max_ms, jitter, started_at, timeout_ms";
+const HELD_COLUMNS: &str =
+    "id, task_id, name, attempts, retry_base, worker, max_attempts, backoff, base_ms, max_ms, jitter, started_at, timeout_ms";
 
-fn held_from(row: &sqlx::sqlite::SqliteRow) -> Result<(i64, Held)> {
-    let backoff: String = row.try_get(7)?;
-    Ok((
-        row.try_get(0)?,
-        Held {
-            task_id: row.try_get(1)?,
-            name: row.try_get(2)?,
-            attempts: row.try_get(3)?,
-            retry_base: row.try_get(4)?,
-            worker: row.try_get(5)?,
-            policy: RetryPolicy {
-                max_attempts: row.try_get::<i64, _>(6)? as u32,
-                backoff: Backoff::parse(&backoff).unwrap_or(Backoff::Exponential),
-                base_ms: row.try_get::<i64, _>(8)? as u64,
-                max_ms: row.try_get::<i64, _>(9)? as u64,
-                jitter: row.try_get(10)?,
-            },
-            started_at: row.try_get::<Option<i64>, _>(11)?.unwrap_or(0),
-            timeout_ms: row.try_get(12)?,
+fn held_from(row: &Row<'_>) -> rusqlite::Result<Held> {
+    let backoff: String = row.get(7)?;
+    Ok(Held {
+        id: row.get(0)?,
+        task_id: row.get(1)?,
+        name: row.get(2)?,
+        attempts: row.get(3)?,
+        retry_base: row.get(4)?,
+        worker: row.get(5)?,
+        policy: RetryPolicy {
+            max_attempts: row.get::<_, i64>(6)? as u32,
+            backoff: Backoff::parse(&backoff).unwrap_or(Backoff::Exponential),
+            base_ms: row.get::<_, i64>(8)? as u64,
+            max_ms: row.get::<_, i64>(9)? as u64,
+            jitter: row.get(10)?,
         },
-    ))
+        started_at: row.get::<_, Option<i64>>(11)?.unwrap_or(0),
+        timeout_ms: row.get(12)?,
+    })
 }
 
 /// Applies the retry policy to one failed attempt.
 fn decide(
-    step_id: i64,
     h: &Held,
     retryable: bool,
     retry_after_ms: Option<u64>,
@@ -425,7 +388,7 @@ fn decide(
         (w, _) => w,
     };
     FailedStep {
-        step_id,
+        step_id: h.id,
         task_id: h.task_id,
         name: h.name.clone(),
         attempt: h.attempts,
@@ -437,21 +400,24 @@ fn decide(
     }
 }
 
-pub async fn fail(conn: &mut SqliteConnection, report: FailureReport) -> Result<FailOutcome> {
+pub fn task_state(conn: &Connection, task_id: i64) -> Result<String> {
+    Ok(conn
+        .prepare_cached("SELECT state FROM tasker_tasks WHERE id = ?1")?
+        .query_row([task_id], |r| r.get(0))?)
+}
+
+pub fn fail(conn: &Connection, report: FailureReport) -> Result<FailOutcome> {
     let now = report.now;
-    let row = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {HELD_COLUMNS} FROM tasker_steps WHERE id = ?1 AND claim_token = ?2 AND state = 'running'"
-    )))
-    .bind(report.step_id)
-    .bind(report.claim_token)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(row) = row else {
-        return Err(fence_error(conn, report.step_id).await?);
+    let held = conn
+        .prepare_cached(&format!(
+            "SELECT {HELD_COLUMNS} FROM tasker_steps WHERE id = ?1 AND claim_token = ?2 AND state = 'running'"
+        ))?
+        .query_row(params![report.step_id, report.claim_token], held_from)
+        .optional()?;
+    let Some(held) = held else {
+        return Err(fence_error(conn, report.step_id)?);
     };
-    let (id, held) = held_from(&row)?;
     let failed = decide(
-        id,
         &held,
         report.retryable,
         report.retry_after_ms,
@@ -467,16 +433,15 @@ pub async fn fail(conn: &mut SqliteConnection, report: FailureReport) -> Result<
         now,
         &mut deltas,
         &mut trs,
-    )
-    .await?;
-    let states = write::apply_deltas(conn, &deltas, now, &mut trs).await?;
-    write::insert_transitions(conn, &trs, now).await?;
+    )?;
+    let states = write::apply_deltas(conn, &deltas, now, &mut trs)?;
+    write::insert_transitions(conn, &trs, now)?;
     let task_state = match states.get(&held.task_id) {
         Some(s) => s.clone(),
-        None => task_state(conn, held.task_id).await?,
+        None => task_state(conn, held.task_id)?,
     };
     Ok(FailOutcome {
-        step_id: id,
+        step_id: held.id,
         state: failed.state.to_owned(),
         retry_at: failed.ready_at.map(Ts),
         attempt: held.attempts - held.retry_base,
@@ -484,29 +449,19 @@ pub async fn fail(conn: &mut SqliteConnection, report: FailureReport) -> Result<
     })
 }
 
-pub async fn task_state(conn: &mut SqliteConnection, task_id: i64) -> Result<String> {
-    Ok(sqlx::query("SELECT state FROM tasker_tasks WHERE id = ?1")
-        .bind(task_id)
-        .fetch_one(conn)
-        .await?
-        .try_get(0)?)
-}
-
-pub async fn sweep(conn: &mut SqliteConnection, now: i64, limit: u32) -> Result<u32> {
-    let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {HELD_COLUMNS} FROM tasker_steps
-         WHERE state = 'running' AND lease_expires_at < ?1 ORDER BY lease_expires_at LIMIT ?2"
-    )))
-    .bind(now)
-    .bind(i64::from(limit))
-    .fetch_all(&mut *conn)
-    .await?;
-    if rows.is_empty() {
+pub fn sweep(conn: &Connection, now: i64, limit: u32) -> Result<u32> {
+    let expired: Vec<Held> = conn
+        .prepare_cached(&format!(
+            "SELECT {HELD_COLUMNS} FROM tasker_steps
+             WHERE state = 'running' AND lease_expires_at < ?1 ORDER BY lease_expires_at, id LIMIT ?2"
+        ))?
+        .query_map(params![now, i64::from(limit)], held_from)?
+        .collect::<rusqlite::Result<_>>()?;
+    if expired.is_empty() {
         return Ok(0);
     }
-    let mut failed = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let (id, held) = held_from(row)?;
+    let mut failed = Vec::with_capacity(expired.len());
+    for held in &expired {
         let timed_out = now >= held.started_at + held.timeout_ms;
         let (kind, why, message) = if timed_out {
             (
@@ -525,13 +480,13 @@ pub async fn sweep(conn: &mut SqliteConnection, now: i64, limit: u32) -> Result<
             )
         };
         let error = json!({ "message": message, "kind": kind, "retryable": true });
-        failed.push(decide(id, &held, true, None, error.to_string(), why, now));
+        failed.push(decide(held, true, None, error.to_string(), why, now));
     }
     let mut deltas = Deltas::new();
     let mut trs = Vec::with_capacity(failed.len() + 1);
-    write::apply_failures(conn, &failed, now, &mut deltas, &mut trs).await?;
-    write::apply_deltas(conn, &deltas, now, &mut trs).await?;
-    write::insert_transitions(conn, &trs, now).await?;
+    write::apply_failures(conn, &failed, now, &mut deltas, &mut trs)?;
+    write::apply_deltas(conn, &deltas, now, &mut trs)?;
+    write::insert_transitions(conn, &trs, now)?;
     tracing::info!(count = failed.len(), "took back expired leases");
     Ok(failed.len() as u32)
 }

@@ -1,18 +1,16 @@
-//! The embedded SQLite store: one writer connection (SQLite allows one writer at a time,
-//! so writes queue in-process instead of contending for the file lock) and a small pool
-//! of read-only connections for queries. WAL mode lets readers run beside the writer.
+//! The embedded SQLite store (rusqlite, WAL). One writer connection behind a mutex
+//! (SQLite allows one writer at a time, so writes queue in-process instead of
+//! contending for the file lock) and a small pool of reader connections.
+//!
+//! Every operation runs synchronously on the calling thread, one transaction per
+//! operation. That is deliberate: a driver that ships each statement to a connection
+//! thread pays two context switches per statement, which dominated latency here (see
+//! docs/architecture.md).
 
-use std::collections::HashMap;
-use std::str::FromStr;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
-};
-use sqlx::{AssertSqlSafe, Connection};
-use tokio::sync::Mutex;
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 use crate::config::Config;
 use crate::error::{Error, ErrorCode, Result};
@@ -26,96 +24,145 @@ mod tasks;
 mod write;
 
 pub struct SqliteStore {
-    writer: Mutex<Option<SqliteConnection>>,
-    readers: SqlitePool,
-    /// Claim statements by number of handlers (the SQL unions one index range per handler).
-    claim_sql: StdMutex<HashMap<usize, Arc<str>>>,
+    /// A file path, or `None` for a private in-memory database.
+    path: Option<String>,
+    writer: Mutex<Option<Connection>>,
+    readers: Mutex<Vec<Connection>>,
+    max_readers: usize,
+    synchronous: &'static str,
+    busy_timeout: Duration,
 }
 
-/// `sqlite://path`, `sqlite:path` or `sqlite::memory:` to connect options.
-fn connect_options(config: &Config) -> Result<SqliteConnectOptions> {
-    let url = &config.database_url;
-    let bad = |e: &dyn std::fmt::Display| {
-        Error::invalid_argument(format!("invalid SQLite database_url `{url}`: {e}"))
-    };
-    let opts = SqliteConnectOptions::from_str(url).map_err(|e| bad(&e))?;
-    let synchronous = match config.sqlite_synchronous.as_str() {
-        "full" => SqliteSynchronous::Full,
-        "off" => SqliteSynchronous::Off,
-        _ => SqliteSynchronous::Normal,
-    };
-    Ok(opts
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(synchronous)
-        .busy_timeout(Duration::from_millis(config.sqlite_busy_timeout_ms))
-        .foreign_keys(true)
-        .statement_cache_capacity(256))
+/// `sqlite://path`, `sqlite:path` (relative or absolute) or `sqlite::memory:`.
+fn parse_url(url: &str) -> Result<Option<String>> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| Error::invalid_argument(format!("`{url}` is not an sqlite: URL")))?;
+    if rest == ":memory:" || rest.is_empty() {
+        return Ok(None);
+    }
+    if rest.contains('?') {
+        return Err(Error::invalid_argument(format!(
+            "database_url `{url}`: query parameters are not supported; use the sqlite_* settings"
+        )));
+    }
+    Ok(Some(rest.to_owned()))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SqliteStore {
-    pub async fn open(config: &Config) -> Result<SqliteStore> {
-        let opts = connect_options(config)?;
-        let writer = SqliteConnection::connect_with(&opts).await.map_err(|e| {
+    pub fn open(config: &Config) -> Result<SqliteStore> {
+        let path = parse_url(&config.database_url)?;
+        let store = SqliteStore {
+            path,
+            writer: Mutex::new(None),
+            readers: Mutex::new(Vec::new()),
+            max_readers: config.sqlite_read_connections.max(1) as usize,
+            synchronous: match config.sqlite_synchronous.as_str() {
+                "full" => "FULL",
+                "off" => "OFF",
+                _ => "NORMAL",
+            },
+            busy_timeout: Duration::from_millis(config.sqlite_busy_timeout_ms),
+        };
+        let writer = store.connect(false).map_err(|e| {
             Error::new(
                 ErrorCode::Unavailable,
-                format!("cannot open SQLite database `{}`: {e}", config.database_url),
+                format!(
+                    "cannot open SQLite database `{}`: {}",
+                    config.database_url, e.message
+                ),
             )
         })?;
-        let readers = SqlitePoolOptions::new()
-            .max_connections(config.sqlite_read_connections.max(1))
-            .min_connections(0)
-            .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
-            .connect_lazy_with(opts.read_only(true));
-        Ok(SqliteStore {
-            writer: Mutex::new(Some(writer)),
-            readers,
-            claim_sql: StdMutex::new(HashMap::new()),
-        })
+        *lock(&store.writer) = Some(writer);
+        Ok(store)
     }
 
-    /// Runs `f` inside a `BEGIN IMMEDIATE` transaction on the writer connection; commits
-    /// on success and rolls back on error.
-    async fn write<T, F>(&self, f: F) -> Result<T>
-    where
-        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFut<'c, T>,
-    {
-        let mut guard = self.writer.lock().await;
+    fn connect(&self, reader: bool) -> Result<Connection> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = match &self.path {
+            Some(p) => Connection::open_with_flags(p, flags)?,
+            None => Connection::open_in_memory()?,
+        };
+        conn.busy_timeout(self.busy_timeout)?;
+        conn.set_prepared_statement_cache_capacity(128);
+        if self.path.is_some() {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+        }
+        conn.pragma_update(None, "synchronous", self.synchronous)?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        if reader {
+            conn.pragma_update(None, "query_only", "ON")?;
+        }
+        Ok(conn)
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the writer; commits on success,
+    /// rolls back on error (the transaction's drop).
+    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut guard = lock(&self.writer);
         let conn = guard
             .as_mut()
             .ok_or_else(|| Error::new(ErrorCode::Closed, "the store is closed"))?;
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        let value = f(&mut tx).await?;
-        tx.commit().await?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
         Ok(value)
     }
 
-    fn claim_statement(&self, handlers: usize) -> AssertSqlSafe<Arc<str>> {
-        let mut cache = self.claim_sql.lock().unwrap_or_else(|p| p.into_inner());
-        let sql = cache
-            .entry(handlers)
-            .or_insert_with(|| claims::claim_sql(handlers).into())
-            .clone();
-        AssertSqlSafe(sql)
+    /// Runs `f` in a read transaction (one consistent snapshot) on a pooled reader.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        if self.path.is_none() {
+            // A private in-memory database is visible to its one connection only.
+            let mut guard = lock(&self.writer);
+            let conn = guard
+                .as_mut()
+                .ok_or_else(|| Error::new(ErrorCode::Closed, "the store is closed"))?;
+            let tx = conn.transaction()?;
+            return f(&tx);
+        }
+        if lock(&self.writer).is_none() {
+            return Err(Error::new(ErrorCode::Closed, "the store is closed"));
+        }
+        let pooled = lock(&self.readers).pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => self.connect(true)?,
+        };
+        let out = {
+            let tx = conn.transaction()?;
+            f(&tx)
+        };
+        let mut pool = lock(&self.readers);
+        if pool.len() < self.max_readers {
+            pool.push(conn);
+        }
+        out
     }
+}
+
+/// Wraps synchronous store work as the trait's future.
+fn now<T: Send + 'static>(value: Result<T>) -> BoxFut<'static, T> {
+    Box::pin(std::future::ready(value))
 }
 
 impl Store for SqliteStore {
     fn migrate(&self) -> BoxFut<'_, u32> {
-        Box::pin(async move {
-            let mut guard = self.writer.lock().await;
-            let conn = guard
-                .as_mut()
-                .ok_or_else(|| Error::new(ErrorCode::Closed, "the store is closed"))?;
-            migrate::run(conn).await
+        let mut guard = lock(&self.writer);
+        now(match guard.as_mut() {
+            Some(conn) => migrate::run(conn),
+            None => Err(Error::new(ErrorCode::Closed, "the store is closed")),
         })
     }
 
-    fn put_template<'a>(&'a self, t: &'a Template, replace: bool, now: i64) -> BoxFut<'a, bool> {
-        let t = t.clone();
-        Box::pin(self.write(move |c| {
-            Box::pin(async move { reads::put_template(c, &t, replace, now).await })
-        }))
+    fn put_template<'a>(&'a self, t: &'a Template, replace: bool, at: i64) -> BoxFut<'a, bool> {
+        now(self.write(|c| reads::put_template(c, t, replace, at)))
     }
 
     fn get_template<'a>(
@@ -124,63 +171,48 @@ impl Store for SqliteStore {
         name: &'a str,
         version: Option<&'a str>,
     ) -> BoxFut<'a, Option<Template>> {
-        Box::pin(async move {
-            let mut conn = self.readers.acquire().await?;
-            reads::get_template(&mut conn, namespace, name, version).await
-        })
+        now(self.read(|c| reads::get_template(c, namespace, name, version)))
+    }
+
+    fn find_task_by_key<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        key: &'a str,
+    ) -> BoxFut<'a, Option<CreatedTask>> {
+        now(self.read(|c| tasks::find_by_key(c, namespace, name, key)))
     }
 
     fn create_task(&self, task: NewTask) -> BoxFut<'_, CreatedTask> {
-        Box::pin(self.write(move |c| Box::pin(tasks::create(c, task))))
+        now(self.write(|c| tasks::create(c, task)))
     }
 
     fn claim(&self, params: ClaimParams) -> BoxFut<'_, ClaimBatch> {
-        Box::pin(async move {
-            let sql = self.claim_statement(params.handlers.len());
-            let claimed = self
-                .write({
-                    let params = params.clone();
-                    move |c| Box::pin(claims::claim(c, sql, params))
-                })
-                .await?;
-            let mut conn = self.readers.acquire().await?;
-            claims::load_claim_inputs(&mut conn, claimed, &params).await
-        })
+        now(self.write(|c| claims::claim(c, &params)))
     }
 
-    fn heartbeat(&self, step_id: i64, token: i64, lease_ms: u64, now: i64) -> BoxFut<'_, i64> {
-        Box::pin(async move {
-            let mut guard = self.writer.lock().await;
-            let conn = guard
-                .as_mut()
-                .ok_or_else(|| Error::new(ErrorCode::Closed, "the store is closed"))?;
-            claims::heartbeat(conn, step_id, token, lease_ms, now).await
-        })
+    fn heartbeat(&self, step_id: i64, token: i64, lease_ms: u64, at: i64) -> BoxFut<'_, i64> {
+        now(self.write(|c| claims::heartbeat(c, step_id, token, lease_ms, at)))
     }
 
-    fn complete(&self, items: Vec<Completion>, now: i64) -> BoxFut<'_, Vec<ItemOutcome>> {
-        Box::pin(self.write(move |c| Box::pin(claims::complete(c, items, now))))
+    fn complete(&self, items: Vec<Completion>, at: i64) -> BoxFut<'_, Vec<ItemOutcome>> {
+        now(self.write(|c| claims::complete(c, items, at)))
     }
 
     fn fail(&self, report: FailureReport) -> BoxFut<'_, FailOutcome> {
-        Box::pin(self.write(move |c| Box::pin(claims::fail(c, report))))
+        now(self.write(|c| claims::fail(c, report)))
     }
 
-    fn sweep(&self, now: i64, limit: u32) -> BoxFut<'_, u32> {
-        Box::pin(self.write(move |c| Box::pin(claims::sweep(c, now, limit))))
+    fn sweep(&self, at: i64, limit: u32) -> BoxFut<'_, u32> {
+        now(self.write(|c| claims::sweep(c, at, limit)))
     }
 
-    fn cancel_task(
-        &self,
-        task_id: i64,
-        reason: Option<String>,
-        now: i64,
-    ) -> BoxFut<'_, TaskChange> {
-        Box::pin(self.write(move |c| Box::pin(tasks::cancel(c, task_id, reason, now))))
+    fn cancel_task(&self, task_id: i64, reason: Option<String>, at: i64) -> BoxFut<'_, TaskChange> {
+        now(self.write(|c| tasks::cancel(c, task_id, reason, at)))
     }
 
-    fn retry_step(&self, step: StepRef, now: i64) -> BoxFut<'_, StepChange> {
-        Box::pin(self.write(move |c| Box::pin(tasks::retry_step(c, step, now))))
+    fn retry_step(&self, step: StepRef, at: i64) -> BoxFut<'_, StepChange> {
+        now(self.write(|c| tasks::retry_step(c, step, at)))
     }
 
     fn resolve_step(
@@ -188,53 +220,37 @@ impl Store for SqliteStore {
         step: StepRef,
         result: Option<String>,
         reason: Option<String>,
-        now: i64,
+        at: i64,
     ) -> BoxFut<'_, StepChange> {
-        Box::pin(self.write(move |c| Box::pin(tasks::resolve_step(c, step, result, reason, now))))
+        now(self.write(|c| tasks::resolve_step(c, step, result, reason, at)))
     }
 
     fn get_task(&self, task_id: i64) -> BoxFut<'_, Option<TaskView>> {
-        Box::pin(async move {
-            let mut conn = self.readers.acquire().await?;
-            reads::get_task(&mut conn, task_id).await
-        })
+        now(self.read(|c| reads::get_task(c, task_id)))
     }
 
     fn list_tasks(&self, filter: TaskFilter) -> BoxFut<'_, Vec<TaskSummary>> {
-        Box::pin(async move {
-            let mut conn = self.readers.acquire().await?;
-            reads::list_tasks(&mut conn, &filter).await
-        })
+        now(self.read(|c| reads::list_tasks(c, &filter)))
     }
 
-    fn stats(&self, now: i64) -> BoxFut<'_, Stats> {
-        Box::pin(async move {
-            let mut conn = self.readers.acquire().await?;
-            reads::stats(&mut conn, now).await
-        })
+    fn stats(&self, at: i64) -> BoxFut<'_, Stats> {
+        now(self.read(|c| reads::stats(c, at)))
     }
 
     fn events(&self, since: i64, limit: u32, task_id: Option<i64>) -> BoxFut<'_, Vec<Event>> {
-        Box::pin(async move {
-            let mut conn = self.readers.acquire().await?;
-            reads::events(&mut conn, since, limit, task_id).await
-        })
+        now(self.read(|c| reads::events(c, since, limit, task_id)))
     }
 
     fn last_event_id(&self) -> BoxFut<'_, i64> {
-        Box::pin(async move {
-            let mut conn = self.readers.acquire().await?;
-            reads::last_event_id(&mut conn).await
-        })
+        now(self.read(reads::last_event_id))
     }
 
     fn close(&self) -> BoxFut<'_, ()> {
-        Box::pin(async move {
-            if let Some(conn) = self.writer.lock().await.take() {
-                conn.close().await?;
-            }
-            self.readers.close().await;
-            Ok(())
+        lock(&self.readers).clear();
+        let writer = lock(&self.writer).take();
+        now(match writer {
+            Some(conn) => conn.close().map_err(|(_, e)| e.into()),
+            None => Ok(()),
         })
     }
 }

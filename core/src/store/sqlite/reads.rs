@@ -2,33 +2,24 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::json;
 use serde_json::value::RawValue;
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
-use sqlx::{AssertSqlSafe, Row};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::events;
 use crate::model::template::{compare_versions, Template};
 use crate::store::*;
 
-pub async fn put_template(
-    conn: &mut SqliteConnection,
-    t: &Template,
-    replace: bool,
-    now: i64,
-) -> Result<bool> {
+pub fn put_template(conn: &Connection, t: &Template, replace: bool, now: i64) -> Result<bool> {
     let body = serde_json::to_string(t).map_err(|e| Error::internal(e.to_string()))?;
-    let existing = sqlx::query(
-        "SELECT body FROM tasker_templates WHERE namespace = ?1 AND name = ?2 AND version = ?3",
-    )
-    .bind(&t.namespace)
-    .bind(&t.name)
-    .bind(&t.version)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if let Some(row) = existing {
-        let stored: String = row.try_get(0)?;
+    let stored: Option<String> = conn
+        .prepare_cached(
+            "SELECT body FROM tasker_templates WHERE namespace = ?1 AND name = ?2 AND version = ?3",
+        )?
+        .query_row(params![t.namespace, t.name, t.version], |r| r.get(0))
+        .optional()?;
+    if let Some(stored) = stored {
         let same = serde_json::from_str::<Template>(&stored)
             .map(|s| &s == t)
             .unwrap_or(false);
@@ -48,44 +39,33 @@ pub async fn put_template(
                 json!({ "namespace": t.namespace, "name": t.name, "version": t.version }),
             ));
         }
-        sqlx::query("UPDATE tasker_templates SET body = ?4, created_at = ?5 WHERE namespace = ?1 AND name = ?2 AND version = ?3")
-            .bind(&t.namespace)
-            .bind(&t.name)
-            .bind(&t.version)
-            .bind(body)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
+        conn.prepare_cached(
+            "UPDATE tasker_templates SET body = ?4, created_at = ?5 WHERE namespace = ?1 AND name = ?2 AND version = ?3",
+        )?
+        .execute(params![t.namespace, t.name, t.version, body, now])?;
         return Ok(true);
     }
-    sqlx::query("INSERT INTO tasker_templates (namespace, name, version, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
-        .bind(&t.namespace)
-        .bind(&t.name)
-        .bind(&t.version)
-        .bind(body)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+    conn.prepare_cached(
+        "INSERT INTO tasker_templates (namespace, name, version, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![t.namespace, t.name, t.version, body, now])?;
     Ok(true)
 }
 
-pub async fn get_template(
-    conn: &mut SqliteConnection,
+pub fn get_template(
+    conn: &Connection,
     namespace: &str,
     name: &str,
     version: Option<&str>,
 ) -> Result<Option<Template>> {
-    let rows = sqlx::query(
+    let mut stmt = conn.prepare_cached(
         "SELECT version, body FROM tasker_templates WHERE namespace = ?1 AND name = ?2",
-    )
-    .bind(namespace)
-    .bind(name)
-    .fetch_all(conn)
-    .await?;
+    )?;
+    let mut rows = stmt.query(params![namespace, name])?;
     let mut best: Option<(String, String)> = None;
-    for row in rows {
-        let v: String = row.try_get(0)?;
-        let body: String = row.try_get(1)?;
+    while let Some(row) = rows.next()? {
+        let v: String = row.get(0)?;
+        let body: String = row.get(1)?;
         match version {
             Some(want) if want == v => {
                 best = Some((v, body));
@@ -121,23 +101,24 @@ fn ts(v: Option<i64>) -> Option<Ts> {
     v.map(Ts)
 }
 
-const SUMMARY_COLUMNS: &str = "id, namespace, name, version, state, priority, idempotency_key, n_total, n_done, n_error, created_at, started_at, finished_at";
+const SUMMARY_COLUMNS: &str =
+    "id, namespace, name, version, state, priority, idempotency_key, n_total, n_done, n_error, created_at, started_at, finished_at";
 
-fn summary_from(row: &SqliteRow) -> Result<TaskSummary> {
-    let started: Option<i64> = row.try_get(11)?;
-    let finished: Option<i64> = row.try_get(12)?;
+fn summary_from(row: &Row<'_>) -> rusqlite::Result<TaskSummary> {
+    let started: Option<i64> = row.get(11)?;
+    let finished: Option<i64> = row.get(12)?;
     Ok(TaskSummary {
-        id: row.try_get(0)?,
-        namespace: row.try_get(1)?,
-        name: row.try_get(2)?,
-        version: row.try_get(3)?,
-        state: row.try_get(4)?,
-        priority: row.try_get(5)?,
-        idempotency_key: row.try_get(6)?,
-        steps_total: row.try_get(7)?,
-        steps_done: row.try_get(8)?,
-        steps_error: row.try_get(9)?,
-        created_at: Ts(row.try_get(10)?),
+        id: row.get(0)?,
+        namespace: row.get(1)?,
+        name: row.get(2)?,
+        version: row.get(3)?,
+        state: row.get(4)?,
+        priority: row.get(5)?,
+        idempotency_key: row.get(6)?,
+        steps_total: row.get(7)?,
+        steps_done: row.get(8)?,
+        steps_error: row.get(9)?,
+        created_at: Ts(row.get(10)?),
         started_at: ts(started),
         finished_at: ts(finished),
         duration_ms: match (started, finished) {
@@ -147,64 +128,61 @@ fn summary_from(row: &SqliteRow) -> Result<TaskSummary> {
     })
 }
 
-pub async fn get_task(conn: &mut SqliteConnection, task_id: i64) -> Result<Option<TaskView>> {
-    let Some(row) = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {SUMMARY_COLUMNS}, context FROM tasker_tasks WHERE id = ?1"
-    )))
-    .bind(task_id)
-    .fetch_optional(&mut *conn)
-    .await?
+pub fn get_task(conn: &Connection, task_id: i64) -> Result<Option<TaskView>> {
+    let Some((summary, context)) = conn
+        .prepare_cached(&format!(
+            "SELECT {SUMMARY_COLUMNS}, context FROM tasker_tasks WHERE id = ?1"
+        ))?
+        .query_row([task_id], |r| {
+            Ok((summary_from(r)?, r.get::<_, String>(13)?))
+        })
+        .optional()?
     else {
         return Ok(None);
     };
-    let summary = summary_from(&row)?;
-    let context: String = row.try_get(13)?;
     let mut parents: HashMap<i64, Vec<String>> = HashMap::new();
-    for row in sqlx::query(
-        "SELECT e.child_id, p.name FROM tasker_steps AS p JOIN tasker_edges AS e ON e.parent_id = p.id
-         WHERE p.task_id = ?1 ORDER BY p.id",
-    )
-    .bind(task_id)
-    .fetch_all(&mut *conn)
-    .await?
     {
-        parents.entry(row.try_get(0)?).or_default().push(row.try_get(1)?);
+        let mut stmt = conn.prepare_cached(
+            "SELECT e.child_id, p.name FROM tasker_steps AS p JOIN tasker_edges AS e ON e.parent_id = p.id
+             WHERE p.task_id = ?1 ORDER BY p.id",
+        )?;
+        let mut rows = stmt.query([task_id])?;
+        while let Some(r) = rows.next()? {
+            parents.entry(r.get(0)?).or_default().push(r.get(1)?);
+        }
     }
-    let rows = sqlx::query(
+    let mut stmt = conn.prepare_cached(
         "SELECT id, name, handler, state, pending_parents, attempts, retry_base, max_attempts, priority, config,
                 result, last_error, worker, ready_at, lease_expires_at, first_started_at, started_at, finished_at
          FROM tasker_steps WHERE task_id = ?1 ORDER BY id",
-    )
-    .bind(task_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut steps = Vec::with_capacity(rows.len());
-    for r in rows {
-        let id: i64 = r.try_get(0)?;
-        let first: Option<i64> = r.try_get(15)?;
-        let finished: Option<i64> = r.try_get(17)?;
-        let ready_at: Option<i64> = r.try_get(13)?;
-        let lease: Option<i64> = r.try_get(14)?;
-        let attempts: i64 = r.try_get(5)?;
-        let retry_base: i64 = r.try_get(6)?;
+    )?;
+    let mut rows = stmt.query([task_id])?;
+    let mut steps = Vec::new();
+    while let Some(r) = rows.next()? {
+        let id: i64 = r.get(0)?;
+        let first: Option<i64> = r.get(15)?;
+        let finished: Option<i64> = r.get(17)?;
+        let ready_at: Option<i64> = r.get(13)?;
+        let lease: Option<i64> = r.get(14)?;
+        let retry_base: i64 = r.get(6)?;
         steps.push(StepView {
             id,
-            name: r.try_get(1)?,
-            handler: r.try_get(2)?,
-            state: r.try_get(3)?,
+            name: r.get(1)?,
+            handler: r.get(2)?,
+            state: r.get(3)?,
             depends_on: parents.remove(&id).unwrap_or_default(),
-            pending_parents: r.try_get(4)?,
-            attempts,
-            max_attempts: r.try_get::<i64, _>(7)? + retry_base,
-            priority: r.try_get(8)?,
-            config: raw_opt(r.try_get(9)?)?,
-            result: raw_opt(r.try_get(10)?)?,
-            error: raw_opt(r.try_get(11)?)?,
-            worker: r.try_get(12)?,
+            pending_parents: r.get(4)?,
+            attempts: r.get(5)?,
+            max_attempts: r.get::<_, i64>(7)? + retry_base,
+            priority: r.get(8)?,
+            config: raw_opt(r.get(9)?)?,
+            result: raw_opt(r.get(10)?)?,
+            error: raw_opt(r.get(11)?)?,
+            worker: r.get(12)?,
             ready_at: ts(ready_at),
             lease_expires_at: ts(lease),
             first_started_at: ts(first),
-            started_at: ts(r.try_get(16)?),
+            started_at: ts(r.get(16)?),
             finished_at: ts(finished),
             duration_ms: match (first, finished) {
                 (Some(s), Some(f)) => Some(f - s),
@@ -221,118 +199,104 @@ pub async fn get_task(conn: &mut SqliteConnection, task_id: i64) -> Result<Optio
     }))
 }
 
-pub async fn list_tasks(conn: &mut SqliteConnection, f: &TaskFilter) -> Result<Vec<TaskSummary>> {
-    let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {SUMMARY_COLUMNS} FROM tasker_tasks
-         WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR namespace = ?2) AND (?3 IS NULL OR name = ?3)
-           AND (?4 IS NULL OR id < ?4)
-         ORDER BY id DESC LIMIT ?5"
-    )))
-    .bind(&f.state)
-    .bind(&f.namespace)
-    .bind(&f.name)
-    .bind(f.before_id)
-    .bind(i64::from(f.limit))
-    .fetch_all(conn)
-    .await?;
-    rows.iter().map(summary_from).collect()
+pub fn list_tasks(conn: &Connection, f: &TaskFilter) -> Result<Vec<TaskSummary>> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {SUMMARY_COLUMNS} FROM tasker_tasks
+             WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR namespace = ?2) AND (?3 IS NULL OR name = ?3)
+               AND (?4 IS NULL OR id < ?4)
+             ORDER BY id DESC LIMIT ?5"
+        ))?
+        .query_map(params![f.state, f.namespace, f.name, f.before_id, i64::from(f.limit)], summary_from)?
+        .collect::<rusqlite::Result<_>>()?)
 }
 
-pub async fn stats(conn: &mut SqliteConnection, now: i64) -> Result<Stats> {
-    let mut tasks = BTreeMap::new();
-    for row in sqlx::query("SELECT state, count(*) FROM tasker_tasks GROUP BY state")
-        .fetch_all(&mut *conn)
-        .await?
-    {
-        tasks.insert(row.try_get(0)?, row.try_get(1)?);
-    }
-    let mut steps = BTreeMap::new();
-    for row in sqlx::query("SELECT state, count(*) FROM tasker_steps GROUP BY state")
-        .fetch_all(&mut *conn)
-        .await?
-    {
-        steps.insert(row.try_get(0)?, row.try_get(1)?);
-    }
-    let oldest: Option<i64> = sqlx::query(
-        "SELECT MIN(ready_at) FROM tasker_steps WHERE state = 'ready' AND ready_at <= ?1",
-    )
-    .bind(now)
-    .fetch_one(&mut *conn)
-    .await?
-    .try_get(0)?;
-    let mut slowest_steps = Vec::new();
-    for row in sqlx::query(
-        "SELECT task_id, id, name, handler, finished_at - first_started_at AS ms FROM tasker_steps
-         WHERE state = 'complete' AND first_started_at IS NOT NULL ORDER BY ms DESC LIMIT 10",
-    )
-    .fetch_all(&mut *conn)
-    .await?
-    {
-        slowest_steps.push(SlowStep {
-            task_id: row.try_get(0)?,
-            step_id: row.try_get(1)?,
-            step_name: row.try_get(2)?,
-            handler: row.try_get(3)?,
-            duration_ms: row.try_get(4)?,
-        });
-    }
+fn counts(conn: &Connection, sql: &str) -> Result<BTreeMap<String, i64>> {
+    Ok(conn
+        .prepare_cached(sql)?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn stats(conn: &Connection, now: i64) -> Result<Stats> {
+    let tasks = counts(
+        conn,
+        "SELECT state, count(*) FROM tasker_tasks GROUP BY state",
+    )?;
+    let steps = counts(
+        conn,
+        "SELECT state, count(*) FROM tasker_steps GROUP BY state",
+    )?;
+    let oldest: Option<i64> = conn
+        .prepare_cached(
+            "SELECT MIN(ready_at) FROM tasker_steps WHERE state = 'ready' AND ready_at <= ?1",
+        )?
+        .query_row([now], |r| r.get(0))?;
+    let slowest_steps = conn
+        .prepare_cached(
+            "SELECT task_id, id, name, handler, finished_at - first_started_at AS ms FROM tasker_steps
+             WHERE state = 'complete' AND first_started_at IS NOT NULL ORDER BY ms DESC, id LIMIT 10",
+        )?
+        .query_map([], |r| {
+            Ok(SlowStep {
+                task_id: r.get(0)?,
+                step_id: r.get(1)?,
+                step_name: r.get(2)?,
+                handler: r.get(3)?,
+                duration_ms: r.get(4)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
     Ok(Stats {
         tasks,
         steps,
         oldest_ready_age_ms: oldest.map(|t| (now - t).max(0)).unwrap_or(0),
         slowest_steps,
-        last_event_id: last_event_id(conn).await?,
+        last_event_id: last_event_id(conn)?,
     })
 }
 
-pub async fn events(
-    conn: &mut SqliteConnection,
+pub fn events(
+    conn: &Connection,
     since: i64,
     limit: u32,
     task_id: Option<i64>,
 ) -> Result<Vec<Event>> {
-    let rows = sqlx::query(
+    let mut stmt = conn.prepare_cached(
         "SELECT id, task_id, step_id, step_name, from_state, to_state, at, attempt, worker, reason, details
          FROM tasker_transitions WHERE id > ?1 AND (?2 IS NULL OR task_id = ?2) ORDER BY id LIMIT ?3",
-    )
-    .bind(since)
-    .bind(task_id)
-    .bind(i64::from(limit))
-    .fetch_all(conn)
-    .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let step_id: Option<i64> = r.try_get(2)?;
-        let from: Option<String> = r.try_get(4)?;
-        let to: String = r.try_get(5)?;
-        let why: Option<String> = r.try_get(9)?;
+    )?;
+    let mut rows = stmt.query(params![since, task_id, i64::from(limit)])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let step_id: Option<i64> = r.get(2)?;
+        let from: Option<String> = r.get(4)?;
+        let to: String = r.get(5)?;
+        let why: Option<String> = r.get(9)?;
         let event = match step_id {
             Some(_) => events::step_event(from.as_deref(), &to, why.as_deref()),
             None => events::task_event(from.as_deref(), &to),
         };
         out.push(Event {
-            id: r.try_get(0)?,
+            id: r.get(0)?,
             event,
-            task_id: r.try_get(1)?,
+            task_id: r.get(1)?,
             step_id,
-            step_name: r.try_get(3)?,
+            step_name: r.get(3)?,
             from,
             to,
-            at: Ts(r.try_get(6)?),
-            attempt: r.try_get(7)?,
-            worker: r.try_get(8)?,
+            at: Ts(r.get(6)?),
+            attempt: r.get(7)?,
+            worker: r.get(8)?,
             reason: why,
-            details: raw_opt(r.try_get(10)?)?,
+            details: raw_opt(r.get(10)?)?,
         });
     }
     Ok(out)
 }
 
-pub async fn last_event_id(conn: &mut SqliteConnection) -> Result<i64> {
-    Ok(
-        sqlx::query("SELECT COALESCE(MAX(id), 0) FROM tasker_transitions")
-            .fetch_one(conn)
-            .await?
-            .try_get(0)?,
-    )
+pub fn last_event_id(conn: &Connection) -> Result<i64> {
+    Ok(conn
+        .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM tasker_transitions")?
+        .query_row([], |r| r.get(0))?)
 }

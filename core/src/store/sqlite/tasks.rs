@@ -2,9 +2,8 @@
 
 use std::collections::HashMap;
 
+use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
-use sqlx::sqlite::SqliteConnection;
-use sqlx::Row;
 
 use super::write::{self, bump, Deltas, Tr};
 use crate::error::{Error, Result};
@@ -12,52 +11,58 @@ use crate::model::events::reason;
 use crate::model::state::StepState;
 use crate::store::*;
 
+pub fn find_by_key(
+    conn: &Connection,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<Option<CreatedTask>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT id, state FROM tasker_tasks WHERE namespace = ?1 AND name = ?2 AND idempotency_key = ?3",
+        )?
+        .query_row(params![namespace, name, key], |r| {
+            Ok(CreatedTask { task_id: r.get(0)?, created: false, state: r.get(1)? })
+        })
+        .optional()?)
+}
+
 /// Creates a task, its steps, its edges and their transitions in one transaction.
-/// Step and task ids are assigned here (the writer holds the database's write lock),
-/// so steps and edges are inserted with one statement each, whatever the DAG's size.
-pub async fn create(conn: &mut SqliteConnection, task: NewTask) -> Result<CreatedTask> {
+/// Step ids are assigned here (the writer holds the database's write lock), so steps
+/// and edges are inserted with one statement each, whatever the DAG's size.
+pub fn create(conn: &Connection, task: NewTask) -> Result<CreatedTask> {
     let t = &task.template;
     let now = task.now;
     if let Some(key) = &task.idempotency_key {
-        let existing = sqlx::query(
-            "SELECT id, state FROM tasker_tasks WHERE namespace = ?1 AND name = ?2 AND idempotency_key = ?3",
-        )
-        .bind(&t.namespace)
-        .bind(&t.name)
-        .bind(key)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(row) = existing {
-            return Ok(CreatedTask {
-                task_id: row.try_get(0)?,
-                created: false,
-                state: row.try_get(1)?,
-            });
+        // Checked again inside the write lock: two racing creates make one task.
+        if let Some(existing) = find_by_key(conn, &t.namespace, &t.name, key)? {
+            return Ok(existing);
         }
     }
     let roots = t.steps.iter().filter(|s| s.depends_on.is_empty()).count() as i64;
-    let task_id: i64 = sqlx::query(
-        "INSERT INTO tasker_tasks (namespace, name, version, state, context, idempotency_key, priority,
-                                   n_total, n_active, created_at, updated_at)
-         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, ?9) RETURNING id",
-    )
-    .bind(&t.namespace)
-    .bind(&t.name)
-    .bind(&t.version)
-    .bind(&task.context)
-    .bind(&task.idempotency_key)
-    .bind(task.priority)
-    .bind(t.steps.len() as i64)
-    .bind(roots)
-    .bind(now)
-    .fetch_one(&mut *conn)
-    .await?
-    .try_get(0)?;
-
-    let first_id: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) + 1 FROM tasker_steps")
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get(0)?;
+    let task_id: i64 = conn
+        .prepare_cached(
+            "INSERT INTO tasker_tasks (namespace, name, version, state, context, idempotency_key, priority,
+                                       n_total, n_active, created_at, updated_at)
+             VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, ?9) RETURNING id",
+        )?
+        .query_row(
+            params![
+                t.namespace,
+                t.name,
+                t.version,
+                task.context,
+                task.idempotency_key,
+                task.priority,
+                t.steps.len() as i64,
+                roots,
+                now
+            ],
+            |r| r.get(0),
+        )?;
+    let first_id: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM tasker_steps")?
+        .query_row([], |r| r.get(0))?;
     let ids: HashMap<&str, i64> = t
         .steps
         .iter()
@@ -96,28 +101,22 @@ pub async fn create(conn: &mut SqliteConnection, task: NewTask) -> Result<Create
         }
         trs.push(Tr::step(task_id, id, &s.name, None, state, reason::CREATED));
     }
-    sqlx::query(
+    conn.prepare_cached(
         "INSERT INTO tasker_steps (id, task_id, name, handler, state, pending_parents, max_attempts,
              backoff, base_ms, max_ms, jitter, timeout_ms, priority, config, ready_at, created_at, updated_at)
          SELECT value ->> 0, ?2, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
                 value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11,
                 value ->> 12, value ->> 13, ?3, ?3
          FROM json_each(?1)",
-    )
-    .bind(Value::Array(steps).to_string())
-    .bind(task_id)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
+    )?
+    .execute(params![Value::Array(steps).to_string(), task_id, now])?;
     if !edges.is_empty() {
-        sqlx::query(
+        conn.prepare_cached(
             "INSERT INTO tasker_edges (parent_id, child_id) SELECT value ->> 0, value ->> 1 FROM json_each(?1)",
-        )
-        .bind(Value::Array(edges).to_string())
-        .execute(&mut *conn)
-        .await?;
+        )?
+        .execute([Value::Array(edges).to_string()])?;
     }
-    write::insert_transitions(conn, &trs, now).await?;
+    write::insert_transitions(conn, &trs, now)?;
     Ok(CreatedTask {
         task_id,
         created: true,
@@ -125,13 +124,13 @@ pub async fn create(conn: &mut SqliteConnection, task: NewTask) -> Result<Create
     })
 }
 
-pub async fn cancel(
-    conn: &mut SqliteConnection,
+pub fn cancel(
+    conn: &Connection,
     task_id: i64,
     why: Option<String>,
     now: i64,
 ) -> Result<TaskChange> {
-    let state = task_state_of(conn, task_id).await?;
+    let state = task_state_of(conn, task_id)?;
     if state == "cancelled" {
         return Ok(TaskChange {
             task_id,
@@ -146,49 +145,43 @@ pub async fn cancel(
         .with_details(json!({ "task_id": task_id, "state": state })));
     }
     let details = why.map(|r| json!({ "reason": r }).to_string());
-    let rows = sqlx::query(
-        "SELECT id, name, state, attempts, worker FROM tasker_steps
-         WHERE task_id = ?1 AND state IN ('pending', 'ready', 'running', 'error')",
-    )
-    .bind(task_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    sqlx::query(
+    let rows: Vec<(i64, String, String, i64, Option<String>)> = conn
+        .prepare_cached(
+            "SELECT id, name, state, attempts, worker FROM tasker_steps
+             WHERE task_id = ?1 AND state IN ('pending', 'ready', 'running', 'error') ORDER BY id",
+        )?
+        .query_map([task_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    conn.prepare_cached(
         "UPDATE tasker_steps SET state = 'cancelled', claim_token = NULL, lease_expires_at = NULL,
              finished_at = ?2, updated_at = ?2
          WHERE task_id = ?1 AND state IN ('pending', 'ready', 'running', 'error')",
-    )
-    .bind(task_id)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "UPDATE tasker_tasks SET prev_state = state, state = 'cancelled', n_active = 0,
+    )?
+    .execute(params![task_id, now])?;
+    conn.prepare_cached(
+        "UPDATE tasker_tasks SET prev_state = state, state = 'cancelled', n_active = 0, n_error = 0,
              finished_at = ?2, updated_at = ?2 WHERE id = ?1",
-    )
-    .bind(task_id)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
+    )?
+    .execute(params![task_id, now])?;
     let mut trs = Vec::with_capacity(rows.len() + 1);
-    for row in rows {
-        let from: String = row.try_get(2)?;
-        let name: String = row.try_get(1)?;
+    for (id, name, from, attempts, worker) in rows {
         trs.push(
             Tr::step(
                 task_id,
-                row.try_get(0)?,
+                id,
                 &name,
                 Some(&from),
                 "cancelled",
                 reason::CANCELLED,
             )
-            .attempt(row.try_get(3)?, row.try_get(4)?)
+            .attempt(attempts, worker)
             .details(details.clone()),
         );
     }
     trs.push(Tr::task(task_id, Some(&state), "cancelled", reason::CANCELLED).details(details));
-    write::insert_transitions(conn, &trs, now).await?;
+    write::insert_transitions(conn, &trs, now)?;
     Ok(TaskChange {
         task_id,
         state: "cancelled".into(),
@@ -196,15 +189,11 @@ pub async fn cancel(
     })
 }
 
-async fn task_state_of(conn: &mut SqliteConnection, task_id: i64) -> Result<String> {
-    let row = sqlx::query("SELECT state FROM tasker_tasks WHERE id = ?1")
-        .bind(task_id)
-        .fetch_optional(conn)
-        .await?;
-    match row {
-        Some(row) => Ok(row.try_get(0)?),
-        None => Err(Error::not_found(format!("task {task_id} does not exist"))),
-    }
+fn task_state_of(conn: &Connection, task_id: i64) -> Result<String> {
+    conn.prepare_cached("SELECT state FROM tasker_tasks WHERE id = ?1")?
+        .query_row([task_id], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| Error::not_found(format!("task {task_id} does not exist")))
 }
 
 struct Target {
@@ -217,27 +206,35 @@ struct Target {
     task_state: String,
 }
 
-async fn find_step(conn: &mut SqliteConnection, step: &StepRef) -> Result<Target> {
+fn find_step(conn: &Connection, step: &StepRef) -> Result<Target> {
     const COLS: &str = "SELECT s.id, s.task_id, s.name, s.state, s.attempts, s.worker, t.state
          FROM tasker_steps AS s JOIN tasker_tasks AS t ON t.id = s.task_id";
-    let row = match step {
-        StepRef::Id(id) => {
-            sqlx::query(sqlx::AssertSqlSafe(format!("{COLS} WHERE s.id = ?1")))
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?
-        }
-        StepRef::Named { task_id, step_name } => {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "{COLS} WHERE s.task_id = ?1 AND s.name = ?2"
-            )))
-            .bind(task_id)
-            .bind(step_name)
-            .fetch_optional(&mut *conn)
-            .await?
-        }
+    // The stored state is checked after the row is read (a closure cannot return ours).
+    let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(Target, String)> {
+        Ok((
+            Target {
+                id: r.get(0)?,
+                task_id: r.get(1)?,
+                name: r.get(2)?,
+                state: StepState::Pending,
+                attempts: r.get(4)?,
+                worker: r.get(5)?,
+                task_state: r.get(6)?,
+            },
+            r.get(3)?,
+        ))
     };
-    let Some(row) = row else {
+    let row = match step {
+        StepRef::Id(id) => conn
+            .prepare_cached(&format!("{COLS} WHERE s.id = ?1"))?
+            .query_row([id], map)
+            .optional()?,
+        StepRef::Named { task_id, step_name } => conn
+            .prepare_cached(&format!("{COLS} WHERE s.task_id = ?1 AND s.name = ?2"))?
+            .query_row(params![task_id, step_name], map)
+            .optional()?,
+    };
+    let Some((mut target, state)) = row else {
         return Err(Error::not_found(match step {
             StepRef::Id(id) => format!("step {id} does not exist"),
             StepRef::Named { task_id, step_name } => {
@@ -245,27 +242,15 @@ async fn find_step(conn: &mut SqliteConnection, step: &StepRef) -> Result<Target
             }
         }));
     };
-    let state: String = row.try_get(3)?;
-    Ok(Target {
-        id: row.try_get(0)?,
-        task_id: row.try_get(1)?,
-        name: row.try_get(2)?,
-        state: StepState::parse(&state)
-            .ok_or_else(|| Error::internal(format!("unknown stored step state {state}")))?,
-        attempts: row.try_get(4)?,
-        worker: row.try_get(5)?,
-        task_state: row.try_get(6)?,
-    })
+    target.state = StepState::parse(&state)
+        .ok_or_else(|| Error::internal(format!("unknown stored step state {state}")))?;
+    Ok(target)
 }
 
 /// Puts an errored step back to `ready` with a fresh attempt budget; an errored task
 /// resumes running.
-pub async fn retry_step(
-    conn: &mut SqliteConnection,
-    step: StepRef,
-    now: i64,
-) -> Result<StepChange> {
-    let t = find_step(conn, &step).await?;
+pub fn retry_step(conn: &Connection, step: StepRef, now: i64) -> Result<StepChange> {
+    let t = find_step(conn, &step)?;
     if t.state != StepState::Error || t.task_state == "cancelled" {
         return Err(Error::invalid_state(format!(
             "step `{}` of task {} is {} (task {}); only a step in error can be retried",
@@ -275,14 +260,11 @@ pub async fn retry_step(
             json!({ "step_id": t.id, "state": t.state.as_str(), "task_state": t.task_state }),
         ));
     }
-    sqlx::query(
+    conn.prepare_cached(
         "UPDATE tasker_steps SET state = 'ready', ready_at = ?2, retry_base = attempts, finished_at = NULL,
              updated_at = ?2 WHERE id = ?1",
-    )
-    .bind(t.id)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
+    )?
+    .execute(params![t.id, now])?;
     let mut deltas = Deltas::new();
     bump(&mut deltas, t.task_id, |d| {
         d.error -= 1;
@@ -297,8 +279,8 @@ pub async fn retry_step(
         reason::OPERATOR_RETRY,
     )
     .attempt(t.attempts, t.worker.clone())];
-    let states = write::apply_deltas(conn, &deltas, now, &mut trs).await?;
-    write::insert_transitions(conn, &trs, now).await?;
+    let states = write::apply_deltas(conn, &deltas, now, &mut trs)?;
+    write::insert_transitions(conn, &trs, now)?;
     Ok(StepChange {
         step_id: t.id,
         task_id: t.task_id,
@@ -309,14 +291,14 @@ pub async fn retry_step(
 }
 
 /// Marks a step done by hand (with an optional result its children receive).
-pub async fn resolve_step(
-    conn: &mut SqliteConnection,
+pub fn resolve_step(
+    conn: &Connection,
     step: StepRef,
     result: Option<String>,
     why: Option<String>,
     now: i64,
 ) -> Result<StepChange> {
-    let t = find_step(conn, &step).await?;
+    let t = find_step(conn, &step)?;
     if !t.state.can_become(StepState::ResolvedManually)
         || matches!(t.task_state.as_str(), "cancelled" | "complete")
     {
@@ -328,15 +310,11 @@ pub async fn resolve_step(
             json!({ "step_id": t.id, "state": t.state.as_str(), "task_state": t.task_state }),
         ));
     }
-    sqlx::query(
+    conn.prepare_cached(
         "UPDATE tasker_steps SET state = 'resolved_manually', result = ?2, claim_token = NULL,
              lease_expires_at = NULL, finished_at = ?3, updated_at = ?3 WHERE id = ?1",
-    )
-    .bind(t.id)
-    .bind(result.unwrap_or_else(|| "null".into()))
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
+    )?
+    .execute(params![t.id, result.unwrap_or_else(|| "null".into()), now])?;
     let mut deltas = Deltas::new();
     bump(&mut deltas, t.task_id, |d| {
         d.done += 1;
@@ -357,9 +335,9 @@ pub async fn resolve_step(
     )
     .attempt(t.attempts, t.worker.clone())
     .details(details)];
-    write::release_children(conn, &[t.id], now, &mut deltas, &mut trs).await?;
-    let states = write::apply_deltas(conn, &deltas, now, &mut trs).await?;
-    write::insert_transitions(conn, &trs, now).await?;
+    write::release_children(conn, &[t.id], now, &mut deltas, &mut trs)?;
+    let states = write::apply_deltas(conn, &deltas, now, &mut trs)?;
+    write::insert_transitions(conn, &trs, now)?;
     Ok(StepChange {
         step_id: t.id,
         task_id: t.task_id,

@@ -4,9 +4,8 @@
 
 use std::collections::HashMap;
 
+use rusqlite::{params, Connection};
 use serde_json::{json, Value};
-use sqlx::sqlite::SqliteConnection;
-use sqlx::Row;
 
 use crate::error::Result;
 use crate::model::events::reason;
@@ -88,22 +87,19 @@ impl Tr {
     }
 }
 
-pub async fn insert_transitions(conn: &mut SqliteConnection, rows: &[Tr], now: i64) -> Result<()> {
+pub fn insert_transitions(conn: &Connection, rows: &[Tr], now: i64) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
     let array = Value::Array(rows.iter().map(Tr::to_json).collect()).to_string();
-    sqlx::query(
+    conn.prepare_cached(
         "INSERT INTO tasker_transitions
             (task_id, step_id, step_name, from_state, to_state, at, attempt, worker, reason, details)
          SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, ?2,
                 value ->> 5, value ->> 6, value ->> 7, value ->> 8
          FROM json_each(?1)",
-    )
-    .bind(array)
-    .bind(now)
-    .execute(conn)
-    .await?;
+    )?
+    .execute(params![array, now])?;
     Ok(())
 }
 
@@ -124,8 +120,8 @@ pub fn bump(deltas: &mut Deltas, task_id: i64, f: impl FnOnce(&mut Delta)) {
 /// Decrements the parent counters of the children of `parents` (which just finished);
 /// children whose count reaches zero become `ready`. Records those transitions and
 /// counts them as active.
-pub async fn release_children(
-    conn: &mut SqliteConnection,
+pub fn release_children(
+    conn: &Connection,
     parents: &[i64],
     now: i64,
     deltas: &mut Deltas,
@@ -135,7 +131,7 @@ pub async fn release_children(
         return Ok(());
     }
     let ids = Value::from(parents.to_vec()).to_string();
-    let rows = sqlx::query(
+    let mut stmt = conn.prepare_cached(
         "UPDATE tasker_steps AS s SET
             pending_parents = s.pending_parents - d.n,
             state = CASE WHEN s.state = 'pending' AND s.pending_parents = d.n THEN 'ready' ELSE s.state END,
@@ -145,28 +141,28 @@ pub async fn release_children(
                WHERE parent_id IN (SELECT value FROM json_each(?1)) GROUP BY child_id) AS d
          WHERE s.id = d.child_id
          RETURNING id, task_id, name, state, pending_parents",
-    )
-    .bind(ids)
-    .bind(now)
-    .fetch_all(conn)
-    .await?;
-    for row in rows {
-        let state: String = row.try_get(3)?;
-        let pending: i64 = row.try_get(4)?;
+    )?;
+    let mut rows = stmt.query(params![ids, now])?;
+    let mut released: Vec<(i64, i64, String)> = Vec::new();
+    while let Some(row) = rows.next()? {
+        let state: String = row.get(3)?;
+        let pending: i64 = row.get(4)?;
         if state == "ready" && pending == 0 {
-            let id: i64 = row.try_get(0)?;
-            let task_id: i64 = row.try_get(1)?;
-            let name: String = row.try_get(2)?;
-            bump(deltas, task_id, |d| d.active += 1);
-            trs.push(Tr::step(
-                task_id,
-                id,
-                &name,
-                Some("pending"),
-                "ready",
-                reason::PARENTS_DONE,
-            ));
+            released.push((row.get(0)?, row.get(1)?, row.get(2)?));
         }
+    }
+    // RETURNING order is unspecified: keep the event log in step order.
+    released.sort_unstable_by_key(|r| r.0);
+    for (id, task_id, name) in released {
+        bump(deltas, task_id, |d| d.active += 1);
+        trs.push(Tr::step(
+            task_id,
+            id,
+            &name,
+            Some("pending"),
+            "ready",
+            reason::PARENTS_DONE,
+        ));
     }
     Ok(())
 }
@@ -175,8 +171,8 @@ pub async fn release_children(
 /// ready or running is `complete` when every step is done, else `error`; an errored task
 /// that gets active steps again is `running`. Records task transitions.
 /// Returns the new state of every touched task.
-pub async fn apply_deltas(
-    conn: &mut SqliteConnection,
+pub fn apply_deltas(
+    conn: &Connection,
     deltas: &Deltas,
     now: i64,
     trs: &mut Vec<Tr>,
@@ -192,7 +188,7 @@ pub async fn apply_deltas(
             .collect(),
     )
     .to_string();
-    let rows = sqlx::query(
+    let mut stmt = conn.prepare_cached(
         "UPDATE tasker_tasks AS t SET
             prev_state = t.state,
             n_active = t.n_active + d.da,
@@ -213,15 +209,14 @@ pub async fn apply_deltas(
                FROM json_each(?1)) AS d
          WHERE t.id = d.id
          RETURNING id, prev_state, state",
-    )
-    .bind(array)
-    .bind(now)
-    .fetch_all(conn)
-    .await?;
-    for row in rows {
-        let id: i64 = row.try_get(0)?;
-        let prev: Option<String> = row.try_get(1)?;
-        let state: String = row.try_get(2)?;
+    )?;
+    let mut rows = stmt.query(params![array, now])?;
+    let mut changed: Vec<(i64, Option<String>, String)> = Vec::new();
+    while let Some(row) = rows.next()? {
+        changed.push((row.get(0)?, row.get(1)?, row.get(2)?));
+    }
+    changed.sort_unstable_by_key(|c| c.0);
+    for (id, prev, state) in changed {
         if prev.as_deref() != Some(state.as_str()) {
             trs.push(Tr::task(id, prev.as_deref(), &state, reason::FINALIZED));
         }
@@ -246,8 +241,8 @@ pub struct FailedStep {
 }
 
 /// Writes failed attempts (from `fail` or from the lease sweep) and their transitions.
-pub async fn apply_failures(
-    conn: &mut SqliteConnection,
+pub fn apply_failures(
+    conn: &Connection,
     failed: &[FailedStep],
     now: i64,
     deltas: &mut Deltas,
@@ -263,7 +258,7 @@ pub async fn apply_failures(
             .collect(),
     )
     .to_string();
-    sqlx::query(
+    conn.prepare_cached(
         "UPDATE tasker_steps AS s SET
             state = d.value ->> 1,
             ready_at = d.value ->> 2,
@@ -274,11 +269,8 @@ pub async fn apply_failures(
             updated_at = ?2
          FROM json_each(?1) AS d
          WHERE s.id = d.value ->> 0",
-    )
-    .bind(array)
-    .bind(now)
-    .execute(conn)
-    .await?;
+    )?
+    .execute(params![array, now])?;
     for f in failed {
         if f.state == "error" {
             bump(deltas, f.task_id, |d| {
