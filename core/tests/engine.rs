@@ -19,7 +19,7 @@ fn a_stale_claim_token_gets_lease_lost_and_changes_nothing() {
     let first = db.claim(&["a"], 1, 1).remove(0);
     sleep_ms(10);
     assert_eq!(db.call("sweep", json!({}))["expired"], 1);
-    let second = db.claim(&["a"], 1, 60_000).remove(0);
+    let second = db.claim_wait(&["a"], 1, 60_000).remove(0);
     assert_ne!(first["claim_token"], second["claim_token"]);
     assert_eq!(second["attempt"], 2);
 
@@ -67,8 +67,7 @@ fn expired_leases_are_retried_then_exhausted_and_recorded() {
     let step = db.step(id, "a");
     assert_eq!(step["state"], "ready");
     assert_eq!(step["error"]["kind"], "lease_expired");
-    sleep_ms(5);
-    db.claim(&["a"], 1, 1);
+    assert_eq!(db.claim_wait(&["a"], 1, 1).len(), 1);
     sleep_ms(10);
     assert_eq!(db.call("sweep", json!({}))["expired"], 1);
     assert_eq!(db.step(id, "a")["state"], "error");
@@ -523,4 +522,39 @@ fn batch_completion_reports_each_item() {
     let c = db.claim(&["c"], 1, 60_000).remove(0);
     assert_eq!(c["results"], json!({ "a": "a", "b": "b" }));
     assert_eq!(db.step(id, "c")["pending_parents"], 0);
+}
+
+#[test]
+fn completing_can_claim_the_next_batch_in_the_same_transaction() {
+    let db = open(json!({}));
+    db.register(template(
+        "lin",
+        &[("a", &[]), ("b", &["a"]), ("c", &["b"])],
+        fast_retry(1),
+    ));
+    let id = db.create("lin", json!({}));
+    let a = db.claim(&["a", "b", "c"], 10, 60_000).remove(0);
+    let out = db.call(
+        "complete_steps",
+        json!({ "items": [{ "step_id": a["step_id"], "claim_token": a["claim_token"], "result": 1 }],
+                "claim": { "handlers": ["a", "b", "c"], "limit": 10, "worker_id": "w" } }),
+    );
+    assert_eq!(out["results"][0]["ok"], true);
+    // b was released by a's result and claimed by the same call, with a's result.
+    let steps = out["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 1);
+    assert_eq!(steps[0]["step_name"], "b");
+    assert_eq!(steps[0]["results"]["a"], 1);
+    assert_eq!(db.step(id, "b")["state"], "running");
+    assert_eq!(db.step(id, "b")["worker"], "w");
+    // A refused claim part refuses the whole call and records nothing.
+    let before = db.fingerprint();
+    let e = db.call_err(
+        "complete_steps",
+        json!({ "items": [{ "step_id": steps[0]["step_id"], "claim_token": steps[0]["claim_token"], "result": 2 }],
+                "claim": { "handlers": [], "limit": 10 } }),
+    );
+    assert_eq!(e.code, ErrorCode::InvalidArgument);
+    assert_eq!(db.fingerprint(), before);
+    assert_eq!(db.step(id, "b")["state"], "running");
 }

@@ -80,9 +80,11 @@ CREATE TABLE tasker_edges (
 ) WITHOUT ROWID;
 CREATE INDEX tasker_edges_child ON tasker_edges (child_id, parent_id);
 
--- The audit trail and the durable event log; `id` is the event cursor.
+-- The audit trail and the durable event log; `id` is the event cursor. Ids only grow:
+-- rows are appended and never deleted from the end (no AUTOINCREMENT needed, which
+-- would cost a write to sqlite_sequence in every transaction).
 CREATE TABLE tasker_transitions (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id         INTEGER PRIMARY KEY,
     task_id    INTEGER NOT NULL,
     step_id    INTEGER,
     step_name  TEXT,

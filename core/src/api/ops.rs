@@ -38,15 +38,21 @@ pub const OPERATIONS: &[&str] = &[
 /// Parses JSON, telling malformed JSON (`invalid_json`) from well-formed JSON of the
 /// wrong shape (`invalid_argument`).
 pub fn parse_json<T: DeserializeOwned>(text: &str) -> Result<T> {
-    serde_json::from_str(text).map_err(|e| {
-        use serde_json::error::Category;
-        match e.classify() {
-            Category::Syntax | Category::Eof | Category::Io => Error::new(
-                ErrorCode::InvalidJson,
-                format!("request is not valid JSON: {e}"),
-            ),
-            Category::Data => Error::invalid_argument(format!("invalid request: {e}")),
-        }
+    use serde_json::error::Category;
+    let syntax = |e: serde_json::Error| {
+        Error::new(
+            ErrorCode::InvalidJson,
+            format!("request is not valid JSON: {e}"),
+        )
+    };
+    serde_json::from_str(text).map_err(|e| match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => syntax(e),
+        // A shape error may be found before a syntax error later in the text: broken
+        // JSON must still be reported as broken JSON.
+        Category::Data => match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Err(e) => syntax(e),
+            Ok(_) => Error::invalid_argument(format!("invalid request: {e}")),
+        },
     })
 }
 
@@ -143,7 +149,21 @@ pub async fn dispatch(engine: &Engine, op: &str, request: &str) -> Result<String
                 .into_iter()
                 .map(CompletionReq::into_completion)
                 .collect::<Result<Vec<_>>>()?;
-            let out = engine.complete_steps(items).await?;
+            let next = r.claim.map(|c| Claim {
+                handlers: c.handlers,
+                limit: c.limit.unwrap_or(1),
+                wait_ms: 0,
+                worker: c.worker_id.unwrap_or_else(|| "anonymous".into()),
+                lease_ms: c.lease_ms,
+            });
+            let wants_next = next.is_some();
+            let (out, batch) = engine.complete_and_claim(items, next).await?;
+            if wants_next {
+                return to_string(&CompleteAndClaimResponse {
+                    results: &out,
+                    steps: &batch.steps,
+                });
+            }
             json!({ "results": out })
         }
         "fail_step" => {
@@ -184,7 +204,7 @@ pub async fn dispatch(engine: &Engine, op: &str, request: &str) -> Result<String
         }
         "list_tasks" => {
             let r: ListReq = parse_json(request)?;
-            let limit = r.limit.unwrap_or(50);
+            let limit = r.limit.unwrap_or(engine.config().list_page_default);
             let tasks = engine
                 .list_tasks(TaskFilter {
                     state: r.state,
@@ -224,7 +244,7 @@ pub async fn dispatch(engine: &Engine, op: &str, request: &str) -> Result<String
             let (events, next) = engine
                 .events(
                     r.since.unwrap_or(0),
-                    r.limit.unwrap_or(100),
+                    r.limit.unwrap_or(engine.config().event_page_default),
                     r.wait_ms.unwrap_or(0),
                     r.task_id,
                     r.types.as_deref(),
@@ -417,6 +437,27 @@ impl CompletionReq {
 #[serde(deny_unknown_fields)]
 struct CompleteStepsReq {
     items: Vec<CompletionReq>,
+    /// Claim the next batch in the same transaction (never waits).
+    #[serde(default)]
+    claim: Option<NextClaimReq>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NextClaimReq {
+    handlers: Vec<String>,
+    #[serde(default)]
+    limit: Option<u32>,
+    #[serde(default)]
+    worker_id: Option<String>,
+    #[serde(default)]
+    lease_ms: Option<u64>,
+}
+
+#[derive(serde::Serialize)]
+struct CompleteAndClaimResponse<'a> {
+    results: &'a [crate::store::ItemOutcome],
+    steps: &'a [crate::store::ClaimedStep],
 }
 
 #[derive(Deserialize)]

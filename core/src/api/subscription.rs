@@ -16,9 +16,6 @@ pub struct Subscription {
     thread: Option<JoinHandle<()>>,
 }
 
-/// How long one read waits for new events before re-checking the stop flag.
-const WAIT_MS: u64 = 200;
-
 impl Subscription {
     pub(super) fn start<F>(
         tasker: Tasker,
@@ -30,6 +27,9 @@ impl Subscription {
         F: FnMut(&Value) + Send + 'static,
     {
         tasker.host()?;
+        // One read waits this long for new events before re-checking the stop flag.
+        let wait_ms = tasker.config().claim_poll_ms;
+        let page = tasker.config().event_page_max;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -37,13 +37,13 @@ impl Subscription {
             .spawn(move || {
                 let mut cursor = since;
                 while !flag.load(Ordering::Acquire) {
-                    let req = json!({ "since": cursor, "limit": 500, "wait_ms": WAIT_MS, "types": types }).to_string();
+                    let req = json!({ "since": cursor, "limit": page, "wait_ms": wait_ms, "types": types }).to_string();
                     let page = match tasker.call("events", &req) {
                         Ok(p) => p,
                         Err(e) if e.code == crate::ErrorCode::Closed => return,
                         Err(e) => {
                             tracing::warn!(error = %e, "event subscription read failed; retrying");
-                            std::thread::sleep(std::time::Duration::from_millis(WAIT_MS));
+                            std::thread::sleep(std::time::Duration::from_millis(wait_ms));
                             continue;
                         }
                     };

@@ -61,6 +61,10 @@ pub struct Config {
     pub event_page_max: u32,
     /// Most tasks one `list_tasks` page returns.
     pub list_page_max: u32,
+    /// Tasks per `list_tasks` page when the request gives no `limit`.
+    pub list_page_default: u32,
+    /// Events per `events` read when the request gives no `limit`.
+    pub event_page_default: u32,
     /// Step timeout when neither the step nor the template defaults set one.
     pub default_timeout_s: u64,
     /// Retry policy when neither the step nor the template defaults set one.
@@ -89,6 +93,8 @@ impl Default for Config {
             max_steps_per_task: 100_000,
             event_page_max: 1_000,
             list_page_max: 1_000,
+            list_page_default: 50,
+            event_page_default: 100,
             default_timeout_s: 300,
             default_retry: RetryPolicy::default(),
         }
@@ -114,25 +120,30 @@ impl Config {
             Some(_) => return Err(Error::invalid_argument("config_file must be a string")),
             None => env("TASKER_CONFIG").map(PathBuf::from),
         };
-        let environment = overrides
-            .get("env")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .or_else(|| env("TASKER_ENV"))
-            .unwrap_or_else(|| Config::default().env);
-
-        let mut merged = match serde_json::to_value(Config::default()) {
-            Ok(Value::Object(m)) => m,
-            _ => return Err(Error::internal("default config is not an object")),
-        };
-        merged.insert("env".into(), Value::String(environment.clone()));
-
         let file = match explicit_file {
             Some(p) => Some(read_yaml_file(&p)?),
             None if Path::new("tasker.yaml").exists() => {
                 Some(read_yaml_file(Path::new("tasker.yaml"))?)
             }
             None => None,
+        };
+        // The environment is chosen by open(), then TASKER_ENV, then the file's `env`.
+        let environment = overrides
+            .get("env")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| env("TASKER_ENV"))
+            .or_else(|| {
+                file.as_ref()
+                    .and_then(|f| f.get("env"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| Config::default().env);
+
+        let mut merged = match serde_json::to_value(Config::default()) {
+            Ok(Value::Object(m)) => m,
+            _ => return Err(Error::internal("default config is not an object")),
         };
         if let Some(mut file) = file {
             let envs = file.remove("environments");
@@ -143,6 +154,7 @@ impl Config {
                 }
             }
         }
+        merged.insert("env".into(), Value::String(environment.clone()));
 
         let keys: Vec<(String, Value)> =
             merged.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -155,6 +167,7 @@ impl Config {
                 merged.insert(key, parse_env_value(&var, &raw, &current)?);
             }
         }
+        overrides.remove("env");
         overlay(&mut merged, overrides, "open")?;
 
         let config: Config = serde_json::from_value(Value::Object(merged))
@@ -177,6 +190,15 @@ impl Config {
         if self.claim_limit_max == 0 || self.event_page_max == 0 || self.list_page_max == 0 {
             return Err(Error::invalid_argument(
                 "claim_limit_max, event_page_max and list_page_max must be positive",
+            ));
+        }
+        if self.list_page_default == 0
+            || self.list_page_default > self.list_page_max
+            || self.event_page_default == 0
+            || self.event_page_default > self.event_page_max
+        {
+            return Err(Error::invalid_argument(
+                "list_page_default and event_page_default must be between 1 and their *_max",
             ));
         }
         self.default_retry
@@ -207,16 +229,24 @@ fn read_yaml_file(path: &Path) -> Result<Map<String, Value>> {
 }
 
 /// Lays `layer` over `base`. Unknown keys are rejected here so a typo in any source is
-/// reported with the source's name.
+/// reported with the source's name. Object settings (`default_retry`) merge key by key,
+/// so a source may set only the fields it changes.
 fn overlay(base: &mut Map<String, Value>, layer: Map<String, Value>, source: &str) -> Result<()> {
     for (k, v) in layer {
-        if !base.contains_key(&k) {
+        let Some(current) = base.get_mut(&k) else {
             return Err(Error::new(
                 ErrorCode::InvalidArgument,
                 format!("unknown configuration key `{k}` in {source}"),
             ));
+        };
+        match (current, v) {
+            (Value::Object(cur), Value::Object(new)) => {
+                for (field, value) in new {
+                    cur.insert(field, value);
+                }
+            }
+            (current, v) => *current = v,
         }
-        base.insert(k, v);
     }
     Ok(())
 }
@@ -270,13 +300,42 @@ mod tests {
             ("TASKER_CLAIM_POLL_MS", "11"),
             ("TASKER_MIGRATE_ON_OPEN", "false"),
         ]);
-        let c = Config::load_from(&json!({"sweep_batch": 3}), &env).unwrap();
+        let c = Config::load_from(
+            &json!({"sweep_batch": 3, "default_retry": {"max_attempts": 7}}),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.default_retry.max_attempts, 7);
+        assert_eq!(
+            c.default_retry.base_ms,
+            Config::default().default_retry.base_ms
+        );
         assert_eq!(c.env, "test");
         assert_eq!(c.lease_ms, 2000);
         assert_eq!(c.claim_poll_ms, 11);
         assert_eq!(c.sweep_batch, 3);
         assert!(!c.migrate_on_open);
         assert_eq!(c.wait_ms_max, Config::default().wait_ms_max);
+    }
+
+    #[test]
+    fn the_files_env_key_picks_its_environment_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tasker.yaml");
+        std::fs::write(
+            &file,
+            "env: staging\nenvironments:\n  staging:\n    lease_ms: 2000\n",
+        )
+        .unwrap();
+        let env = env_of(&[("TASKER_CONFIG", file.to_str().unwrap())]);
+        let c = Config::load_from(&Value::Null, &env).unwrap();
+        assert_eq!((c.env.as_str(), c.lease_ms), ("staging", 2000));
+        let env = env_of(&[
+            ("TASKER_CONFIG", file.to_str().unwrap()),
+            ("TASKER_ENV", "prod"),
+        ]);
+        let c = Config::load_from(&Value::Null, &env).unwrap();
+        assert_eq!((c.env.as_str(), c.lease_ms), ("prod", 30_000));
     }
 
     #[test]

@@ -39,12 +39,15 @@ pub fn explain(view: &TaskView, now: i64) -> Explanation {
     let mut stuck: HashSet<&str> = HashSet::new();
     let mut out = Vec::new();
     for s in &view.steps {
-        let blocked_by: Vec<String> = s
-            .depends_on
-            .iter()
-            .filter(|p| stuck.contains(p.as_str()))
-            .cloned()
-            .collect();
+        let blocked_by: Vec<String> = if s.state == "pending" {
+            s.depends_on
+                .iter()
+                .filter(|p| stuck.contains(p.as_str()))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
         match s.state.as_str() {
             "error" | "cancelled" => {
                 stuck.insert(&s.name);

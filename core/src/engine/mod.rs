@@ -330,8 +330,8 @@ impl Engine {
     /// Claims up to `limit` ready steps, waiting up to `wait_ms` for some to appear.
     /// In-process readiness wakes the waiter at once; a retry coming due wakes it at
     /// its `ready_at`; `claim_poll_ms` bounds each sleep to notice other processes.
-    pub async fn claim(&self, req: Claim) -> Result<ClaimBatch> {
-        self.check_open()?;
+    /// Validates a claim request into store parameters (handlers sorted and deduped).
+    fn claim_params(&self, req: Claim) -> Result<ClaimParams> {
         if req.handlers.is_empty() {
             return Err(Error::invalid_argument(
                 "claim needs at least one handler name",
@@ -348,27 +348,33 @@ impl Engine {
                 self.config.claim_limit_max
             )));
         }
-        let mut handlers = req.handlers.clone();
+        let mut handlers = req.handlers;
         handlers.sort();
         handlers.dedup();
-        let lease_ms = req.lease_ms.unwrap_or(self.config.lease_ms).max(1);
+        Ok(ClaimParams {
+            handlers,
+            limit: req.limit,
+            worker: req.worker,
+            lease_ms: req.lease_ms.unwrap_or(self.config.lease_ms).max(1),
+            now: 0,
+        })
+    }
+
+    /// Claims up to `limit` ready steps, waiting up to `wait_ms` for some to appear.
+    /// In-process readiness wakes the waiter at once; a retry coming due wakes it at
+    /// its `ready_at`; `claim_poll_ms` bounds each sleep to notice other processes.
+    pub async fn claim(&self, req: Claim) -> Result<ClaimBatch> {
+        self.check_open()?;
         let wait_ms = req.wait_ms.min(self.config.wait_ms_max);
+        let mut params = self.claim_params(req)?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
         loop {
             let notified = self.ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let now = now_ms();
-            let batch = self
-                .store
-                .claim(ClaimParams {
-                    handlers: handlers.clone(),
-                    limit: req.limit,
-                    worker: req.worker.clone(),
-                    lease_ms,
-                    now,
-                })
-                .await?;
+            params.now = now;
+            let batch = self.store.claim(params.clone()).await?;
             if !batch.steps.is_empty() {
                 self.changed(false);
                 return Ok(batch);
@@ -398,17 +404,35 @@ impl Engine {
     }
 
     pub async fn complete_steps(&self, items: Vec<Completion>) -> Result<Vec<ItemOutcome>> {
+        Ok(self.complete_and_claim(items, None).await?.0)
+    }
+
+    /// Records results and, when `next` is given, claims the next batch in the same
+    /// transaction (without waiting: a worker that gets nothing calls `claim` to wait).
+    pub async fn complete_and_claim(
+        &self,
+        items: Vec<Completion>,
+        next: Option<Claim>,
+    ) -> Result<(Vec<ItemOutcome>, ClaimBatch)> {
         self.check_open()?;
-        if items.is_empty() {
-            return Ok(Vec::new());
-        }
         for item in &items {
             self.check_payload(
                 &format!("result of step {}", item.step_id),
                 item.result.get().len(),
             )?;
         }
-        let out = self.store.complete(items, now_ms()).await?;
+        let now = now_ms();
+        let params = match next {
+            Some(c) => Some(ClaimParams {
+                now,
+                ..self.claim_params(c)?
+            }),
+            None => None,
+        };
+        if items.is_empty() && params.is_none() {
+            return Ok((Vec::new(), ClaimBatch::default()));
+        }
+        let out = self.store.complete(items, params, now).await?;
         self.changed(true);
         Ok(out)
     }

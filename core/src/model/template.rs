@@ -187,26 +187,32 @@ impl TemplateDoc {
                 ));
             }
         }
+        for (name, env) in &environments {
+            if let Some(o) = env
+                .steps
+                .iter()
+                .find(|o| !steps.iter().any(|s| s.name == o.name))
+            {
+                return Err(Error::invalid_template(
+                    "unknown_step",
+                    format!("environment `{name}` overrides unknown step `{}`", o.name),
+                    json!({ "step": o.name, "environment": name }),
+                ));
+            }
+        }
         if let Some(env) = environments.get(environment) {
             if let Some(d) = &env.defaults {
-                if d.retry.is_some() {
-                    defaults.retry = d.retry.clone();
+                if let Some(r) = &d.retry {
+                    defaults.retry =
+                        Some(merge_retry(defaults.retry.take().unwrap_or_default(), r));
                 }
                 defaults.timeout_s = d.timeout_s.or(defaults.timeout_s);
                 defaults.priority = d.priority.or(defaults.priority);
             }
             for o in &env.steps {
-                let Some(step) = steps.iter_mut().find(|s| s.name == o.name) else {
-                    return Err(Error::invalid_template(
-                        "unknown_step",
-                        format!(
-                            "environment `{environment}` overrides unknown step `{}`",
-                            o.name
-                        ),
-                        json!({ "step": o.name, "environment": environment }),
-                    ));
-                };
-                apply_override(step, o);
+                if let Some(step) = steps.iter_mut().find(|s| s.name == o.name) {
+                    apply_override(step, o);
+                }
             }
         }
 
@@ -354,13 +360,7 @@ fn apply_override(step: &mut StepDoc, o: &StepOverride) {
         step.handler = h.clone();
     }
     if let Some(r) = &o.retry {
-        let mut merged = step.retry.clone().unwrap_or_default();
-        merged.max_attempts = r.max_attempts.or(merged.max_attempts);
-        merged.backoff = r.backoff.clone().or(merged.backoff);
-        merged.base_ms = r.base_ms.or(merged.base_ms);
-        merged.max_ms = r.max_ms.or(merged.max_ms);
-        merged.jitter = r.jitter.or(merged.jitter);
-        step.retry = Some(merged);
+        step.retry = Some(merge_retry(step.retry.take().unwrap_or_default(), r));
     }
     step.timeout_s = o.timeout_s.or(step.timeout_s);
     step.priority = o.priority.or(step.priority);
@@ -374,6 +374,17 @@ fn apply_override(step: &mut StepDoc, o: &StepOverride) {
             }
             (_, other) => other.clone(),
         });
+    }
+}
+
+/// Lays the fields set in `layer` over `base`.
+fn merge_retry(base: RetrySpec, layer: &RetrySpec) -> RetrySpec {
+    RetrySpec {
+        max_attempts: layer.max_attempts.or(base.max_attempts),
+        backoff: layer.backoff.clone().or(base.backoff),
+        base_ms: layer.base_ms.or(base.base_ms),
+        max_ms: layer.max_ms.or(base.max_ms),
+        jitter: layer.jitter.or(base.jitter),
     }
 }
 
@@ -509,7 +520,9 @@ steps:
     handler: charge_payment
     depends_on: [validate]
 environments:
-  test: { steps: [ { name: charge, config: { sandbox: true } }, { name: ship, config: { fast: true } } ] }
+  test:
+    defaults: { retry: { max_attempts: 9 } }
+    steps: [ { name: charge, config: { sandbox: true } }, { name: ship, config: { fast: true } } ]
 "#;
 
     fn resolve(text: &str, env: &str) -> Result<Template> {
@@ -524,6 +537,9 @@ environments:
         let reserve = &t.steps[1];
         assert_eq!(reserve.retry.max_attempts, 5);
         assert_eq!(reserve.retry.base_ms, 1000);
+        // The environment's defaults merge field by field over the template's.
+        assert_eq!(t.steps[0].retry.max_attempts, 9);
+        assert_eq!(t.steps[0].retry.base_ms, 1000);
         assert_eq!(t.steps[2].config, Some(json!({"sandbox": true})));
         assert_eq!(
             t.steps[3].config,
@@ -531,6 +547,7 @@ environments:
         );
         let prod = resolve(FULFILL, "production").unwrap();
         assert_eq!(prod.steps[2].config, None);
+        assert_eq!(prod.steps[0].retry.max_attempts, 3);
     }
 
     #[test]
@@ -573,6 +590,7 @@ environments:
             ("steps: [{name: x, handler: h, colour: red}]", "shape", "colour"),
             ("input_schema: {type: 12}\nsteps: [{name: x, handler: h}]", "bad_input_schema", "input_schema"),
             ("environments: {test: {steps: [{name: y, config: {}}]}}\nsteps: [{name: x, handler: h}]", "unknown_step", "`y`"),
+            ("environments: {prod: {steps: [{name: y}]}}\nsteps: [{name: x, handler: h}]", "unknown_step", "`prod`"),
             ("steps: [{name: 'a b', handler: h}]", "bad_identifier", "a b"),
         ];
         for (body, want, word) in cases {

@@ -282,7 +282,14 @@ pub trait Store: Send + Sync {
     fn claim(&self, params: ClaimParams) -> BoxFut<'_, ClaimBatch>;
     /// Renews a lease; returns the new expiry.
     fn heartbeat(&self, step_id: i64, token: i64, lease_ms: u64, now: i64) -> BoxFut<'_, i64>;
-    fn complete(&self, items: Vec<Completion>, now: i64) -> BoxFut<'_, Vec<ItemOutcome>>;
+    /// Records results; when `claim` is given, claims the next batch in the same
+    /// transaction (a worker's round trip and commit saved per batch).
+    fn complete(
+        &self,
+        items: Vec<Completion>,
+        claim: Option<ClaimParams>,
+        now: i64,
+    ) -> BoxFut<'_, (Vec<ItemOutcome>, ClaimBatch)>;
     fn fail(&self, report: FailureReport) -> BoxFut<'_, FailOutcome>;
     /// Takes back up to `limit` expired leases as failed attempts; returns how many.
     fn sweep(&self, now: i64, limit: u32) -> BoxFut<'_, u32>;

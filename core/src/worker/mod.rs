@@ -92,6 +92,13 @@ pub struct Worker {
 }
 
 #[derive(Deserialize)]
+struct CompletePage {
+    results: Vec<Value>,
+    #[serde(default)]
+    steps: Vec<StepInput>,
+}
+
+#[derive(Deserialize)]
 struct ClaimPage {
     steps: Vec<StepInput>,
     #[serde(default)]
@@ -130,15 +137,25 @@ impl Worker {
         self
     }
 
-    fn claim(&self, wait_ms: u64) -> Result<ClaimPage> {
+    fn handler_names(&self) -> Vec<&String> {
         let mut names: Vec<&String> = self.handlers.keys().collect();
         names.sort();
-        let req = json!({ "handlers": names, "limit": self.batch, "wait_ms": wait_ms, "worker_id": self.id });
+        names
+    }
+
+    fn claim(&self, wait_ms: u64) -> Result<ClaimPage> {
+        let req = json!({ "handlers": self.handler_names(), "limit": self.batch, "wait_ms": wait_ms, "worker_id": self.id });
         crate::api::ops::parse_json(&self.tasker.call("claim", &req.to_string())?)
     }
 
-    /// Runs the handlers of one claimed page and reports the results.
-    fn run_page(&self, steps: Vec<StepInput>, stats: &mut RunStats) -> Result<()> {
+    /// Runs the handlers of one claimed page, reports the results and, in the same
+    /// transaction, claims the next page (empty when nothing is claimable right now).
+    fn run_page(
+        &self,
+        steps: Vec<StepInput>,
+        stats: &mut RunStats,
+        claim_next: bool,
+    ) -> Result<Vec<StepInput>> {
         let mut items = Vec::with_capacity(steps.len());
         for step in &steps {
             let outcome = match self.handlers.get(&step.handler) {
@@ -160,22 +177,20 @@ impl Worker {
                 }
             }
         }
-        if items.is_empty() {
-            return Ok(());
+        let mut req = json!({ "items": items });
+        if claim_next {
+            req["claim"] = json!({ "handlers": self.handler_names(), "limit": self.batch, "worker_id": self.id });
         }
-        let out: Value = crate::api::ops::parse_json(
-            &self
-                .tasker
-                .call("complete_steps", &json!({ "items": items }).to_string())?,
-        )?;
-        for r in out["results"].as_array().into_iter().flatten() {
+        let out: CompletePage =
+            crate::api::ops::parse_json(&self.tasker.call("complete_steps", &req.to_string())?)?;
+        for r in &out.results {
             if r["ok"].as_bool() == Some(true) {
                 stats.completed += 1;
             } else {
                 stats.lost += 1;
             }
         }
-        Ok(())
+        Ok(out.steps)
     }
 
     /// Works until a claim finds nothing to do and no step of these handlers is
@@ -183,28 +198,43 @@ impl Worker {
     /// not waited for.)
     pub fn run_until_idle(&self) -> Result<RunStats> {
         let mut stats = RunStats::default();
-        let mut wait = self.idle_wait_ms;
+        let mut page = self.claim(self.idle_wait_ms)?;
         loop {
-            let page = self.claim(wait)?;
             if page.steps.is_empty() {
                 if page.next_ready_at.is_none() {
                     return Ok(stats);
                 }
                 // A retry is due later: the claim wakes at its ready_at.
-                wait = self.tasker.config().wait_ms_max;
+                page = self.claim(self.tasker.config().wait_ms_max)?;
                 continue;
             }
-            wait = self.idle_wait_ms;
-            self.run_page(page.steps, &mut stats)?;
+            let next = self.run_page(page.steps, &mut stats, true)?;
+            page = if next.is_empty() {
+                self.claim(self.idle_wait_ms)?
+            } else {
+                ClaimPage {
+                    steps: next,
+                    next_ready_at: None,
+                }
+            };
         }
     }
 
     /// Works until `stop` is set (checked between claims).
     pub fn run_until(&self, stop: &AtomicBool) -> Result<RunStats> {
         let mut stats = RunStats::default();
-        while !stop.load(Ordering::Acquire) {
-            let page = self.claim(self.idle_wait_ms.max(1))?;
-            self.run_page(page.steps, &mut stats)?;
+        let mut steps = Vec::new();
+        loop {
+            let stopping = stop.load(Ordering::Acquire);
+            if steps.is_empty() {
+                if stopping {
+                    break;
+                }
+                steps = self.claim(self.idle_wait_ms.max(1))?.steps;
+                continue;
+            }
+            // Claimed steps are always run: stopping only stops claiming more.
+            steps = self.run_page(steps, &mut stats, !stopping)?;
         }
         Ok(stats)
     }

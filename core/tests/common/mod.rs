@@ -64,6 +64,17 @@ impl Db {
             .clone()
     }
 
+    /// Claims, waiting up to 5 s for a step (a retry's backoff may still be running).
+    pub fn claim_wait(&self, handlers: &[&str], limit: u32, lease_ms: u64) -> Vec<Value> {
+        self.call(
+            "claim",
+            json!({ "handlers": handlers, "limit": limit, "worker_id": "test", "lease_ms": lease_ms, "wait_ms": 5000 }),
+        )["steps"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
     pub fn task(&self, id: i64) -> Value {
         self.call("get_task", json!({ "task_id": id }))["task"].clone()
     }

@@ -107,6 +107,8 @@ fn run() -> Res<()> {
             .to_string(),
     );
     r.text("machine_cpu", &cpu_model());
+    // Before this process's first SQLite connection, as the engine's own open does.
+    tasker_core::store::sqlite::configure_sqlite_once();
     r.text("sqlite_version", &sqlite_version()?);
     r.num("machine_loadavg_1m_start", loadavg());
     let started = Instant::now();

@@ -128,20 +128,34 @@ impl OpTimes {
     }
 }
 
-/// A worker of no-op handlers: claims (with a wait) up to `limit` steps, completes them
-/// all in one `complete_steps`, until `target` steps are done. Adds its calls to `times`.
+/// A worker of no-op handlers, as the engine's own workers run: claim (with a wait) up
+/// to `limit` steps, then report them all in one `complete_steps` that also claims the
+/// next batch in the same transaction; claim again (waiting) only when that comes back
+/// empty. Runs until `target` steps are done and adds its calls to `times`.
 pub fn drain(t: &Tasker, limit: u32, target: usize, times: &mut OpTimes) -> Res<()> {
     let claim =
         format!(r#"{{"handlers":["{NOOP}"],"limit":{limit},"wait_ms":1000,"worker_id":"bench"}}"#);
+    let next =
+        format!(r#""claim":{{"handlers":["{NOOP}"],"limit":{limit},"worker_id":"bench"}}}}"#);
     let mut done = 0usize;
     let mut empty = 0u32;
     let mut items = String::with_capacity(64 * limit as usize);
+    let mut page: Option<Value> = None;
     while done < target {
-        let start = Instant::now();
-        let page = call(t, "claim", &claim)?;
-        times.claims += 1;
-        times.claim_ns += start.elapsed().as_nanos() as u64;
-        let steps = page["steps"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        let current = match page.take() {
+            Some(p) => p,
+            None => {
+                let start = Instant::now();
+                let p = call(t, "claim", &claim)?;
+                times.claims += 1;
+                times.claim_ns += start.elapsed().as_nanos() as u64;
+                p
+            }
+        };
+        let steps = current["steps"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         if steps.is_empty() {
             empty += 1;
             if empty >= 5 {
@@ -169,7 +183,15 @@ pub fn drain(t: &Tasker, limit: u32, target: usize, times: &mut OpTimes) -> Res<
                 r#"{{"step_id":{id},"claim_token":"{token}","result":null}}"#
             );
         }
-        items.push_str("]}");
+        items.push_str("],");
+        // Ask for the next batch only while more steps remain to be done.
+        let remaining = target - done - steps.len();
+        if remaining > 0 {
+            items.push_str(&next);
+        } else {
+            items.pop();
+            items.push('}');
+        }
         let start = Instant::now();
         let out = t
             .call("complete_steps", &items)
@@ -180,6 +202,12 @@ pub fn drain(t: &Tasker, limit: u32, target: usize, times: &mut OpTimes) -> Res<
             return Err(format!("a completion was refused: {out}").into());
         }
         done += steps.len();
+        if remaining > 0 {
+            let v: Value = serde_json::from_str(&out)?;
+            if v["steps"].as_array().is_some_and(|s| !s.is_empty()) {
+                page = Some(v);
+            }
+        }
     }
     Ok(())
 }

@@ -54,8 +54,42 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Turns off the page cache's up-front bulk allocation (20 pages, about 87 KB) before
+/// SQLite initialises. Every ephemeral B-tree (an `IN (SELECT ...)` list, a GROUP BY)
+/// gets its own cache; with the bulk allocation each statement allocated and freed
+/// 87 KB at the top of the heap, so glibc shrank and regrew the heap (page faults)
+/// every operation. Measured: linear4 p50 1.24 ms -> about 0.5 ms. SQLite is linked
+/// into this library, so the setting touches no one else's SQLite.
+///
+/// Runs at the first open. A program that also uses this SQLite directly (through
+/// rusqlite) should call it before its own first connection.
+pub fn configure_sqlite_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: sqlite3_config is called before any connection exists in this process
+        // (the Once runs before the first open); it only records three values. If SQLite
+        // was already initialised by other code it returns SQLITE_MISUSE and changes
+        // nothing, which only costs speed.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_config(
+                rusqlite::ffi::SQLITE_CONFIG_PAGECACHE,
+                std::ptr::null_mut::<std::ffi::c_void>(),
+                0 as std::ffi::c_int,
+                0 as std::ffi::c_int,
+            )
+        };
+        if rc != rusqlite::ffi::SQLITE_OK {
+            tracing::debug!(
+                rc,
+                "SQLite was initialised before Tasker; page cache bulk allocation stays on"
+            );
+        }
+    });
+}
+
 impl SqliteStore {
     pub fn open(config: &Config) -> Result<SqliteStore> {
+        configure_sqlite_once();
         let path = parse_url(&config.database_url)?;
         let store = SqliteStore {
             path,
@@ -91,6 +125,13 @@ impl SqliteStore {
             None => Connection::open_in_memory()?,
         };
         conn.busy_timeout(self.busy_timeout)?;
+        // Keep each statement's plan fixed: without this, SQLite re-prepares statements
+        // whose bound values might change the plan (LIMIT ?, LIKE ?, partial indexes),
+        // which cost 15% of a claim/complete cycle in profiles.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )?;
         conn.set_prepared_statement_cache_capacity(128);
         if self.path.is_some() {
             conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -195,8 +236,20 @@ impl Store for SqliteStore {
         now(self.write(|c| claims::heartbeat(c, step_id, token, lease_ms, at)))
     }
 
-    fn complete(&self, items: Vec<Completion>, at: i64) -> BoxFut<'_, Vec<ItemOutcome>> {
-        now(self.write(|c| claims::complete(c, items, at)))
+    fn complete(
+        &self,
+        items: Vec<Completion>,
+        claim: Option<ClaimParams>,
+        at: i64,
+    ) -> BoxFut<'_, (Vec<ItemOutcome>, ClaimBatch)> {
+        now(self.write(|c| {
+            let outcomes = claims::complete(c, items, at)?;
+            let batch = match &claim {
+                Some(params) => claims::claim(c, params)?,
+                None => ClaimBatch::default(),
+            };
+            Ok((outcomes, batch))
+        }))
     }
 
     fn fail(&self, report: FailureReport) -> BoxFut<'_, FailOutcome> {
