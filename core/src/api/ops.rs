@@ -81,7 +81,10 @@ pub async fn dispatch(engine: &Engine, op: &str, request: &str) -> Result<String
         "register_template" => register_template(engine, parse_json(request)?).await?,
         "validate_template" => {
             let r: TemplateSource = parse_json(request)?;
-            let t = engine.validate_template(r.load()?)?;
+            let path = r.path.clone();
+            let t = engine
+                .validate_template(r.load()?)
+                .map_err(|e| name_file(e, path.as_deref()))?;
             json!({ "valid": true, "template": t.to_value() })
         }
         "get_template" => {
@@ -344,13 +347,27 @@ struct TemplateSourceFields {
     path: Option<String>,
 }
 
+/// Names the template file in an error about its content (the parser already does).
+fn name_file(mut e: Error, path: Option<&str>) -> Error {
+    if let Some(p) = path {
+        if e.code == ErrorCode::InvalidTemplate && !e.message.starts_with(p) {
+            e.message = format!("{p}: {}", e.message);
+        }
+    }
+    e
+}
+
 async fn register_template(engine: &Engine, r: RegisterReq) -> Result<Value> {
+    let path = r.source.path.clone();
     let source = TemplateSource {
         template: r.source.template,
         yaml: r.source.yaml,
         path: r.source.path,
     };
-    let (t, changed) = engine.register_template(source.load()?, r.replace).await?;
+    let (t, changed) = engine
+        .register_template(source.load()?, r.replace)
+        .await
+        .map_err(|e| name_file(e, path.as_deref()))?;
     let mut summary = t.summary();
     summary.insert("registered".into(), json!(changed));
     Ok(Value::Object(summary))

@@ -150,7 +150,22 @@ impl Engine {
 
     /// Validates a template document without storing it.
     pub fn validate_template(&self, doc: TemplateDoc) -> Result<Template> {
-        doc.resolve(&self.config.env, &self.limits())
+        let template = doc.resolve(&self.config.env, &self.limits())?;
+        // Step config is handed to every claim of the step: hold it to the payload limit.
+        for step in &template.steps {
+            let size = step.config.as_ref().map_or(0, |c| c.to_string().len());
+            if size > self.config.max_payload_bytes {
+                return Err(Error::invalid_template(
+                    "config_too_large",
+                    format!(
+                        "step `{}` config is {size} bytes; the limit is {} (max_payload_bytes)",
+                        step.name, self.config.max_payload_bytes
+                    ),
+                    serde_json::json!({ "step": step.name, "size": size, "limit": self.config.max_payload_bytes }),
+                ));
+            }
+        }
+        Ok(template)
     }
 
     /// Validates and stores a template; returns it and whether the store changed.
