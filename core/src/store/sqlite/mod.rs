@@ -188,22 +188,22 @@ impl SqliteStore {
     }
 }
 
-/// Wraps synchronous store work as the trait's future.
-fn now<T: Send + 'static>(value: Result<T>) -> BoxFut<'static, T> {
+/// Wraps the result of synchronous store work (already done) as the trait's future.
+fn done<T: Send + 'static>(value: Result<T>) -> BoxFut<'static, T> {
     Box::pin(std::future::ready(value))
 }
 
 impl Store for SqliteStore {
     fn migrate(&self) -> BoxFut<'_, u32> {
         let mut guard = lock(&self.writer);
-        now(match guard.as_mut() {
+        done(match guard.as_mut() {
             Some(conn) => migrate::run(conn),
             None => Err(Error::new(ErrorCode::Closed, "the store is closed")),
         })
     }
 
     fn put_template<'a>(&'a self, t: &'a Template, replace: bool, at: i64) -> BoxFut<'a, bool> {
-        now(self.write(|c| reads::put_template(c, t, replace, at)))
+        done(self.write(|c| reads::put_template(c, t, replace, at)))
     }
 
     fn get_template<'a>(
@@ -212,7 +212,7 @@ impl Store for SqliteStore {
         name: &'a str,
         version: Option<&'a str>,
     ) -> BoxFut<'a, Option<Template>> {
-        now(self.read(|c| reads::get_template(c, namespace, name, version)))
+        done(self.read(|c| reads::get_template(c, namespace, name, version)))
     }
 
     fn find_task_by_key<'a>(
@@ -221,19 +221,19 @@ impl Store for SqliteStore {
         name: &'a str,
         key: &'a str,
     ) -> BoxFut<'a, Option<CreatedTask>> {
-        now(self.read(|c| tasks::find_by_key(c, namespace, name, key)))
+        done(self.read(|c| tasks::find_by_key(c, namespace, name, key)))
     }
 
     fn create_task(&self, task: NewTask) -> BoxFut<'_, CreatedTask> {
-        now(self.write(|c| tasks::create(c, task)))
+        done(self.write(|c| tasks::create(c, task)))
     }
 
     fn claim(&self, params: ClaimParams) -> BoxFut<'_, ClaimBatch> {
-        now(self.write(|c| claims::claim(c, &params)))
+        done(self.write(|c| claims::claim(c, &params)))
     }
 
     fn heartbeat(&self, step_id: i64, token: i64, lease_ms: u64, at: i64) -> BoxFut<'_, i64> {
-        now(self.write(|c| claims::heartbeat(c, step_id, token, lease_ms, at)))
+        done(self.write(|c| claims::heartbeat(c, step_id, token, lease_ms, at)))
     }
 
     fn complete(
@@ -242,7 +242,7 @@ impl Store for SqliteStore {
         claim: Option<ClaimParams>,
         at: i64,
     ) -> BoxFut<'_, (Vec<ItemOutcome>, ClaimBatch)> {
-        now(self.write(|c| {
+        done(self.write(|c| {
             let outcomes = claims::complete(c, items, at)?;
             let batch = match &claim {
                 Some(params) => claims::claim(c, params)?,
@@ -253,19 +253,19 @@ impl Store for SqliteStore {
     }
 
     fn fail(&self, report: FailureReport) -> BoxFut<'_, FailOutcome> {
-        now(self.write(|c| claims::fail(c, report)))
+        done(self.write(|c| claims::fail(c, report)))
     }
 
     fn sweep(&self, at: i64, limit: u32) -> BoxFut<'_, u32> {
-        now(self.write(|c| claims::sweep(c, at, limit)))
+        done(self.write(|c| claims::sweep(c, at, limit)))
     }
 
     fn cancel_task(&self, task_id: i64, reason: Option<String>, at: i64) -> BoxFut<'_, TaskChange> {
-        now(self.write(|c| tasks::cancel(c, task_id, reason, at)))
+        done(self.write(|c| tasks::cancel(c, task_id, reason, at)))
     }
 
     fn retry_step(&self, step: StepRef, at: i64) -> BoxFut<'_, StepChange> {
-        now(self.write(|c| tasks::retry_step(c, step, at)))
+        done(self.write(|c| tasks::retry_step(c, step, at)))
     }
 
     fn resolve_step(
@@ -275,33 +275,33 @@ impl Store for SqliteStore {
         reason: Option<String>,
         at: i64,
     ) -> BoxFut<'_, StepChange> {
-        now(self.write(|c| tasks::resolve_step(c, step, result, reason, at)))
+        done(self.write(|c| tasks::resolve_step(c, step, result, reason, at)))
     }
 
     fn get_task(&self, task_id: i64) -> BoxFut<'_, Option<TaskView>> {
-        now(self.read(|c| reads::get_task(c, task_id)))
+        done(self.read(|c| reads::get_task(c, task_id)))
     }
 
     fn list_tasks(&self, filter: TaskFilter) -> BoxFut<'_, Vec<TaskSummary>> {
-        now(self.read(|c| reads::list_tasks(c, &filter)))
+        done(self.read(|c| reads::list_tasks(c, &filter)))
     }
 
     fn stats(&self, at: i64) -> BoxFut<'_, Stats> {
-        now(self.read(|c| reads::stats(c, at)))
+        done(self.read(|c| reads::stats(c, at)))
     }
 
     fn events(&self, since: i64, limit: u32, task_id: Option<i64>) -> BoxFut<'_, Vec<Event>> {
-        now(self.read(|c| reads::events(c, since, limit, task_id)))
+        done(self.read(|c| reads::events(c, since, limit, task_id)))
     }
 
     fn last_event_id(&self) -> BoxFut<'_, i64> {
-        now(self.read(reads::last_event_id))
+        done(self.read(reads::last_event_id))
     }
 
     fn close(&self) -> BoxFut<'_, ()> {
         lock(&self.readers).clear();
         let writer = lock(&self.writer).take();
-        now(match writer {
+        done(match writer {
             Some(conn) => conn.close().map_err(|(_, e)| e.into()),
             None => Ok(()),
         })
