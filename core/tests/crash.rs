@@ -106,3 +106,107 @@ fn killed_worker_steps_come_back() {
         assert_eq!(lost["attempt"], 1);
     }
 }
+
+/// Runs only as a child process spawned by `several_processes_complete_each_step_once`.
+#[test]
+#[ignore = "run as a child process by several_processes_complete_each_step_once"]
+fn child_worker_drains() {
+    let Ok(url) = std::env::var("TASKER_DRAIN_DB") else {
+        return;
+    };
+    let id = std::env::var("TASKER_DRAIN_WORKER").unwrap();
+    let t = Tasker::open(&json!({ "database_url": url, "migrate_on_open": false }).to_string())
+        .unwrap();
+    let stats = tasker_core::worker::Worker::new(&t, id)
+        .batch(16)
+        .idle_wait_ms(300)
+        .handle("a", |s| Ok(json!(s.context["i"])))
+        .handle("b", |s| Ok(json!(s.results["a"].as_i64().unwrap() * 2)))
+        .run_until_idle()
+        .unwrap();
+    std::fs::write(
+        std::env::var("TASKER_DRAIN_OUT").unwrap(),
+        stats.completed.to_string(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn several_processes_complete_each_step_once() {
+    const TASKS: i64 = 2000;
+    let db = open(json!({}));
+    db.register(template(
+        "pair",
+        &[("a", &[]), ("b", &["a"])],
+        fast_retry(3),
+    ));
+    let ids: Vec<i64> = (0..TASKS)
+        .map(|i| db.create("pair", json!({ "i": i })))
+        .collect();
+    let children: Vec<(std::process::Child, std::path::PathBuf)> = (0..3)
+        .map(|n| {
+            let out = db.dir.path().join(format!("drained-{n}"));
+            let child = Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--ignored",
+                    "--exact",
+                    "child_worker_drains",
+                    "--test-threads=1",
+                ])
+                .env("TASKER_DRAIN_DB", &db.url)
+                .env("TASKER_DRAIN_WORKER", format!("proc-{n}"))
+                .env("TASKER_DRAIN_OUT", &out)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            (child, out)
+        })
+        .collect();
+    let mut reported = 0;
+    let mut busy = 0;
+    for (mut child, out) in children {
+        assert!(child.wait().unwrap().success(), "a worker process failed");
+        let n = std::fs::read_to_string(out)
+            .unwrap()
+            .parse::<i64>()
+            .unwrap();
+        eprintln!("worker process completed {n} steps");
+        busy += i64::from(n > 0);
+        reported += n;
+    }
+    assert!(
+        busy >= 2,
+        "the processes did not overlap; the test proves nothing"
+    );
+    // Every step completed exactly once, counted from the transitions table.
+    assert_eq!(reported, 2 * TASKS, "the workers' own counts");
+    let mut completions = std::collections::HashMap::<i64, i64>::new();
+    let mut cursor = 0;
+    loop {
+        let page = db.call(
+            "events",
+            json!({ "since": cursor, "limit": 1000, "types": ["step.completed"] }),
+        );
+        for e in page["events"].as_array().unwrap() {
+            *completions
+                .entry(e["step_id"].as_i64().unwrap())
+                .or_default() += 1;
+        }
+        let next = page["next_cursor"].as_i64().unwrap();
+        if next == cursor {
+            break;
+        }
+        cursor = next;
+    }
+    assert_eq!(completions.len() as i64, 2 * TASKS);
+    assert!(
+        completions.values().all(|&n| n == 1),
+        "a step completed twice"
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let task = db.task(*id);
+        assert_eq!(task["state"], "complete");
+        assert_eq!(task["steps"][1]["result"], json!(2 * i as i64));
+    }
+}
