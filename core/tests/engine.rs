@@ -558,3 +558,42 @@ fn completing_can_claim_the_next_batch_in_the_same_transaction() {
     assert_eq!(db.fingerprint(), before);
     assert_eq!(db.step(id, "b")["state"], "running");
 }
+
+#[test]
+fn releasing_a_step_hands_it_back_without_spending_an_attempt() {
+    let db = open(json!({}));
+    db.register(template("one", &[("a", &[])], fast_retry(1)));
+    let id = db.create("one", json!({}));
+    let s = db.claim(&["a"], 1, 60_000).remove(0);
+    let out = db.call(
+        "release_step",
+        json!({ "step_id": s["step_id"], "claim_token": s["claim_token"], "delay_ms": 3_600_000, "reason": "shutting down" }),
+    );
+    assert_eq!(out["state"], "ready");
+    // Held back by delay_ms, and the token is spent.
+    assert!(db.claim(&["a"], 1, 60_000).is_empty());
+    let e = db.call_err(
+        "complete_step",
+        json!({ "step_id": s["step_id"], "claim_token": s["claim_token"], "result": 1 }),
+    );
+    assert_eq!(e.code, ErrorCode::LeaseLost);
+    let step = db.step(id, "a");
+    assert_eq!(step["state"], "ready");
+    assert_eq!(step["attempts"], 0, "a released attempt is not counted");
+    assert_eq!(db.task(id)["state"], "running");
+    let ev = db.events(id);
+    assert_eq!(ev.last().unwrap(), "step.released", "{ev:?}");
+
+    // With no delay it is claimable at once, still as attempt 1 of 1.
+    let db2 = open(json!({}));
+    db2.register(template("one", &[("a", &[])], fast_retry(1)));
+    db2.create("one", json!({}));
+    let s = db2.claim(&["a"], 1, 60_000).remove(0);
+    db2.call(
+        "release_step",
+        json!({ "step_id": s["step_id"], "claim_token": s["claim_token"] }),
+    );
+    let again = db2.claim(&["a"], 1, 60_000).remove(0);
+    assert_eq!(again["attempt"], 1);
+    db2.complete(&again, json!("done"));
+}

@@ -23,6 +23,7 @@ pub const OPERATIONS: &[&str] = &[
     "complete_step",
     "complete_steps",
     "fail_step",
+    "release_step",
     "cancel_task",
     "retry_step",
     "resolve_step",
@@ -176,6 +177,18 @@ pub async fn dispatch(engine: &Engine, op: &str, request: &str) -> Result<String
                 .fail_step(r.step_id, token(&r.claim_token)?, failure)
                 .await?;
             serde_json::to_value(out).map_err(internal)?
+        }
+        "release_step" => {
+            let r: ReleaseReq = parse_json(request)?;
+            let at = engine
+                .release_step(
+                    r.step_id,
+                    token(&r.claim_token)?,
+                    r.delay_ms.unwrap_or(0),
+                    r.reason,
+                )
+                .await?;
+            json!({ "step_id": r.step_id, "state": "ready", "ready_at": crate::time::rfc3339(at) })
         }
         "cancel_task" => {
             let r: CancelReq = parse_json(request)?;
@@ -519,6 +532,17 @@ impl ErrorDoc {
             document: Value::Object(document),
         })
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseReq {
+    step_id: i64,
+    claim_token: String,
+    #[serde(default)]
+    delay_ms: Option<u64>,
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 #[derive(Deserialize)]

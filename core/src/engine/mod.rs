@@ -478,6 +478,24 @@ impl Engine {
         Ok(out)
     }
 
+    /// Hands a claimed step back without running it (a worker shutting down): it is
+    /// claimable again after `delay_ms` and the attempt does not count.
+    pub async fn release_step(
+        &self,
+        step_id: i64,
+        token: i64,
+        delay_ms: u64,
+        reason: Option<String>,
+    ) -> Result<i64> {
+        self.check_open()?;
+        let at = self
+            .store
+            .release(step_id, token, delay_ms, reason, now_ms())
+            .await?;
+        self.changed(true);
+        Ok(at)
+    }
+
     /// Takes back expired leases now (the background sweep does this periodically).
     pub async fn sweep(&self) -> Result<u32> {
         self.check_open()?;

@@ -14,6 +14,7 @@ pub mod reason {
     pub const CANCELLED: &str = "cancelled";
     pub const OPERATOR_RETRY: &str = "operator_retry";
     pub const OPERATOR_RESOLVED: &str = "operator_resolved";
+    pub const RELEASED: &str = "released";
     pub const FINALIZED: &str = "finalized";
 }
 
@@ -32,6 +33,7 @@ pub const ALL: &[&str] = &[
     "step.failed",
     "step.retry_scheduled",
     "step.lease_expired",
+    "step.released",
     "step.timed_out",
     "step.retry_requested",
     "step.resolved_manually",
@@ -58,6 +60,7 @@ pub fn step_event(from: Option<&str>, to: &str, reason: Option<&str>) -> &'stati
         (_, _, Some(reason::TIMEOUT)) => "step.timed_out",
         (None, "pending", _) => "step.created",
         (_, "ready", Some(reason::OPERATOR_RETRY)) => "step.retry_requested",
+        (_, "ready", Some(reason::RELEASED)) => "step.released",
         (Some("running"), "ready", _) => "step.retry_scheduled",
         (_, "ready", _) => "step.ready",
         (_, "running", _) => "step.started",
@@ -106,6 +109,7 @@ mod tests {
                 "step.lease_expired",
             ),
             (Some("running"), "ready", Some("timeout"), "step.timed_out"),
+            (Some("running"), "ready", Some("released"), "step.released"),
             (
                 Some("error"),
                 "ready",

@@ -291,6 +291,16 @@ pub trait Store: Send + Sync {
         now: i64,
     ) -> BoxFut<'_, (Vec<ItemOutcome>, ClaimBatch)>;
     fn fail(&self, report: FailureReport) -> BoxFut<'_, FailOutcome>;
+    /// Hands a claimed step back unrun: `ready` again after `delay_ms`, the attempt not
+    /// counted. Returns the new `ready_at`.
+    fn release(
+        &self,
+        step_id: i64,
+        token: i64,
+        delay_ms: u64,
+        reason: Option<String>,
+        now: i64,
+    ) -> BoxFut<'_, i64>;
     /// Takes back up to `limit` expired leases as failed attempts; returns how many.
     fn sweep(&self, now: i64, limit: u32) -> BoxFut<'_, u32>;
     fn cancel_task(&self, task_id: i64, reason: Option<String>, now: i64)

@@ -325,6 +325,44 @@ pub fn complete(conn: &Connection, items: Vec<Completion>, now: i64) -> Result<V
     Ok(out)
 }
 
+pub fn release(
+    conn: &Connection,
+    step_id: i64,
+    token: i64,
+    delay_ms: u64,
+    why: Option<String>,
+    now: i64,
+) -> Result<i64> {
+    let ready_at = now.saturating_add(delay_ms.min(retry::MAX_RETRY_AFTER_MS) as i64);
+    let row: Option<(i64, String, i64, Option<String>)> = conn
+        .prepare_cached(
+            "UPDATE tasker_steps SET state = 'ready', ready_at = ?3, attempts = attempts - 1,
+                 claim_token = NULL, lease_expires_at = NULL, updated_at = ?4
+             WHERE id = ?1 AND claim_token = ?2 AND state = 'running'
+             RETURNING task_id, name, attempts + 1, worker",
+        )?
+        .query_row(params![step_id, token, ready_at, now], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    let Some((task_id, name, attempt, worker)) = row else {
+        return Err(fence_error(conn, step_id)?);
+    };
+    let details = json!({ "reason": why, "ready_at": crate::time::rfc3339(ready_at) }).to_string();
+    let tr = Tr::step(
+        task_id,
+        step_id,
+        &name,
+        Some("running"),
+        "ready",
+        reason::RELEASED,
+    )
+    .attempt(attempt, worker)
+    .details(Some(details));
+    write::insert_transitions(conn, &[tr], now)?;
+    Ok(ready_at)
+}
+
 /// The columns a failure decision needs.
 struct Held {
     id: i64,

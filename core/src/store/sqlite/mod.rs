@@ -256,6 +256,17 @@ impl Store for SqliteStore {
         done(self.write(|c| claims::fail(c, report)))
     }
 
+    fn release(
+        &self,
+        step_id: i64,
+        token: i64,
+        delay_ms: u64,
+        reason: Option<String>,
+        at: i64,
+    ) -> BoxFut<'_, i64> {
+        done(self.write(|c| claims::release(c, step_id, token, delay_ms, reason, at)))
+    }
+
     fn sweep(&self, at: i64, limit: u32) -> BoxFut<'_, u32> {
         done(self.write(|c| claims::sweep(c, at, limit)))
     }
