@@ -11,19 +11,12 @@
  * every vector passed and at least MIN_VECTORS were found.
  */
 #define _DEFAULT_SOURCE
-#include <cjson/cJSON.h>
+#define PROG "conformance(c)"
 #include <ctype.h>
 #include <dirent.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
-#include "tasker.h"
+#include "support.h"
 
 #define MIN_VECTORS 20
 #define MAX_LOOPS 2000
@@ -72,30 +65,17 @@ static const char *js(const cJSON *j) {
     return b;
 }
 
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
-}
-
-static void sleep_ms(double ms) {
-    if (ms <= 0) return;
-    struct timespec ts;
-    ts.tv_sec = (time_t)(ms / 1000.0);
-    ts.tv_nsec = (long)((ms - (double)ts.tv_sec * 1000.0) * 1e6);
-    while (nanosleep(&ts, &ts) != 0) {
-    }
-}
-
 /* ------------------------------------------------------------------------------------
  * JSON helpers */
 
-static const cJSON *get(const cJSON *o, const char *key) {
+/* Lenient lookups: a missing key (or a NULL object) gives NULL; failures are collected
+ * with failf, not fatal as with support.h's get(). */
+static const cJSON *field(const cJSON *o, const char *key) {
     return o ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
 }
 
-static const char *get_str(const cJSON *o, const char *key) {
-    const cJSON *v = get(o, key);
+static const char *field_str(const cJSON *o, const char *key) {
+    const cJSON *v = field(o, key);
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
@@ -111,7 +91,7 @@ static int json_subset(const cJSON *expected, const cJSON *actual) {
     if (cJSON_IsObject(expected) && cJSON_IsObject(actual)) {
         const cJSON *e;
         cJSON_ArrayForEach(e, expected) {
-            const cJSON *a = get(actual, e->string);
+            const cJSON *a = field(actual, e->string);
             if (a == NULL || !json_subset(e, a)) return 0;
         }
         return 1;
@@ -148,7 +128,7 @@ static const cJSON *lookup(const cJSON *base, const char *path, const char *full
         seg[n] = '\0';
         const cJSON *next = NULL;
         if (cJSON_IsObject(cur))
-            next = get(cur, seg);
+            next = field(cur, seg);
         else if (cJSON_IsArray(cur) && all_digits(seg))
             next = cJSON_GetArrayItem(cur, atoi(seg));
         if (next == NULL) {
@@ -306,23 +286,23 @@ static int api_ok(uint64_t h, const char *op, const cJSON *req, cJSON **out) {
 
 /* Checks an error against an expected error spec (a code string or an object). */
 static int check_error(const cJSON *expected, const cJSON *err, const char *what) {
-    const char *code = get_str(err, "code");
+    const char *code = field_str(err, "code");
     const char *want = NULL;
     const cJSON *details = NULL, *contains = NULL;
     if (cJSON_IsString(expected)) {
         want = expected->valuestring;
     } else if (cJSON_IsObject(expected)) {
-        want = get_str(expected, "code");
-        details = get(expected, "details");
-        contains = get(expected, "message_contains");
+        want = field_str(expected, "code");
+        details = field(expected, "details");
+        contains = field(expected, "message_contains");
     }
     if (want == NULL) return failf("%s: bad expected error %s", what, js(expected));
     if (code == NULL || strcmp(code, want) != 0)
         return failf("%s: expected error `%s`, got `%s`: %s", what, want, code ? code : "?", js(err));
-    if (details != NULL && !json_subset(details, get(err, "details")))
-        return failf("%s: error details %s do not contain %s", what, js(get(err, "details")),
+    if (details != NULL && !json_subset(details, field(err, "details")))
+        return failf("%s: error details %s do not contain %s", what, js(field(err, "details")),
                      js(details));
-    const char *message = get_str(err, "message");
+    const char *message = field_str(err, "message");
     const cJSON *c;
     cJSON_ArrayForEach(c, contains) {
         if (cJSON_IsString(c) && (message == NULL || strstr(message, c->valuestring) == NULL))
@@ -373,13 +353,13 @@ typedef struct {
     int *fired;
 } Run;
 
-static const cJSON *actions(const Run *r) { return get(r->v, "actions"); }
+static const cJSON *actions(const Run *r) { return field(r->v, "actions"); }
 
-static const cJSON *expect(const Run *r) { return get(r->v, "expect"); }
+static const cJSON *expect(const Run *r) { return field(r->v, "expect"); }
 
 static int act(Run *r, const cJSON *a) {
-    const char *what = get_str(a, "do");
-    const cJSON *step = get(a, "step");
+    const char *what = field_str(a, "do");
+    const cJSON *step = field(a, "step");
     const char *op = NULL;
     cJSON *req = cJSON_CreateObject();
     int rc = 0;
@@ -387,30 +367,30 @@ static int act(Run *r, const cJSON *a) {
     if (strcmp(what, "cancel_task") == 0) {
         op = "cancel_task";
         cJSON_AddNumberToObject(req, "task_id", r->task_id);
-        if (get(a, "reason")) cJSON_AddItemToObject(req, "reason", cJSON_Duplicate(get(a, "reason"), 1));
+        if (field(a, "reason")) cJSON_AddItemToObject(req, "reason", cJSON_Duplicate(field(a, "reason"), 1));
     } else if (strcmp(what, "retry_step") == 0 || strcmp(what, "resolve_step") == 0) {
         op = what;
         cJSON_AddNumberToObject(req, "task_id", r->task_id);
         cJSON_AddItemToObject(req, "step_name", step ? cJSON_Duplicate(step, 1) : cJSON_CreateNull());
         if (strcmp(what, "resolve_step") == 0) {
-            if (get(a, "result")) {
-                const cJSON *ctx = get(r->v, "context");
+            if (field(a, "result")) {
+                const cJSON *ctx = field(r->v, "context");
                 cJSON *empty = cJSON_CreateObject();
                 Scope s = {ctx ? ctx : empty, NULL, NULL, NULL};
-                cJSON *result = eval(get(a, "result"), &s);
+                cJSON *result = eval(field(a, "result"), &s);
                 cJSON_Delete(empty);
                 if (result == NULL) rc = -1;
                 else cJSON_AddItemToObject(req, "result", result);
             }
-            if (get(a, "reason")) cJSON_AddItemToObject(req, "reason", cJSON_Duplicate(get(a, "reason"), 1));
+            if (field(a, "reason")) cJSON_AddItemToObject(req, "reason", cJSON_Duplicate(field(a, "reason"), 1));
         }
     } else if (strcmp(what, "report_stale") == 0) {
         const char *sname = cJSON_IsString(step) ? step->valuestring : "";
-        const cJSON *att = get(a, "attempt");
+        const cJSON *att = field(a, "attempt");
         char key[300];
         snprintf(key, sizeof key, "%s#%d", sname, cJSON_IsNumber(att) ? att->valueint : 0);
-        const cJSON *tok = get(r->tokens, key);
-        const char *report = get_str(a, "report");
+        const cJSON *tok = field(r->tokens, key);
+        const char *report = field_str(a, "report");
         if (tok == NULL) {
             rc = failf("report_stale: no claim number %d of step %s", cJSON_IsNumber(att) ? att->valueint : 0, sname);
         } else {
@@ -434,15 +414,15 @@ static int act(Run *r, const cJSON *a) {
     }
     if (rc == 0) {
         cJSON *resp = NULL;
-        rc = api_checked(r->h, op, req, get(a, "expect_error"), &resp);
+        rc = api_checked(r->h, op, req, field(a, "expect_error"), &resp);
         if (rc != 0) {
             failf("(in action %s)", js(a));
-        } else if (resp != NULL && cJSON_IsObject(get(a, "expect"))) {
+        } else if (resp != NULL && cJSON_IsObject(field(a, "expect"))) {
             const cJSON *w;
-            cJSON_ArrayForEach(w, get(a, "expect")) {
-                if (!json_eq(w, get(resp, w->string))) {
+            cJSON_ArrayForEach(w, field(a, "expect")) {
+                if (!json_eq(w, field(resp, w->string))) {
                     rc = failf("action %s: expected %s = %s, got %s", js(a), w->string, js(w),
-                               js(get(resp, w->string)));
+                               js(field(resp, w->string)));
                     break;
                 }
             }
@@ -456,7 +436,7 @@ static int act(Run *r, const cJSON *a) {
 static int fire_when(Run *r, const char *when) {
     for (int i = 0; i < r->nactions; i++) {
         const cJSON *a = cJSON_GetArrayItem(actions(r), i);
-        const char *w = get_str(a, "when");
+        const char *w = field_str(a, "when");
         if (!r->fired[i] && w && strcmp(w, when) == 0) {
             r->fired[i] = 1;
             if (act(r, a) != 0) return -1;
@@ -468,11 +448,11 @@ static int fire_when(Run *r, const char *when) {
 static int fire_after(Run *r, const char *step, int n, const char *phase) {
     for (int i = 0; i < r->nactions; i++) {
         const cJSON *a = cJSON_GetArrayItem(actions(r), i);
-        const cJSON *at = get(a, "after");
+        const cJSON *at = field(a, "after");
         if (r->fired[i] || !cJSON_IsObject(at)) continue;
-        const char *s = get_str(at, "step");
-        const cJSON *att = get(at, "attempt");
-        const char *ph = get_str(at, "phase");
+        const char *s = field_str(at, "step");
+        const cJSON *att = field(at, "attempt");
+        const char *ph = field_str(at, "phase");
         if (!ph) ph = "reported";
         if (s && strcmp(s, step) == 0 && cJSON_IsNumber(att) && att->valueint == n &&
             strcmp(ph, phase) == 0) {
@@ -495,15 +475,15 @@ static int claim(Run *r, int wait_ms, cJSON **out) {
 }
 
 static int claimed_nothing(const cJSON *resp) {
-    return cJSON_GetArraySize(get(resp, "steps")) == 0;
+    return cJSON_GetArraySize(field(resp, "steps")) == 0;
 }
 
 static int handle(Run *r, const cJSON *step) {
-    const char *name = get_str(step, "step_name");
-    const cJSON *step_id = get(step, "step_id");
-    const cJSON *token = get(step, "claim_token");
+    const char *name = field_str(step, "step_name");
+    const cJSON *step_id = field(step, "step_id");
+    const cJSON *token = field(step, "claim_token");
     if (name == NULL || step_id == NULL || token == NULL) return failf("bad claimed step %s", js(step));
-    const cJSON *tid = get(step, "task_id");
+    const cJSON *tid = field(step, "task_id");
     if (!cJSON_IsNumber(tid) || tid->valuedouble != r->task_id)
         return failf("claimed a step of another task: %s", js(step));
 
@@ -520,7 +500,7 @@ static int handle(Run *r, const cJSON *step) {
     cJSON_DeleteItemFromObjectCaseSensitive(r->tokens, key);
     cJSON_AddItemToObject(r->tokens, key, tok);
 
-    const cJSON *nb = get(r->not_before, name);
+    const cJSON *nb = field(r->not_before, name);
     if (nb != NULL) {
         double started = cJSON_GetArrayItem(nb, 0)->valuedouble;
         double ms = cJSON_GetArrayItem(nb, 1)->valuedouble;
@@ -531,7 +511,7 @@ static int handle(Run *r, const cJSON *step) {
                          name, waited, ms);
     }
 
-    const cJSON *scripted = get(get(r->v, "outcomes"), name);
+    const cJSON *scripted = field(field(r->v, "outcomes"), name);
     cJSON *synthetic = NULL;
     const cJSON *outcome = NULL;
     if (scripted == NULL && n == 1) {
@@ -544,17 +524,17 @@ static int handle(Run *r, const cJSON *step) {
     if (outcome == NULL) return failf("unscripted attempt: claim %d of step %s", n, name);
 
     int rc = 0;
-    const cJSON *want_attempt = get(outcome, "claim_attempt");
-    if (want_attempt != NULL && !json_eq(want_attempt, get(step, "attempt")))
+    const cJSON *want_attempt = field(outcome, "claim_attempt");
+    if (want_attempt != NULL && !json_eq(want_attempt, field(step, "attempt")))
         rc = failf("claim %d of step %s: expected attempt %s, the claim says %s", n, name,
-                   js(want_attempt), js(get(step, "attempt")));
+                   js(want_attempt), js(field(step, "attempt")));
     if (rc == 0) rc = fire_after(r, name, n, "claimed");
-    const cJSON *expect_error = get(outcome, "expect_error");
-    if (rc == 0 && get(outcome, "complete") != NULL) {
-        const cJSON *cfg = get(step, "config");
-        Scope s = {get(step, "context"), get(step, "results"), cfg ? cfg : r->null_value,
-                   get(step, "attempt")};
-        cJSON *result = eval(get(outcome, "complete"), &s);
+    const cJSON *expect_error = field(outcome, "expect_error");
+    if (rc == 0 && field(outcome, "complete") != NULL) {
+        const cJSON *cfg = field(step, "config");
+        Scope s = {field(step, "context"), field(step, "results"), cfg ? cfg : r->null_value,
+                   field(step, "attempt")};
+        cJSON *result = eval(field(outcome, "complete"), &s);
         if (result == NULL) {
             rc = failf("(step %s claim %d)", name, n);
         } else {
@@ -568,14 +548,14 @@ static int handle(Run *r, const cJSON *step) {
             cJSON_Delete(resp);
             cJSON_Delete(req);
         }
-    } else if (rc == 0 && get(outcome, "fail") != NULL) {
-        cJSON *doc = cJSON_Duplicate(get(outcome, "fail"), 1);
+    } else if (rc == 0 && field(outcome, "fail") != NULL) {
+        cJSON *doc = cJSON_Duplicate(field(outcome, "fail"), 1);
         if (!cJSON_IsObject(doc)) {
             cJSON_Delete(doc);
             doc = cJSON_CreateObject();
         }
-        if (get(doc, "message") == NULL) cJSON_AddStringToObject(doc, "message", "scripted failure");
-        const cJSON *after = get(doc, "retry_after_ms");
+        if (field(doc, "message") == NULL) cJSON_AddStringToObject(doc, "message", "scripted failure");
+        const cJSON *after = field(doc, "retry_after_ms");
         double after_ms = cJSON_IsNumber(after) ? after->valuedouble : -1;
         cJSON *req = cJSON_CreateObject();
         cJSON_AddItemToObject(req, "step_id", cJSON_Duplicate(step_id, 1));
@@ -594,7 +574,7 @@ static int handle(Run *r, const cJSON *step) {
             cJSON_DeleteItemFromObjectCaseSensitive(r->not_before, name);
             cJSON_AddItemToObject(r->not_before, name, pair);
         }
-    } else if (rc == 0 && get(outcome, "hold") != NULL) {
+    } else if (rc == 0 && field(outcome, "hold") != NULL) {
         double until = now_ms() + r->lease_ms + 30.0;
         r->nheld++;
         if (until > r->held_until) r->held_until = until;
@@ -611,13 +591,13 @@ static int drive(Run *r) {
         /* A scheduled retry is waited for (5 s at most); otherwise the run is idle. */
         cJSON *resp = NULL;
         if (claim(r, 0, &resp) != 0) return -1;
-        const cJSON *next = get(resp, "next_ready_at");
+        const cJSON *next = field(resp, "next_ready_at");
         if (claimed_nothing(resp) && next != NULL && !cJSON_IsNull(next)) {
             cJSON_Delete(resp);
             if (claim(r, 5000, &resp) != 0) return -1;
         }
         if (!claimed_nothing(resp)) {
-            int rc = handle(r, cJSON_GetArrayItem(get(resp, "steps"), 0));
+            int rc = handle(r, cJSON_GetArrayItem(field(resp, "steps"), 0));
             cJSON_Delete(resp);
             if (rc != 0) return -1;
             continue;
@@ -638,7 +618,7 @@ static int drive(Run *r) {
         int fired = 0;
         for (int i = 0; i < r->nactions && !fired; i++) {
             const cJSON *a = cJSON_GetArrayItem(actions(r), i);
-            const char *w = get_str(a, "when");
+            const char *w = field_str(a, "when");
             if (!r->fired[i] && w && strcmp(w, "idle") == 0) {
                 r->fired[i] = 1;
                 fired = 1;
@@ -667,15 +647,15 @@ static cJSON *read_events(Run *r) {
             cJSON_Delete(names);
             return NULL;
         }
-        const cJSON *events = get(page, "events");
+        const cJSON *events = field(page, "events");
         if (cJSON_GetArraySize(events) == 0) {
             cJSON_Delete(page);
             return names;
         }
         const cJSON *e;
         cJSON_ArrayForEach(e, events) {
-            const char *ev = get_str(e, "event");
-            const char *step = get_str(e, "step_name");
+            const char *ev = field_str(e, "event");
+            const char *step = field_str(e, "step_name");
             char buf[400];
             if (step)
                 snprintf(buf, sizeof buf, "%s:%s", ev ? ev : "?", step);
@@ -683,7 +663,7 @@ static cJSON *read_events(Run *r) {
                 snprintf(buf, sizeof buf, "%s", ev ? ev : "?");
             cJSON_AddItemToArray(names, cJSON_CreateString(buf));
         }
-        const cJSON *cursor = get(page, "next_cursor");
+        const cJSON *cursor = field(page, "next_cursor");
         if (!cJSON_IsNumber(cursor)) {
             failf("events returned no next_cursor: %s", js(page));
             cJSON_Delete(page);
@@ -713,15 +693,15 @@ static void check_events(const cJSON *want, const cJSON *got) {
 static int check_expectations(Run *r, const cJSON *task) {
     size_t before = g_len;
     const cJSON *w;
-    cJSON_ArrayForEach(w, get(expect(r), "task")) {
-        if (!json_eq(w, get(task, w->string)))
-            failf("task.%s: expected %s, got %s", w->string, js(w), js(get(task, w->string)));
+    cJSON_ArrayForEach(w, field(expect(r), "task")) {
+        if (!json_eq(w, field(task, w->string)))
+            failf("task.%s: expected %s, got %s", w->string, js(w), js(field(task, w->string)));
     }
     const cJSON *want_step;
-    cJSON_ArrayForEach(want_step, get(expect(r), "steps")) {
+    cJSON_ArrayForEach(want_step, field(expect(r), "steps")) {
         const cJSON *step = NULL, *s;
-        cJSON_ArrayForEach(s, get(task, "steps")) {
-            const char *nm = get_str(s, "name");
+        cJSON_ArrayForEach(s, field(task, "steps")) {
+            const char *nm = field_str(s, "name");
             if (nm && strcmp(nm, want_step->string) == 0) step = s;
         }
         if (step == NULL) {
@@ -729,7 +709,7 @@ static int check_expectations(Run *r, const cJSON *task) {
             continue;
         }
         cJSON_ArrayForEach(w, want_step) {
-            const cJSON *actual = get(step, w->string);
+            const cJSON *actual = field(step, w->string);
             int ok = strcmp(w->string, "error") == 0 ? (actual != NULL && json_subset(w, actual))
                                                      : json_eq(w, actual);
             if (!ok)
@@ -737,7 +717,7 @@ static int check_expectations(Run *r, const cJSON *task) {
                       js(actual));
         }
     }
-    const cJSON *want_events = get(expect(r), "events");
+    const cJSON *want_events = field(expect(r), "events");
     if (want_events != NULL) {
         cJSON *got = read_events(r);
         if (got == NULL) return -1;
@@ -748,43 +728,43 @@ static int check_expectations(Run *r, const cJSON *task) {
 }
 
 static cJSON *create_request(const Run *r) {
-    const cJSON *tpl = get(r->v, "template");
+    const cJSON *tpl = field(r->v, "template");
     cJSON *req = cJSON_CreateObject();
-    cJSON_AddItemToObject(req, "namespace", cJSON_Duplicate(get(tpl, "namespace"), 1));
-    cJSON_AddItemToObject(req, "name", cJSON_Duplicate(get(tpl, "name"), 1));
-    cJSON_AddItemToObject(req, "version", cJSON_Duplicate(get(tpl, "version"), 1));
-    const cJSON *ctx = get(r->v, "context");
+    cJSON_AddItemToObject(req, "namespace", cJSON_Duplicate(field(tpl, "namespace"), 1));
+    cJSON_AddItemToObject(req, "name", cJSON_Duplicate(field(tpl, "name"), 1));
+    cJSON_AddItemToObject(req, "version", cJSON_Duplicate(field(tpl, "version"), 1));
+    const cJSON *ctx = field(r->v, "context");
     cJSON_AddItemToObject(req, "context", ctx ? cJSON_Duplicate(ctx, 1) : cJSON_CreateObject());
-    if (get(r->v, "priority")) cJSON_AddItemToObject(req, "priority", cJSON_Duplicate(get(r->v, "priority"), 1));
-    const cJSON *idem = get(r->v, "idempotency");
-    if (idem) cJSON_AddItemToObject(req, "idempotency_key", cJSON_Duplicate(get(idem, "key"), 1));
+    if (field(r->v, "priority")) cJSON_AddItemToObject(req, "priority", cJSON_Duplicate(field(r->v, "priority"), 1));
+    const cJSON *idem = field(r->v, "idempotency");
+    if (idem) cJSON_AddItemToObject(req, "idempotency_key", cJSON_Duplicate(field(idem, "key"), 1));
     return req;
 }
 
 static cJSON *name_filter(const Run *r) {
-    const cJSON *tpl = get(r->v, "template");
+    const cJSON *tpl = field(r->v, "template");
     cJSON *req = cJSON_CreateObject();
-    cJSON_AddItemToObject(req, "namespace", cJSON_Duplicate(get(tpl, "namespace"), 1));
-    cJSON_AddItemToObject(req, "name", cJSON_Duplicate(get(tpl, "name"), 1));
+    cJSON_AddItemToObject(req, "namespace", cJSON_Duplicate(field(tpl, "namespace"), 1));
+    cJSON_AddItemToObject(req, "name", cJSON_Duplicate(field(tpl, "name"), 1));
     return req;
 }
 
 /* Must return the existing task: same id, created false, and `state` when given. */
 static int check_repeat(const cJSON *resp, double task_id, const cJSON *state, const char *when) {
-    const cJSON *id = get(resp, "task_id");
-    if (!cJSON_IsNumber(id) || id->valuedouble != task_id || !cJSON_IsFalse(get(resp, "created")) ||
-        (state != NULL && !json_eq(state, get(resp, "state"))))
+    const cJSON *id = field(resp, "task_id");
+    if (!cJSON_IsNumber(id) || id->valuedouble != task_id || !cJSON_IsFalse(field(resp, "created")) ||
+        (state != NULL && !json_eq(state, field(resp, "state"))))
         return failf("create_task with the idempotency key %s returned %s, expected task_id %.0f created:false%s%s",
                      when, js(resp), task_id, state ? " state " : "", state ? js(state) : "");
     return 0;
 }
 
 static int run_body(Run *r) {
-    const cJSON *tpl = get(r->v, "template");
+    const cJSON *tpl = field(r->v, "template");
     if (!cJSON_IsObject(tpl)) return failf("the vector has no template");
     const cJSON *s;
-    cJSON_ArrayForEach(s, get(tpl, "steps")) {
-        const char *h = get_str(s, "handler");
+    cJSON_ArrayForEach(s, field(tpl, "steps")) {
+        const char *h = field_str(s, "handler");
         if (h == NULL) continue;
         int seen = 0;
         const cJSON *x;
@@ -795,7 +775,7 @@ static int run_body(Run *r) {
     /* Template. */
     cJSON *reg = cJSON_CreateObject();
     cJSON_AddItemToObject(reg, "template", cJSON_Duplicate(tpl, 1));
-    const cJSON *reg_error = get(expect(r), "register_error");
+    const cJSON *reg_error = field(expect(r), "register_error");
     if (reg_error != NULL) {
         int rc = api_err(r->h, "register_template", reg, reg_error);
         if (rc == 0) rc = api_err(r->h, "validate_template", reg, reg_error);
@@ -816,7 +796,7 @@ static int run_body(Run *r) {
 
     /* Task. */
     cJSON *create = create_request(r);
-    const cJSON *create_error = get(expect(r), "create_error");
+    const cJSON *create_error = field(expect(r), "create_error");
     if (create_error != NULL) {
         rc = api_err(r->h, "create_task", create, create_error);
         cJSON_Delete(create);
@@ -825,7 +805,7 @@ static int run_body(Run *r) {
         rc = api_ok(r->h, "list_tasks", q, &out);
         cJSON_Delete(q);
         if (rc != 0) return -1;
-        if (!cJSON_IsArray(get(out, "tasks")) || cJSON_GetArraySize(get(out, "tasks")) != 0)
+        if (!cJSON_IsArray(field(out, "tasks")) || cJSON_GetArraySize(field(out, "tasks")) != 0)
             rc = failf("a rejected create_task left tasks behind: %s", js(out));
         cJSON_Delete(out);
         if (rc != 0) return -1;
@@ -834,25 +814,25 @@ static int run_body(Run *r) {
         rc = api_ok(r->h, "events", q, &out);
         cJSON_Delete(q);
         if (rc != 0) return -1;
-        if (!cJSON_IsArray(get(out, "events")) || cJSON_GetArraySize(get(out, "events")) != 0)
+        if (!cJSON_IsArray(field(out, "events")) || cJSON_GetArraySize(field(out, "events")) != 0)
             rc = failf("a rejected create_task left events behind: %s", js(out));
         cJSON_Delete(out);
         return rc;
     }
     rc = api_ok(r->h, "create_task", create, &out);
     if (rc == 0) {
-        const cJSON *id = get(out, "task_id");
-        if (!cJSON_IsTrue(get(out, "created")) || !cJSON_IsNumber(id))
+        const cJSON *id = field(out, "task_id");
+        if (!cJSON_IsTrue(field(out, "created")) || !cJSON_IsNumber(id))
             rc = failf("create_task did not create a task: %s", js(out));
         else
             r->task_id = id->valuedouble;
     }
     cJSON_Delete(out);
-    const cJSON *idem = get(r->v, "idempotency");
+    const cJSON *idem = field(r->v, "idempotency");
     if (rc == 0 && idem != NULL) {
         cJSON *again = cJSON_Duplicate(create, 1);
-        if (get(idem, "context"))
-            cJSON_ReplaceItemInObjectCaseSensitive(again, "context", cJSON_Duplicate(get(idem, "context"), 1));
+        if (field(idem, "context"))
+            cJSON_ReplaceItemInObjectCaseSensitive(again, "context", cJSON_Duplicate(field(idem, "context"), 1));
         rc = api_ok(r->h, "create_task", again, &out);
         cJSON_Delete(again);
         if (rc == 0) rc = check_repeat(out, r->task_id, NULL, "repeated right away");
@@ -885,18 +865,18 @@ static int run_body(Run *r) {
         cJSON_Delete(create);
         return -1;
     }
-    const cJSON *task = get(view, "task");
+    const cJSON *task = field(view, "task");
     if (idem != NULL) {
         rc = api_ok(r->h, "create_task", create, &out);
-        if (rc == 0) rc = check_repeat(out, r->task_id, get(task, "state"), "after the run");
+        if (rc == 0) rc = check_repeat(out, r->task_id, field(task, "state"), "after the run");
         cJSON_Delete(out);
         if (rc == 0) {
             q = name_filter(r);
             rc = api_ok(r->h, "list_tasks", q, &out);
             cJSON_Delete(q);
-            if (rc == 0 && cJSON_GetArraySize(get(out, "tasks")) != 1)
+            if (rc == 0 && cJSON_GetArraySize(field(out, "tasks")) != 1)
                 rc = failf("expected exactly one task for the idempotency key, list_tasks shows %d",
-                           cJSON_GetArraySize(get(out, "tasks")));
+                           cJSON_GetArraySize(field(out, "tasks")));
             cJSON_Delete(out);
         }
     }
@@ -934,11 +914,11 @@ static int run_vector(const cJSON *v, const char *dbdir) {
     cJSON_AddNumberToObject(config, "sweep_interval_ms", 3600000);
     cJSON_AddNumberToObject(config, "claim_poll_ms", 20);
     const cJSON *extra;
-    cJSON_ArrayForEach(extra, get(v, "config")) {
+    cJSON_ArrayForEach(extra, field(v, "config")) {
         cJSON_DeleteItemFromObjectCaseSensitive(config, extra->string);
         cJSON_AddItemToObject(config, extra->string, cJSON_Duplicate(extra, 1));
     }
-    const cJSON *lease = get(config, "lease_ms");
+    const cJSON *lease = field(config, "lease_ms");
     Run r;
     memset(&r, 0, sizeof r);
     r.v = v;
@@ -959,7 +939,7 @@ static int run_vector(const cJSON *v, const char *dbdir) {
     r.tokens = cJSON_CreateObject();
     r.not_before = cJSON_CreateObject();
     r.null_value = cJSON_CreateNull();
-    r.nactions = cJSON_GetArraySize(get(v, "actions"));
+    r.nactions = cJSON_GetArraySize(field(v, "actions"));
     r.fired = calloc((size_t)r.nactions + 1, sizeof *r.fired);
     int rc = r.fired ? run_body(&r) : failf("out of memory");
     free(r.fired);
@@ -1070,7 +1050,7 @@ int main(void) {
             printf("ok   %s\n", stem);
         } else {
             failed++;
-            const char *name = get_str(v, "name");
+            const char *name = field_str(v, "name");
             printf("FAIL %s: %s: %s\n", stem, name ? name : stem, g_msg);
         }
         fflush(stdout);

@@ -8,94 +8,12 @@
  * mkdtemp directory under /tmp). Exits 0 on success, 1 with a message on failure.
  */
 #define _DEFAULT_SOURCE
-#include <cjson/cJSON.h>
-#include <errno.h>
-#include <stdarg.h>
+#define PROG "diamond"
 #include <stdbool.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include <unistd.h>
 
-#include "tasker.h"
+#include "support.h"
 
-static const char *PROG = "diamond";
 static uint64_t H;
-
-static void die(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "%s: FAIL: ", PROG);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    exit(1);
-}
-
-#define CHECK(cond, ...)                                                                   \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);      \
-            die(__VA_ARGS__);                                                              \
-        }                                                                                  \
-    } while (0)
-
-/* Runs `op` with `req` (consumed) and returns the parsed response; any error is fatal. */
-static cJSON *call(const char *op, cJSON *req) {
-    char *text = req ? cJSON_PrintUnformatted(req) : NULL;
-    cJSON_Delete(req);
-    char *resp = NULL, *err = NULL;
-    int32_t st = tasker_call(H, op, text, &resp, &err);
-    if (st != TASKER_OK) {
-        die("%s %s -> status %d: %s", op, text ? text : "(null)", st, err ? err : "(no error)");
-    }
-    CHECK(err == NULL, "%s: out_error written on success", op);
-    CHECK(resp != NULL, "%s: no response", op);
-    cJSON *out = cJSON_Parse(resp);
-    if (!out) die("%s: response is not JSON: %s", op, resp);
-    tasker_free_string(resp);
-    cJSON_free(text);
-    return out;
-}
-
-static cJSON *get(const cJSON *obj, const char *key) {
-    cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    if (!v) {
-        char *s = cJSON_PrintUnformatted(obj);
-        fprintf(stderr, "missing key `%s` in %s\n", key, s ? s : "?");
-        cJSON_free(s);
-        die("missing key `%s`", key);
-    }
-    return v;
-}
-
-static double num(const cJSON *obj, const char *key) {
-    cJSON *v = get(obj, key);
-    if (!cJSON_IsNumber(v)) die("`%s` is not a number", key);
-    return v->valuedouble;
-}
-
-static const char *str(const cJSON *obj, const char *key) {
-    cJSON *v = get(obj, key);
-    if (!cJSON_IsString(v)) die("`%s` is not a string", key);
-    return v->valuestring;
-}
-
-static const char *test_dir(char *buf, size_t len) {
-    const char *dir = getenv("TASKER_TEST_TMP");
-    if (dir && *dir) return dir;
-    snprintf(buf, len, "/tmp/tasker-c-%s-XXXXXX", PROG);
-    if (!mkdtemp(buf)) die("mkdtemp: %s", strerror(errno));
-    return buf;
-}
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 /* ---- handlers: results are computed from the context and from parent results ---- */
 
@@ -144,25 +62,13 @@ static cJSON *h_ship(const cJSON *step) {
 static const char *HANDLERS[] = {"validate_order", "reserve_stock", "charge_card", "ship_order"};
 
 int main(void) {
-    char dirbuf[256], path[512];
-    const char *dir = test_dir(dirbuf, sizeof dirbuf);
-    snprintf(path, sizeof path, "%s/%s-%d.db", dir, PROG, (int)getpid());
-    unlink(path);
+    char url[600];
+    fresh_db_url(url, sizeof url);
 
     CHECK(tasker_abi_version() == 1, "abi version %u", tasker_abi_version());
     CHECK(tasker_version() && *tasker_version(), "empty version");
 
-    char url[600];
-    snprintf(url, sizeof url, "sqlite://%s", path);
-    cJSON *cfg = cJSON_CreateObject();
-    cJSON_AddStringToObject(cfg, "database_url", url);
-    char *cfg_text = cJSON_PrintUnformatted(cfg);
-    cJSON_Delete(cfg);
-    char *err = NULL;
-    int32_t st = tasker_open(cfg_text, &H, &err);
-    if (st != TASKER_OK) die("tasker_open -> %d: %s", st, err ? err : "?");
-    cJSON_free(cfg_text);
-    CHECK(H != 0, "handle 0");
+    H = open_handle(url);
 
     /* The template: a diamond. */
     cJSON *tpl = cJSON_Parse(
@@ -177,13 +83,13 @@ int main(void) {
     CHECK(tpl, "template literal");
     cJSON *req = cJSON_CreateObject();
     cJSON_AddItemToObject(req, "template", tpl);
-    cJSON *reg = call("register_template", req);
+    cJSON *reg = call_json(H, "register_template", req);
     cJSON_Delete(reg);
 
     req = cJSON_Parse("{\"namespace\":\"c_tests\",\"name\":\"diamond\",\"version\":\"1.0.0\","
                       "\"context\":{\"order_id\":42,\"sku\":\"WIDGET-7\",\"quantity\":3,"
                       "\"unit_price_cents\":1250}}");
-    cJSON *created = call("create_task", req);
+    cJSON *created = call_json(H, "create_task", req);
     double task_id = num(created, "task_id");
     CHECK(cJSON_IsTrue(get(created, "created")), "task not created");
     cJSON_Delete(created);
@@ -198,7 +104,7 @@ int main(void) {
         cJSON_AddNumberToObject(req, "limit", 4);
         cJSON_AddNumberToObject(req, "wait_ms", 100);
         cJSON_AddStringToObject(req, "worker_id", "c-diamond");
-        cJSON *batch = call("claim", req);
+        cJSON *batch = call_json(H, "claim", req);
         cJSON *steps = get(batch, "steps");
         CHECK(cJSON_IsArray(steps), "claim: steps is not an array");
 
@@ -224,7 +130,7 @@ int main(void) {
                     cJSON_AddStringToObject(e, "message", "card declined (simulated)");
                     cJSON_AddBoolToObject(e, "retryable", 1);
                     cJSON_AddNumberToObject(e, "retry_after_ms", 1);
-                    cJSON *out = call("fail_step", f);
+                    cJSON *out = call_json(H, "fail_step", f);
                     CHECK(strcmp(str(out, "state"), "ready") == 0, "fail_step: retry not scheduled");
                     cJSON_Delete(out);
                     failed++;
@@ -248,7 +154,7 @@ int main(void) {
         if (n == 1) {
             /* one completion: complete_step */
             cJSON *item = cJSON_DetachItemFromArray(items, 0);
-            cJSON *out = call("complete_step", item);
+            cJSON *out = call_json(H, "complete_step", item);
             CHECK(cJSON_IsTrue(get(out, "ok")), "complete_step not ok");
             cJSON_Delete(out);
             completed++;
@@ -257,7 +163,7 @@ int main(void) {
             cJSON *req2 = cJSON_CreateObject();
             cJSON_AddItemToObject(req2, "items", items);
             items = NULL;
-            cJSON *out = call("complete_steps", req2);
+            cJSON *out = call_json(H, "complete_steps", req2);
             cJSON *r;
             cJSON_ArrayForEach(r, get(out, "results")) {
                 CHECK(cJSON_IsTrue(get(r, "ok")), "complete_steps item not ok");
@@ -269,7 +175,7 @@ int main(void) {
 
         req = cJSON_CreateObject();
         cJSON_AddNumberToObject(req, "task_id", task_id);
-        cJSON *view = call("get_task", req);
+        cJSON *view = call_json(H, "get_task", req);
         const char *state = str(get(view, "task"), "state");
         if (strcmp(state, "complete") == 0) {
             done = true;
@@ -284,7 +190,7 @@ int main(void) {
     /* The final task: state, results, attempts. */
     req = cJSON_CreateObject();
     cJSON_AddNumberToObject(req, "task_id", task_id);
-    cJSON *view = call("get_task", req);
+    cJSON *view = call_json(H, "get_task", req);
     cJSON *task = get(view, "task");
     CHECK(strcmp(str(task, "state"), "complete") == 0, "task state %s", str(task, "state"));
     struct {
@@ -323,7 +229,7 @@ int main(void) {
     req = cJSON_CreateObject();
     cJSON_AddNumberToObject(req, "task_id", task_id);
     cJSON_AddNumberToObject(req, "limit", 1000);
-    cJSON *events = call("events", req);
+    cJSON *events = call_json(H, "events", req);
     bool retry = false, task_done = false;
     cJSON *ev;
     cJSON_ArrayForEach(ev, get(events, "events")) {
@@ -339,9 +245,7 @@ int main(void) {
     int n_events = cJSON_GetArraySize(get(events, "events"));
     cJSON_Delete(events);
 
-    err = NULL;
-    st = tasker_close(H, &err);
-    if (st != TASKER_OK) die("tasker_close -> %d: %s", st, err ? err : "?");
+    close_handle(H);
     printf("%s: ok (task %d complete, 4 steps, charge retried once, %d events)\n", PROG,
            (int)task_id, n_events);
     return 0;

@@ -24,26 +24,18 @@
  * mkdtemp directory under /tmp). Exits 0 on success, 1 with a message on failure.
  */
 #define _DEFAULT_SOURCE
-#include <cjson/cJSON.h>
-#include <errno.h>
+#define PROG "fork"
+#define SUPPORT_OWN_DIE /* die() below names the process and leaves a child with _exit */
 #include <signal.h>
-#include <stdarg.h>
 #include <stdbool.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/types.h>
 #include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
-#include "tasker.h"
+#include "support.h"
 
 #define CHILD_TIMEOUT_MS 30000
 #define HANDLER "fork_step"
 
-static const char *PROG = "fork";
 static const char *WHO = "parent";
 static bool IN_CHILD;
 
@@ -70,93 +62,6 @@ static void die(const char *fmt, ...) {
     fputc('\n', stderr);
     va_end(ap);
     leave(IN_CHILD ? 2 : 1);
-}
-
-#define CHECK(cond, ...)                                                                   \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);      \
-            die(__VA_ARGS__);                                                              \
-        }                                                                                  \
-    } while (0)
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static void sleep_ms(long ms) {
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
-/* Runs `op` on handle `h` with raw request text; any error is fatal. */
-static cJSON *call(uint64_t h, const char *op, const char *req) {
-    char *resp = NULL, *err = NULL;
-    int32_t st = tasker_call(h, op, req, &resp, &err);
-    if (st != TASKER_OK) {
-        die("%s %s on handle %llu -> status %d: %s", op, req ? req : "(null)",
-            (unsigned long long)h, st, err ? err : "(no error)");
-    }
-    CHECK(err == NULL, "%s: out_error written on success", op);
-    CHECK(resp != NULL, "%s: no response", op);
-    cJSON *out = cJSON_Parse(resp);
-    if (!out) die("%s: response is not JSON: %s", op, resp);
-    tasker_free_string(resp);
-    return out;
-}
-
-static cJSON *get(const cJSON *obj, const char *key) {
-    cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    if (!v) {
-        char *s = cJSON_PrintUnformatted(obj);
-        fprintf(stderr, "missing key `%s` in %s\n", key, s ? s : "?");
-        cJSON_free(s);
-        die("missing key `%s`", key);
-    }
-    return v;
-}
-
-static double num(const cJSON *obj, const char *key) {
-    cJSON *v = get(obj, key);
-    if (!cJSON_IsNumber(v)) die("`%s` is not a number", key);
-    return v->valuedouble;
-}
-
-static const char *str(const cJSON *obj, const char *key) {
-    cJSON *v = get(obj, key);
-    if (!cJSON_IsString(v)) die("`%s` is not a string", key);
-    return v->valuestring;
-}
-
-static const char *test_dir(char *buf, size_t len) {
-    const char *dir = getenv("TASKER_TEST_TMP");
-    if (dir && *dir) return dir;
-    snprintf(buf, len, "/tmp/tasker-c-%s-XXXXXX", PROG);
-    if (!mkdtemp(buf)) die("mkdtemp: %s", strerror(errno));
-    return buf;
-}
-
-static uint64_t open_handle(const char *url) {
-    cJSON *cfg = cJSON_CreateObject();
-    cJSON_AddStringToObject(cfg, "database_url", url);
-    char *text = cJSON_PrintUnformatted(cfg);
-    cJSON_Delete(cfg);
-    uint64_t h = 0;
-    char *err = NULL;
-    int32_t st = tasker_open(text, &h, &err);
-    if (st != TASKER_OK) die("tasker_open %s -> %d: %s", text, st, err ? err : "?");
-    cJSON_free(text);
-    CHECK(h != 0, "handle 0");
-    return h;
-}
-
-static void close_handle(uint64_t h) {
-    char *err = NULL;
-    int32_t st = tasker_close(h, &err);
-    if (st != TASKER_OK) die("tasker_close(%llu) -> %d: %s", (unsigned long long)h, st, err ? err : "?");
 }
 
 static void ping(uint64_t h) {
@@ -340,11 +245,8 @@ static pid_t fork_flushed(void) {
 }
 
 int main(void) {
-    char dirbuf[256], path[512], url[600];
-    const char *dir = test_dir(dirbuf, sizeof dirbuf);
-    snprintf(path, sizeof path, "%s/%s-%d.db", dir, PROG, (int)getpid());
-    unlink(path);
-    snprintf(url, sizeof url, "sqlite://%s", path);
+    char url[600];
+    fresh_db_url(url, sizeof url);
     URL = url;
 
     uint64_t h = open_handle(url);

@@ -12,68 +12,17 @@
  * mkdtemp directory under /tmp). Exits 0 on success, 1 with a message on failure.
  */
 #define _DEFAULT_SOURCE
-#include <cjson/cJSON.h>
-#include <errno.h>
-#include <stdarg.h>
+#define PROG "misuse"
 #include <stdbool.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include <unistd.h>
 
-#include "tasker.h"
+#include "support.h"
 
-static const char *PROG = "misuse";
 static uint64_t H;
-static int CHECKS;
 
 /* Written into out-pointers before a call that must fail; must survive the call. */
 static char SENTINEL_BYTE;
 #define SENTINEL (&SENTINEL_BYTE)
 static const uint64_t HANDLE_SENTINEL = 0xDEADBEEFCAFEull;
-
-static void die(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "%s: FAIL: ", PROG);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    exit(1);
-}
-
-#define CHECK(cond, ...)                                                                   \
-    do {                                                                                   \
-        CHECKS++;                                                                          \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);      \
-            die(__VA_ARGS__);                                                              \
-        }                                                                                  \
-    } while (0)
-
-static cJSON *get(const cJSON *obj, const char *key) {
-    cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    if (!v) {
-        char *s = cJSON_PrintUnformatted(obj);
-        fprintf(stderr, "missing key `%s` in %s\n", key, s ? s : "?");
-        die("missing key `%s`", key);
-    }
-    return v;
-}
-
-static double num(const cJSON *obj, const char *key) {
-    cJSON *v = get(obj, key);
-    if (!cJSON_IsNumber(v)) die("`%s` is not a number", key);
-    return v->valuedouble;
-}
-
-static const char *str(const cJSON *obj, const char *key) {
-    cJSON *v = get(obj, key);
-    if (!cJSON_IsString(v)) die("`%s` is not a string", key);
-    return v->valuestring;
-}
 
 /* Runs `op` with raw request text; any error is fatal. Returns the parsed response. */
 static cJSON *ok_raw(uint64_t h, const char *op, const char *req) {
@@ -147,12 +96,6 @@ static char *snapshot(void) {
     return text;
 }
 
-static void sleep_ms(long ms) {
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
-    }
-}
-
 static cJSON *step_named(cJSON *view, const char *name) {
     cJSON *s;
     cJSON_ArrayForEach(s, get(get(view, "task"), "steps")) {
@@ -169,16 +112,8 @@ static cJSON *get_task(double task_id) {
 }
 
 int main(void) {
-    char dirbuf[256], path[512], url[600];
-    const char *dir = getenv("TASKER_TEST_TMP");
-    if (!dir || !*dir) {
-        snprintf(dirbuf, sizeof dirbuf, "/tmp/tasker-c-%s-XXXXXX", PROG);
-        if (!mkdtemp(dirbuf)) die("mkdtemp: %s", strerror(errno));
-        dir = dirbuf;
-    }
-    snprintf(path, sizeof path, "%s/%s-%d.db", dir, PROG, (int)getpid());
-    unlink(path);
-    snprintf(url, sizeof url, "sqlite://%s", path);
+    char url[600];
+    const char *dir = fresh_db_url(url, sizeof url);
     cJSON *cfg = cJSON_CreateObject();
     cJSON_AddStringToObject(cfg, "database_url", url);
     /* no background sweeper during the test: sweeps happen when we call `sweep` */

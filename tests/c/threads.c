@@ -9,54 +9,19 @@
  * mkdtemp directory under /tmp). Exits 0 on success, 1 with a message on failure.
  */
 #define _DEFAULT_SOURCE
-#include <cjson/cJSON.h>
-#include <errno.h>
+#define PROG "threads"
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include <unistd.h>
 
-#include "tasker.h"
+#include "support.h"
 
 #define THREADS 4
 #define TASKS_PER_THREAD 10
 #define TOTAL (THREADS * TASKS_PER_THREAD)
 
-static const char *PROG = "threads";
 static uint64_t H, H2;
 static atomic_int COMPLETED, CLAIMED, H2_OK, H2_CLOSED;
 static atomic_bool H2_STOP;
-
-static void die(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "%s: FAIL: ", PROG);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    exit(1);
-}
-
-static cJSON *call(uint64_t h, const char *op, const char *req) {
-    char *resp = NULL, *err = NULL;
-    int32_t st = tasker_call(h, op, req, &resp, &err);
-    if (st != TASKER_OK) die("%s %s -> %d: %s", op, req ? req : "(null)", st, err ? err : "?");
-    cJSON *out = cJSON_Parse(resp);
-    if (!out) die("%s: response is not JSON: %s", op, resp);
-    tasker_free_string(resp);
-    return out;
-}
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 static void *worker(void *arg) {
     int id = (int)(intptr_t)arg;
@@ -117,20 +82,10 @@ static void *pinger(void *arg) {
 }
 
 int main(void) {
-    char dirbuf[256], path[512], cfg[700];
-    const char *dir = getenv("TASKER_TEST_TMP");
-    if (!dir || !*dir) {
-        snprintf(dirbuf, sizeof dirbuf, "/tmp/tasker-c-%s-XXXXXX", PROG);
-        if (!mkdtemp(dirbuf)) die("mkdtemp: %s", strerror(errno));
-        dir = dirbuf;
-    }
-    snprintf(path, sizeof path, "%s/%s-%d.db", dir, PROG, (int)getpid());
-    unlink(path);
-    /* the path is plain ASCII without quotes, so it can go into JSON as is */
-    snprintf(cfg, sizeof cfg, "{\"database_url\":\"sqlite://%s\"}", path);
-    char *err = NULL;
-    if (tasker_open(cfg, &H, &err) != TASKER_OK) die("open: %s", err);
-    if (tasker_open(cfg, &H2, &err) != TASKER_OK) die("open 2: %s", err);
+    char url[600];
+    fresh_db_url(url, sizeof url);
+    H = open_handle(url);
+    H2 = open_handle(url);
 
     cJSON_Delete(call(H, "register_template",
                       "{\"template\":{\"namespace\":\"c_tests\",\"name\":\"threads\","
@@ -142,10 +97,9 @@ int main(void) {
         if (pthread_create(&workers[i], NULL, worker, (void *)(intptr_t)i) != 0) die("pthread_create");
     }
     /* close the second handle while the pinger is using it */
-    struct timespec pause = {0, 30 * 1000000L};
-    nanosleep(&pause, NULL);
-    if (tasker_close(H2, &err) != TASKER_OK) die("close 2: %s", err);
-    nanosleep(&pause, NULL);
+    sleep_ms(30);
+    close_handle(H2);
+    sleep_ms(30);
     atomic_store(&H2_STOP, 1);
     pthread_join(ping, NULL);
     for (int i = 0; i < THREADS; i++) pthread_join(workers[i], NULL);
@@ -188,7 +142,7 @@ int main(void) {
     cJSON_Delete(list);
     if (checked != TOTAL) die("listed %d tasks, want %d", checked, TOTAL);
 
-    if (tasker_close(H, &err) != TASKER_OK) die("close: %s", err);
+    close_handle(H);
     printf("%s: ok (%d threads, %d steps completed once each; closed handle: %d ok then %d closed)\n",
            PROG, THREADS, TOTAL, atomic_load(&H2_OK), atomic_load(&H2_CLOSED));
     return 0;
