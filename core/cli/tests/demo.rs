@@ -42,7 +42,8 @@ fn demo_completes_every_task() {
     assert_eq!(again.status.code(), Some(1));
 }
 
-/// The Rust example in README.md is `examples/readme.rs`, which `cargo test` compiles.
+/// The Rust example in README.md is `examples/readme.rs`, which `cargo test` compiles
+/// and `tests/readme_example.rs` runs.
 #[test]
 fn readme_rust_example_is_the_compiled_one() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
