@@ -192,3 +192,39 @@ fn precedence_is_documented_in_order() {
         at += pos + item.len();
     }
 }
+
+/// The example `tasker.yaml` in docs/configuration.md loads, and its environment
+/// blocks apply as the page says.
+#[test]
+fn the_example_tasker_yaml_loads() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/configuration.md"
+    ))
+    .unwrap();
+    let start = doc.find("```yaml\n").expect("the page has a yaml example") + "```yaml\n".len();
+    let len = doc[start..].find("```").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tasker.yaml");
+    std::fs::write(&file, &doc[start..start + len]).unwrap();
+    let path = file.to_str().unwrap().to_owned();
+    for (env, synchronous) in [
+        ("development", "normal"),
+        ("test", "normal"),
+        ("production", "full"),
+    ] {
+        let vars = |k: &str| match k {
+            "TASKER_CONFIG" => Some(path.clone()),
+            "TASKER_ENV" => Some(env.to_owned()),
+            _ => None,
+        };
+        let c = tasker_core::config::Config::load_from(&serde_json::Value::Null, &vars)
+            .unwrap_or_else(|e| panic!("the example does not load for {env}: {e}"));
+        assert_eq!(c.lease_ms, 60_000, "{env}");
+        assert_eq!(c.sqlite_synchronous, synchronous, "{env}");
+        if env == "test" {
+            assert_eq!(c.database_url, "sqlite::memory:");
+            assert_eq!(c.default_retry.max_attempts, 1);
+        }
+    }
+}
