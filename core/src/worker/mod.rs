@@ -1,9 +1,15 @@
 //! A worker for Rust programs, built on the same JSON operations as every binding:
-//! claim a batch for the registered handlers, run each handler, report every success
-//! in one `complete_steps` call and each failure with `fail_step`.
+//! claim a batch for the registered handlers, run the handlers on up to `concurrency`
+//! threads while a heartbeat keeps the leases of unfinished steps alive, report every
+//! success in one `complete_steps` call (which also claims the next batch) and each
+//! failure with `fail_step`. A panicking handler is a retryable failure.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -89,7 +95,10 @@ pub struct Worker {
     handlers: HashMap<String, Handler>,
     batch: u32,
     idle_wait_ms: u64,
+    concurrency: usize,
 }
+
+type Outcome = std::result::Result<Value, HandlerError>;
 
 #[derive(Deserialize)]
 struct CompletePage {
@@ -113,6 +122,7 @@ impl Worker {
             handlers: HashMap::new(),
             batch: 64,
             idle_wait_ms: 50,
+            concurrency: 1,
         }
     }
 
@@ -128,6 +138,13 @@ impl Worker {
     /// Steps claimed per round trip.
     pub fn batch(mut self, n: u32) -> Worker {
         self.batch = n.max(1);
+        self
+    }
+
+    /// How many handlers run at once (threads); the batch is raised to at least this.
+    pub fn concurrency(mut self, n: usize) -> Worker {
+        self.concurrency = n.max(1);
+        self.batch = self.batch.max(self.concurrency as u32);
         self
     }
 
@@ -156,15 +173,9 @@ impl Worker {
         stats: &mut RunStats,
         claim_next: bool,
     ) -> Result<Vec<StepInput>> {
+        let outcomes = self.run_handlers(&steps);
         let mut items = Vec::with_capacity(steps.len());
-        for step in &steps {
-            let outcome = match self.handlers.get(&step.handler) {
-                Some(h) => h(step),
-                None => Err(HandlerError::retryable(format!(
-                    "no handler `{}` in worker {}",
-                    step.handler, self.id
-                ))),
-            };
+        for (step, outcome) in steps.iter().zip(outcomes) {
             match outcome {
                 Ok(result) => items.push(json!({ "step_id": step.step_id, "claim_token": step.claim_token, "result": result })),
                 Err(e) => {
@@ -191,6 +202,80 @@ impl Worker {
             }
         }
         Ok(out.steps)
+    }
+
+    /// Runs the page's handlers on up to `concurrency` threads; meanwhile a heartbeat
+    /// thread renews the leases of the steps still running every third of a lease.
+    fn run_handlers(&self, steps: &[StepInput]) -> Vec<Outcome> {
+        let slots: Vec<Mutex<Option<Outcome>>> = steps.iter().map(|_| Mutex::new(None)).collect();
+        let next = AtomicUsize::new(0);
+        let (stop, stopped) = mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            let runners: Vec<_> = (0..self.concurrency.min(steps.len()).max(1))
+                .map(|_| {
+                    scope.spawn(|| loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(step) = steps.get(i) else { break };
+                        let outcome = self.run_one(step);
+                        *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+                    })
+                })
+                .collect();
+            let beats = scope.spawn(|| self.heartbeat_until(steps, &slots, stopped));
+            for r in runners {
+                let _ = r.join();
+            }
+            let _ = stop.send(());
+            let _ = beats.join();
+        });
+        slots
+            .into_iter()
+            .map(|m| {
+                m.into_inner()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .unwrap_or_else(|| Err(HandlerError::retryable("the handler did not finish")))
+            })
+            .collect()
+    }
+
+    fn run_one(&self, step: &StepInput) -> Outcome {
+        let Some(handler) = self.handlers.get(&step.handler) else {
+            return Err(HandlerError::retryable(format!(
+                "no handler `{}` in worker {}",
+                step.handler, self.id
+            )));
+        };
+        catch_unwind(AssertUnwindSafe(|| handler(step))).unwrap_or_else(|panic| {
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-text panic".to_owned());
+            Err(HandlerError::retryable(format!(
+                "handler `{}` panicked: {text}",
+                step.handler
+            )))
+        })
+    }
+
+    fn heartbeat_until(
+        &self,
+        steps: &[StepInput],
+        slots: &[Mutex<Option<Outcome>>],
+        stop: Receiver<()>,
+    ) {
+        let every = Duration::from_millis((self.tasker.config().lease_ms / 3).max(1));
+        while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
+            for (step, slot) in steps.iter().zip(slots) {
+                if slot.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                    continue;
+                }
+                let req = json!({ "step_id": step.step_id, "claim_token": step.claim_token });
+                if let Err(e) = self.tasker.call("heartbeat", &req.to_string()) {
+                    tracing::warn!(step_id = step.step_id, error = %e, "heartbeat refused; the result will be too");
+                }
+            }
+        }
     }
 
     /// Works until a claim finds nothing to do and no step of these handlers is

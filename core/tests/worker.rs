@@ -1,0 +1,82 @@
+//! The Rust worker: handlers run concurrently up to the limit, heartbeats keep long
+//! handlers' leases alive, and a panicking handler is recorded as a failed attempt.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{fast_retry, open, template};
+use serde_json::json;
+use tasker_core::worker::Worker;
+
+#[test]
+fn handlers_run_concurrently_up_to_the_limit() {
+    let db = open(json!({}));
+    db.register(template("one", &[("a", &[])], fast_retry(1)));
+    let ids: Vec<i64> = (0..8)
+        .map(|i| db.create("one", json!({ "i": i })))
+        .collect();
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (r, p) = (running.clone(), peak.clone());
+    let stats = Worker::new(&db.tasker, "w")
+        .concurrency(4)
+        .handle("a", move |s| {
+            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+            p.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(150));
+            r.fetch_sub(1, Ordering::SeqCst);
+            Ok(s.context["i"].clone())
+        })
+        .run_until_idle()
+        .unwrap();
+    assert_eq!(stats.completed, 8);
+    let peak = peak.load(Ordering::SeqCst);
+    assert!((2..=4).contains(&peak), "peak concurrency {peak}");
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(db.step(*id, "a")["result"], json!(i));
+    }
+}
+
+#[test]
+fn heartbeats_keep_a_long_handler_s_lease() {
+    // A 300 ms lease and a 50 ms sweep: without heartbeats the step would be taken back
+    // during the 1 s handler and its result refused.
+    let db = open(json!({ "lease_ms": 300, "sweep_interval_ms": 50 }));
+    db.register(template("one", &[("a", &[])], fast_retry(3)));
+    let id = db.create("one", json!({}));
+    let stats = Worker::new(&db.tasker, "w")
+        .handle("a", |_| {
+            std::thread::sleep(Duration::from_millis(1000));
+            Ok(json!("slow but alive"))
+        })
+        .run_until_idle()
+        .unwrap();
+    assert_eq!((stats.completed, stats.lost), (1, 0));
+    let step = db.step(id, "a");
+    assert_eq!(step["attempts"], 1);
+    assert_eq!(step["result"], "slow but alive");
+    assert!(!db.events(id).contains(&"step.lease_expired".to_owned()));
+}
+
+#[test]
+fn a_panicking_handler_is_a_failed_attempt() {
+    let db = open(json!({}));
+    db.register(template("one", &[("a", &[])], fast_retry(1)));
+    let id = db.create("one", json!({}));
+    let stats = Worker::new(&db.tasker, "w")
+        .handle("a", |_| panic!("disk on fire"))
+        .run_until_idle()
+        .unwrap();
+    assert_eq!(stats.failed, 1);
+    let step = db.step(id, "a");
+    assert_eq!(step["state"], "error");
+    let message = step["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("panicked") && message.contains("disk on fire"),
+        "{message}"
+    );
+    assert_eq!(db.task(id)["state"], "error");
+}
