@@ -169,3 +169,37 @@ impl From<rusqlite::Error> for Error {
         }
     }
 }
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => {
+                Error::new(ErrorCode::Unavailable, format!("database unavailable: {e}"))
+            }
+            sqlx::Error::Database(db) => {
+                let state = db.code().map(|c| c.into_owned());
+                // 57014: statement timeout; 57P01-57P03: the server is shutting down or
+                // starting; 08xxx: the connection failed.
+                let code = match state.as_deref() {
+                    Some(s) if s == "57014" || s.starts_with("57P") || s.starts_with("08") => {
+                        ErrorCode::Unavailable
+                    }
+                    _ => ErrorCode::Database,
+                };
+                Error::new(code, format!("database error: {e}"))
+                    .with_details(serde_json::json!({ "sqlstate": state }))
+            }
+            _ => Error::new(ErrorCode::Database, format!("database error: {e}")),
+        }
+    }
+}
+
+impl Error {
+    /// The SQLSTATE of a PostgreSQL error, when this came from one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        self.details.as_ref()?.get("sqlstate")?.as_str()
+    }
+}

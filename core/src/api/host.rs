@@ -25,10 +25,11 @@ fn registry() -> &'static Registry {
     HOSTS.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-/// The host for `config.database_url` in this process, made on first use.
+/// The host for this configuration's database (URL, and schema on PostgreSQL) in this
+/// process, made on first use.
 pub fn acquire(config: &Config) -> Result<Arc<EngineHost>> {
     let pid = std::process::id();
-    let key = (pid, config.database_url.clone());
+    let key = (pid, config.store_key());
     let mut hosts = registry().lock().unwrap_or_else(|p| p.into_inner());
     if let Some(host) = hosts.get(&key).and_then(Weak::upgrade) {
         if host.engine.config() != config {

@@ -34,6 +34,13 @@ pub struct Config {
     pub sqlite_busy_timeout_ms: u64,
     /// Read-only connections for queries that do not change state.
     pub sqlite_read_connections: u32,
+    /// PostgreSQL schema holding Tasker's tables (created if missing).
+    pub postgres_schema: String,
+    /// Connections in this process's PostgreSQL pool (one more is used to listen).
+    pub postgres_pool_size: u32,
+    /// Statement timeout on PostgreSQL connections; a statement past it fails with
+    /// `unavailable` instead of hanging.
+    pub postgres_statement_timeout_ms: u64,
     /// Apply pending migrations when a handle opens the database.
     pub migrate_on_open: bool,
     /// How long to wait for a database connection before failing with `unavailable`.
@@ -80,6 +87,9 @@ impl Default for Config {
             sqlite_synchronous: "normal".into(),
             sqlite_busy_timeout_ms: 5_000,
             sqlite_read_connections: 4,
+            postgres_schema: "tasker".into(),
+            postgres_pool_size: 10,
+            postgres_statement_timeout_ms: 30_000,
             migrate_on_open: true,
             acquire_timeout_ms: 5_000,
             lease_ms: 30_000,
@@ -174,6 +184,16 @@ impl Config {
             .map_err(|e| Error::invalid_argument(format!("invalid configuration: {e}")))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// What identifies one database in a process: two handles with the same key share an
+    /// engine. For PostgreSQL the schema is part of it.
+    pub fn store_key(&self) -> String {
+        if self.database_url.starts_with("postgres") {
+            format!("{}#{}", self.database_url, self.postgres_schema)
+        } else {
+            self.database_url.clone()
+        }
     }
 
     fn validate(&self) -> Result<()> {

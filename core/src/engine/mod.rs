@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 use serde_json::Value;
-use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::template::{Template, TemplateDoc, TemplateLimits};
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::*;
 use crate::time::now_ms;
@@ -35,10 +35,8 @@ pub struct Engine {
     config: Config,
     store: Arc<dyn Store>,
     templates: RwLock<HashMap<TemplateKey, Arc<Compiled>>>,
-    /// Woken when steps may have become claimable in this process.
-    ready: Notify,
-    /// Woken when transitions were written in this process.
-    events: Notify,
+    /// Woken when steps may have become claimable, and when events were written.
+    signals: Arc<Signals>,
     closed: AtomicBool,
 }
 
@@ -82,11 +80,14 @@ impl Engine {
     /// configured to.
     pub async fn open(config: Config) -> Result<Arc<Engine>> {
         let url = config.database_url.as_str();
+        let signals = Arc::new(Signals::default());
         let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
             Arc::new(SqliteStore::open(&config)?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Arc::new(PgStore::open(&config, signals.clone()).await?)
         } else {
             return Err(Error::invalid_argument(format!(
-                "unsupported database_url `{url}`: expected sqlite://path"
+                "unsupported database_url `{url}`: expected sqlite://path or postgres://..."
             )));
         };
         if config.migrate_on_open {
@@ -96,8 +97,7 @@ impl Engine {
             config,
             store,
             templates: RwLock::new(HashMap::new()),
-            ready: Notify::new(),
-            events: Notify::new(),
+            signals,
             closed: AtomicBool::new(false),
         }))
     }
@@ -115,9 +115,9 @@ impl Engine {
 
     fn changed(&self, ready: bool) {
         if ready {
-            self.ready.notify_waiters();
+            self.signals.ready.notify_waiters();
         }
-        self.events.notify_waiters();
+        self.signals.events.notify_waiters();
     }
 
     /// Runs the lease sweep every `sweep_interval_ms` until the runtime stops.
@@ -384,7 +384,7 @@ impl Engine {
         let mut params = self.claim_params(req)?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
         loop {
-            let notified = self.ready.notified();
+            let notified = self.signals.ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let now = now_ms();
@@ -602,7 +602,7 @@ impl Engine {
             + Duration::from_millis(wait_ms.min(self.config.wait_ms_max));
         let mut cursor = since;
         loop {
-            let notified = self.events.notified();
+            let notified = self.signals.events.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let rows = self.store.events(cursor, limit, task_id).await?;
@@ -638,8 +638,8 @@ impl Engine {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        self.ready.notify_waiters();
-        self.events.notify_waiters();
+        self.signals.ready.notify_waiters();
+        self.signals.events.notify_waiters();
         self.store.close().await
     }
 }

@@ -14,10 +14,27 @@ use serde_json::value::RawValue;
 use crate::error::Result;
 use crate::model::template::Template;
 
+pub mod postgres;
+pub mod shared;
 pub mod sqlite;
 
 /// A boxed future, so the trait stays object-safe (`Arc<dyn Store>`).
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// What wakes this process's waiters: claims waiting for work, readers waiting for
+/// events. Stores that see other processes' changes (PostgreSQL's LISTEN) wake them too.
+#[derive(Default)]
+pub struct Signals {
+    pub ready: tokio::sync::Notify,
+    pub events: tokio::sync::Notify,
+}
+
+impl Signals {
+    pub fn wake(&self) {
+        self.ready.notify_waiters();
+        self.events.notify_waiters();
+    }
+}
 
 /// Milliseconds since the epoch, rendered as RFC 3339 in JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -9,10 +9,11 @@ use rusqlite::{
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::write::{self, bump, Deltas, FailedStep, Tr};
+use super::write;
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::events::reason;
 use crate::model::retry::{self, Backoff, RetryPolicy};
+use crate::store::shared::{bump, decide, Deltas, Held, Tr};
 use crate::store::*;
 
 /// The claim statement for `k` handlers: one index range scan per handler (each already
@@ -363,19 +364,6 @@ pub fn release(
     Ok(ready_at)
 }
 
-/// The columns a failure decision needs.
-struct Held {
-    id: i64,
-    task_id: i64,
-    name: String,
-    attempts: i64,
-    retry_base: i64,
-    worker: Option<String>,
-    policy: RetryPolicy,
-    started_at: i64,
-    timeout_ms: i64,
-}
-
 const HELD_COLUMNS: &str =
     "id, task_id, name, attempts, retry_base, worker, max_attempts, backoff, base_ms, max_ms, jitter, started_at, timeout_ms";
 
@@ -398,44 +386,6 @@ fn held_from(row: &Row<'_>) -> rusqlite::Result<Held> {
         started_at: row.get::<_, Option<i64>>(11)?.unwrap_or(0),
         timeout_ms: row.get(12)?,
     })
-}
-
-/// Applies the retry policy to one failed attempt.
-fn decide(
-    h: &Held,
-    retryable: bool,
-    retry_after_ms: Option<u64>,
-    error_json: String,
-    why: &'static str,
-    now: i64,
-) -> FailedStep {
-    let attempt = (h.attempts - h.retry_base).max(1) as u32;
-    let outcome = retry::after_failure(
-        &h.policy,
-        attempt,
-        retryable,
-        retry_after_ms,
-        fastrand::f64(),
-    );
-    let (state, ready_at) = match outcome {
-        retry::Outcome::Retry { delay_ms } => ("ready", Some(now + delay_ms as i64)),
-        retry::Outcome::Exhausted | retry::Outcome::Permanent => ("error", None),
-    };
-    let why = match (why, state) {
-        (reason::FAILED, "ready") => reason::RETRY_SCHEDULED,
-        (w, _) => w,
-    };
-    FailedStep {
-        step_id: h.id,
-        task_id: h.task_id,
-        name: h.name.clone(),
-        attempt: h.attempts,
-        worker: h.worker.clone(),
-        state,
-        ready_at,
-        error_json,
-        reason: why,
-    }
 }
 
 pub fn task_state(conn: &Connection, task_id: i64) -> Result<String> {
@@ -498,28 +448,10 @@ pub fn sweep(conn: &Connection, now: i64, limit: u32) -> Result<u32> {
     if expired.is_empty() {
         return Ok(0);
     }
-    let mut failed = Vec::with_capacity(expired.len());
-    for held in &expired {
-        let timed_out = now >= held.started_at + held.timeout_ms;
-        let (kind, why, message) = if timed_out {
-            (
-                "timeout",
-                reason::TIMEOUT,
-                format!("step ran past its timeout of {} ms", held.timeout_ms),
-            )
-        } else {
-            (
-                "lease_expired",
-                reason::LEASE_EXPIRED,
-                format!(
-                    "the lease of worker {} expired without a result (the worker stopped or stalled)",
-                    held.worker.as_deref().unwrap_or("?")
-                ),
-            )
-        };
-        let error = json!({ "message": message, "kind": kind, "retryable": true });
-        failed.push(decide(held, true, None, error.to_string(), why, now));
-    }
+    let failed: Vec<_> = expired
+        .iter()
+        .map(|held| crate::store::shared::expired(held, now))
+        .collect();
     let mut deltas = Deltas::new();
     let mut trs = Vec::with_capacity(failed.len() + 1);
     write::apply_failures(conn, &failed, now, &mut deltas, &mut trs)?;

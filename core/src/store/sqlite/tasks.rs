@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 
-use super::write::{self, bump, Deltas, Tr};
+use super::write;
 use crate::error::{Error, Result};
 use crate::model::events::reason;
 use crate::model::state::StepState;
+use crate::store::shared::{bump, Deltas, Tr};
 use crate::store::*;
 
 pub fn find_by_key(

@@ -9,83 +9,7 @@ use serde_json::{json, Value};
 
 use crate::error::Result;
 use crate::model::events::reason;
-
-/// One row for the transitions table.
-#[derive(Debug, Clone)]
-pub struct Tr {
-    pub task_id: i64,
-    pub step_id: Option<i64>,
-    pub step_name: Option<String>,
-    pub from: Option<String>,
-    pub to: String,
-    pub attempt: Option<i64>,
-    pub worker: Option<String>,
-    pub reason: Option<&'static str>,
-    /// JSON text.
-    pub details: Option<String>,
-}
-
-impl Tr {
-    pub fn task(task_id: i64, from: Option<&str>, to: &str, why: &'static str) -> Tr {
-        Tr {
-            task_id,
-            step_id: None,
-            step_name: None,
-            from: from.map(str::to_owned),
-            to: to.to_owned(),
-            attempt: None,
-            worker: None,
-            reason: Some(why),
-            details: None,
-        }
-    }
-
-    pub fn step(
-        task_id: i64,
-        step_id: i64,
-        name: &str,
-        from: Option<&str>,
-        to: &str,
-        why: &'static str,
-    ) -> Tr {
-        Tr {
-            task_id,
-            step_id: Some(step_id),
-            step_name: Some(name.to_owned()),
-            from: from.map(str::to_owned),
-            to: to.to_owned(),
-            attempt: None,
-            worker: None,
-            reason: Some(why),
-            details: None,
-        }
-    }
-
-    pub fn attempt(mut self, attempt: i64, worker: Option<String>) -> Tr {
-        self.attempt = Some(attempt);
-        self.worker = worker;
-        self
-    }
-
-    pub fn details(mut self, details: Option<String>) -> Tr {
-        self.details = details;
-        self
-    }
-
-    fn to_json(&self) -> Value {
-        json!([
-            self.task_id,
-            self.step_id,
-            self.step_name,
-            self.from,
-            self.to,
-            self.attempt,
-            self.worker,
-            self.reason,
-            self.details
-        ])
-    }
-}
+use crate::store::shared::{bump, Deltas, FailedStep, Tr};
 
 pub fn insert_transitions(conn: &Connection, rows: &[Tr], now: i64) -> Result<()> {
     if rows.is_empty() {
@@ -101,20 +25,6 @@ pub fn insert_transitions(conn: &Connection, rows: &[Tr], now: i64) -> Result<()
     )?
     .execute(params![array, now])?;
     Ok(())
-}
-
-/// Changes to a task's step counters.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Delta {
-    pub active: i64,
-    pub done: i64,
-    pub error: i64,
-}
-
-pub type Deltas = HashMap<i64, Delta>;
-
-pub fn bump(deltas: &mut Deltas, task_id: i64, f: impl FnOnce(&mut Delta)) {
-    f(deltas.entry(task_id).or_default());
 }
 
 /// Decrements the parent counters of the children of `parents` (which just finished);
@@ -223,21 +133,6 @@ pub fn apply_deltas(
         states.insert(id, state);
     }
     Ok(states)
-}
-
-/// A failed attempt's new step state, applied by [`apply_failures`].
-#[derive(Debug, Clone)]
-pub struct FailedStep {
-    pub step_id: i64,
-    pub task_id: i64,
-    pub name: String,
-    pub attempt: i64,
-    pub worker: Option<String>,
-    /// `ready` (retry scheduled at `ready_at`) or `error`.
-    pub state: &'static str,
-    pub ready_at: Option<i64>,
-    pub error_json: String,
-    pub reason: &'static str,
 }
 
 /// Writes failed attempts (from `fail` or from the lease sweep) and their transitions.

@@ -1,0 +1,460 @@
+//! The worker path on PostgreSQL: claim (`FOR UPDATE SKIP LOCKED`), heartbeat,
+//! complete, fail, release and the lease sweep.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde_json::json;
+use serde_json::value::RawValue;
+use sqlx::postgres::{PgConnection, PgRow};
+use sqlx::Row;
+
+use super::{write, Ctx};
+use crate::error::{Error, ErrorCode, Result};
+use crate::model::events::reason;
+use crate::model::retry::{self, Backoff, RetryPolicy};
+use crate::store::shared::{bump, decide, Deltas, Held, Tr};
+use crate::store::*;
+
+fn raw(text: String) -> Result<Box<RawValue>> {
+    RawValue::from_string(text).map_err(|e| Error::internal(format!("stored JSON is invalid: {e}")))
+}
+
+pub async fn claim(conn: &mut PgConnection, ctx: &Ctx, p: &ClaimParams) -> Result<ClaimBatch> {
+    let token = fastrand::i64(1..(1i64 << 53));
+    let rows = sqlx::query(
+        "WITH picked AS (
+            SELECT id FROM tasker_steps
+            WHERE state = 'ready' AND handler = ANY($5) AND ready_at <= $3
+            ORDER BY priority DESC, ready_at, id
+            LIMIT $6
+            FOR UPDATE SKIP LOCKED)
+         UPDATE tasker_steps s SET state = 'running', attempts = s.attempts + 1, claim_token = $1, worker = $2,
+            started_at = $3, first_started_at = COALESCE(s.first_started_at, $3),
+            lease_expires_at = LEAST($3 + $4, $3 + s.timeout_ms), updated_at = $3
+         FROM picked WHERE s.id = picked.id
+         RETURNING s.id, s.task_id, s.name, s.handler, s.attempts, s.retry_base, s.max_attempts,
+                   s.lease_expires_at, s.timeout_ms, s.config",
+    )
+    .bind(token)
+    .bind(&p.worker)
+    .bind(p.now)
+    .bind(p.lease_ms as i64)
+    .bind(&p.handlers)
+    .bind(i64::from(p.limit))
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.is_empty() {
+        let next: Option<i64> = sqlx::query(
+            "SELECT MIN(ready_at) FROM tasker_steps WHERE state = 'ready' AND handler = ANY($1)",
+        )
+        .bind(&p.handlers)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+        return Ok(ClaimBatch {
+            steps: Vec::new(),
+            next_ready_at: next,
+        });
+    }
+    struct Claimed {
+        step_id: i64,
+        task_id: i64,
+        name: String,
+        handler: String,
+        attempts: i64,
+        retry_base: i64,
+        max_attempts: i64,
+        lease_expires_at: i64,
+        timeout_ms: i64,
+        config: Option<String>,
+    }
+    let mut claimed = Vec::with_capacity(rows.len());
+    for r in rows {
+        claimed.push(Claimed {
+            step_id: r.try_get(0)?,
+            task_id: r.try_get(1)?,
+            name: r.try_get(2)?,
+            handler: r.try_get(3)?,
+            attempts: r.try_get(4)?,
+            retry_base: r.try_get(5)?,
+            max_attempts: r.try_get(6)?,
+            lease_expires_at: r.try_get(7)?,
+            timeout_ms: r.try_get(8)?,
+            config: r.try_get(9)?,
+        });
+    }
+    claimed.sort_unstable_by_key(|c| c.step_id);
+    let mut task_ids: Vec<i64> = claimed.iter().map(|c| c.task_id).collect();
+    task_ids.sort_unstable();
+    task_ids.dedup();
+    let mut trs = Vec::with_capacity(claimed.len() + 1);
+    let mut started: Vec<i64> = Vec::new();
+    for r in sqlx::query(
+        "WITH locked AS (SELECT id FROM tasker_tasks WHERE id = ANY($1) AND state = 'pending' ORDER BY id FOR UPDATE)
+         UPDATE tasker_tasks t SET state = 'running', prev_state = t.state, started_at = $2, updated_at = $2
+         FROM locked WHERE t.id = locked.id RETURNING t.id",
+    )
+    .bind(&task_ids)
+    .bind(p.now)
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        started.push(r.try_get(0)?);
+    }
+    started.sort_unstable();
+    for id in started {
+        trs.push(Tr::task(id, Some("pending"), "running", reason::CLAIMED));
+    }
+    for c in &claimed {
+        trs.push(
+            Tr::step(
+                c.task_id,
+                c.step_id,
+                &c.name,
+                Some("ready"),
+                "running",
+                reason::CLAIMED,
+            )
+            .attempt(c.attempts, Some(p.worker.clone())),
+        );
+    }
+    let mut contexts: HashMap<i64, String> = HashMap::new();
+    for r in sqlx::query("SELECT id, context FROM tasker_tasks WHERE id = ANY($1)")
+        .bind(&task_ids)
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        contexts.insert(r.try_get(0)?, r.try_get(1)?);
+    }
+    let step_ids: Vec<i64> = claimed.iter().map(|c| c.step_id).collect();
+    let mut results: HashMap<i64, BTreeMap<String, Box<RawValue>>> = HashMap::new();
+    for r in sqlx::query(
+        "SELECT e.child_id, p.name, p.result FROM tasker_edges e JOIN tasker_steps p ON p.id = e.parent_id
+         WHERE e.child_id = ANY($1)",
+    )
+    .bind(&step_ids)
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        let result: Option<String> = r.try_get(2)?;
+        results
+            .entry(r.try_get(0)?)
+            .or_default()
+            .insert(r.try_get(1)?, raw(result.unwrap_or_else(|| "null".into()))?);
+    }
+    write::insert_transitions(conn, ctx, &trs, p.now).await?;
+    let token_text = token.to_string();
+    let mut steps = Vec::with_capacity(claimed.len());
+    for c in claimed {
+        let context = contexts.get(&c.task_id).cloned().ok_or_else(|| {
+            Error::internal(format!("task {} of a claimed step is missing", c.task_id))
+        })?;
+        steps.push(ClaimedStep {
+            step_id: c.step_id,
+            task_id: c.task_id,
+            step_name: c.name,
+            handler: c.handler,
+            claim_token: token_text.clone(),
+            attempt: c.attempts - c.retry_base,
+            max_attempts: c.max_attempts,
+            lease_expires_at: Ts(c.lease_expires_at),
+            timeout_ms: c.timeout_ms,
+            context: raw(context)?,
+            config: c.config.map(raw).transpose()?,
+            results: results.remove(&c.step_id).unwrap_or_default(),
+        });
+    }
+    Ok(ClaimBatch {
+        steps,
+        next_ready_at: None,
+    })
+}
+
+async fn fence_error(conn: &mut PgConnection, step_id: i64) -> Result<Error> {
+    let state: Option<String> = sqlx::query("SELECT state FROM tasker_steps WHERE id = $1")
+        .bind(step_id)
+        .fetch_optional(conn)
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+    Ok(match state {
+        None => Error::not_found(format!("step {step_id} does not exist")),
+        Some(state) => Error::new(
+            ErrorCode::LeaseLost,
+            format!("step {step_id} is no longer held by this claim (it is {state}); nothing was recorded"),
+        )
+        .with_details(json!({ "step_id": step_id, "state": state })),
+    })
+}
+
+pub async fn heartbeat(
+    conn: &mut PgConnection,
+    step_id: i64,
+    token: i64,
+    lease_ms: u64,
+    now: i64,
+) -> Result<i64> {
+    let row = sqlx::query(
+        "UPDATE tasker_steps SET lease_expires_at = LEAST($3 + $4, started_at + timeout_ms), updated_at = $3
+         WHERE id = $1 AND claim_token = $2 AND state = 'running'
+         RETURNING lease_expires_at, started_at + timeout_ms",
+    )
+    .bind(step_id)
+    .bind(token)
+    .bind(now)
+    .bind(lease_ms as i64)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match row {
+        Some(r) => {
+            let (expires, deadline): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
+            if deadline <= now {
+                return Err(Error::new(
+                    ErrorCode::LeaseLost,
+                    format!("step {step_id} ran past its timeout; its lease cannot be extended and the attempt will be failed"),
+                )
+                .with_details(json!({ "step_id": step_id, "state": "running", "timed_out": true })));
+            }
+            Ok(expires)
+        }
+        None => Err(fence_error(conn, step_id).await?),
+    }
+}
+
+pub async fn complete(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+    items: Vec<Completion>,
+    now: i64,
+) -> Result<Vec<ItemOutcome>> {
+    let mut first: HashSet<i64> = HashSet::with_capacity(items.len());
+    let (mut ids, mut tokens, mut results) = (Vec::new(), Vec::new(), Vec::new());
+    for item in &items {
+        if first.insert(item.step_id) {
+            ids.push(item.step_id);
+            tokens.push(item.claim_token);
+            results.push(item.result.get().to_owned());
+        }
+    }
+    let rows = sqlx::query(
+        "UPDATE tasker_steps s SET state = 'complete', result = u.result, claim_token = NULL,
+            lease_expires_at = NULL, finished_at = $4, updated_at = $4
+         FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS u(id, token, result)
+         WHERE s.id = u.id AND s.claim_token = u.token AND s.state = 'running'
+         RETURNING s.id, s.task_id, s.name, s.attempts, s.worker",
+    )
+    .bind(ids)
+    .bind(tokens)
+    .bind(results)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut done_rows: Vec<(i64, i64, String, i64, Option<String>)> =
+        Vec::with_capacity(rows.len());
+    for r in rows {
+        done_rows.push((
+            r.try_get(0)?,
+            r.try_get(1)?,
+            r.try_get(2)?,
+            r.try_get(3)?,
+            r.try_get(4)?,
+        ));
+    }
+    done_rows.sort_unstable_by_key(|d| d.0);
+    let mut deltas = Deltas::new();
+    let mut trs = Vec::with_capacity(done_rows.len() * 2);
+    let mut done_ids = Vec::with_capacity(done_rows.len());
+    for (id, task_id, name, attempts, worker) in done_rows {
+        bump(&mut deltas, task_id, |d| {
+            d.active -= 1;
+            d.done += 1;
+        });
+        trs.push(
+            Tr::step(
+                task_id,
+                id,
+                &name,
+                Some("running"),
+                "complete",
+                reason::COMPLETED,
+            )
+            .attempt(attempts, worker),
+        );
+        done_ids.push(id);
+    }
+    write::release_children(conn, &done_ids, now, &mut deltas, &mut trs).await?;
+    write::apply_deltas(conn, &deltas, now, &mut trs).await?;
+    write::insert_transitions(conn, ctx, &trs, now).await?;
+    let done: HashSet<i64> = done_ids.into_iter().collect();
+    let mut reported: HashSet<i64> = HashSet::with_capacity(items.len());
+    let mut out = Vec::with_capacity(items.len());
+    for item in &items {
+        let error = if !reported.insert(item.step_id) {
+            Some(Error::invalid_argument(format!(
+                "step {} appears more than once in the batch; only its first report was considered",
+                item.step_id
+            )))
+        } else if done.contains(&item.step_id) {
+            None
+        } else {
+            Some(fence_error(conn, item.step_id).await?)
+        };
+        out.push(ItemOutcome {
+            step_id: item.step_id,
+            ok: error.is_none(),
+            error,
+        });
+    }
+    Ok(out)
+}
+
+const HELD_COLUMNS: &str =
+    "id, task_id, name, attempts, retry_base, worker, max_attempts, backoff, base_ms, max_ms, jitter, started_at, timeout_ms";
+
+fn held_from(row: &PgRow) -> Result<Held> {
+    let backoff: String = row.try_get(7)?;
+    Ok(Held {
+        id: row.try_get(0)?,
+        task_id: row.try_get(1)?,
+        name: row.try_get(2)?,
+        attempts: row.try_get(3)?,
+        retry_base: row.try_get(4)?,
+        worker: row.try_get(5)?,
+        policy: RetryPolicy {
+            max_attempts: row.try_get::<i64, _>(6)? as u32,
+            backoff: Backoff::parse(&backoff).unwrap_or(Backoff::Exponential),
+            base_ms: row.try_get::<i64, _>(8)? as u64,
+            max_ms: row.try_get::<i64, _>(9)? as u64,
+            jitter: row.try_get(10)?,
+        },
+        started_at: row.try_get::<Option<i64>, _>(11)?.unwrap_or(0),
+        timeout_ms: row.try_get(12)?,
+    })
+}
+
+pub async fn task_state(conn: &mut PgConnection, task_id: i64) -> Result<String> {
+    Ok(sqlx::query("SELECT state FROM tasker_tasks WHERE id = $1")
+        .bind(task_id)
+        .fetch_one(conn)
+        .await?
+        .try_get(0)?)
+}
+
+pub async fn fail(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+    report: FailureReport,
+) -> Result<FailOutcome> {
+    let now = report.now;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {HELD_COLUMNS} FROM tasker_steps WHERE id = $1 AND claim_token = $2 AND state = 'running' FOR UPDATE"
+    )))
+    .bind(report.step_id)
+    .bind(report.claim_token)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        return Err(fence_error(conn, report.step_id).await?);
+    };
+    let held = held_from(&row)?;
+    let failed = decide(
+        &held,
+        report.retryable,
+        report.retry_after_ms,
+        report.error_json,
+        reason::FAILED,
+        now,
+    );
+    let mut deltas = Deltas::new();
+    let mut trs = Vec::with_capacity(2);
+    write::apply_failures(
+        conn,
+        std::slice::from_ref(&failed),
+        now,
+        &mut deltas,
+        &mut trs,
+    )
+    .await?;
+    let states = write::apply_deltas(conn, &deltas, now, &mut trs).await?;
+    write::insert_transitions(conn, ctx, &trs, now).await?;
+    let task_state = match states.get(&held.task_id) {
+        Some(s) => s.clone(),
+        None => task_state(conn, held.task_id).await?,
+    };
+    Ok(FailOutcome {
+        step_id: held.id,
+        state: failed.state.to_owned(),
+        retry_at: failed.ready_at.map(Ts),
+        attempt: held.attempts - held.retry_base,
+        task_state,
+    })
+}
+
+pub async fn release(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+    step_id: i64,
+    token: i64,
+    delay_ms: u64,
+    why: Option<String>,
+    now: i64,
+) -> Result<i64> {
+    let ready_at = now.saturating_add(delay_ms.min(retry::MAX_RETRY_AFTER_MS) as i64);
+    let row = sqlx::query(
+        "UPDATE tasker_steps SET state = 'ready', ready_at = $3, attempts = attempts - 1,
+             claim_token = NULL, lease_expires_at = NULL, updated_at = $4
+         WHERE id = $1 AND claim_token = $2 AND state = 'running'
+         RETURNING task_id, name, attempts + 1, worker",
+    )
+    .bind(step_id)
+    .bind(token)
+    .bind(ready_at)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(r) = row else {
+        return Err(fence_error(conn, step_id).await?);
+    };
+    let (task_id, name, attempt, worker): (i64, String, i64, Option<String>) =
+        (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+    let details = json!({ "reason": why, "ready_at": crate::time::rfc3339(ready_at) }).to_string();
+    let tr = Tr::step(
+        task_id,
+        step_id,
+        &name,
+        Some("running"),
+        "ready",
+        reason::RELEASED,
+    )
+    .attempt(attempt, worker)
+    .details(Some(details));
+    write::insert_transitions(conn, ctx, &[tr], now).await?;
+    Ok(ready_at)
+}
+
+pub async fn sweep(conn: &mut PgConnection, ctx: &Ctx, now: i64, limit: u32) -> Result<u32> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {HELD_COLUMNS} FROM tasker_steps
+         WHERE state = 'running' AND lease_expires_at < $1 ORDER BY lease_expires_at, id LIMIT $2
+         FOR UPDATE SKIP LOCKED"
+    )))
+    .bind(now)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut failed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let held = held_from(row)?;
+        failed.push(crate::store::shared::expired(&held, now));
+    }
+    let mut deltas = Deltas::new();
+    let mut trs = Vec::with_capacity(failed.len() + 1);
+    write::apply_failures(conn, &failed, now, &mut deltas, &mut trs).await?;
+    write::apply_deltas(conn, &deltas, now, &mut trs).await?;
+    write::insert_transitions(conn, ctx, &trs, now).await?;
+    tracing::info!(count = failed.len(), "took back expired leases");
+    Ok(failed.len() as u32)
+}

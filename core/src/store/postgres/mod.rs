@@ -1,0 +1,375 @@
+//! The PostgreSQL store (sqlx): many processes on many machines share one database.
+//!
+//! The same model and the same set-based statements as SQLite, with PostgreSQL's
+//! concurrency tools: claims use `FOR UPDATE SKIP LOCKED`; rows another transaction may
+//! also touch (released children, task counters) are locked in id order, and a
+//! deadlock or serialization failure retries the whole operation; `LISTEN/NOTIFY` wakes
+//! waiting claimers and event readers in every process. Tables live in the configured
+//! schema (`postgres_schema`).
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
+
+use crate::config::Config;
+use crate::error::{Error, ErrorCode, Result};
+use crate::model::template::Template;
+use crate::store::*;
+
+mod claims;
+mod migrate;
+mod reads;
+mod tasks;
+mod write;
+
+pub struct PgStore {
+    pool: PgPool,
+    /// The advisory lock that orders transition ids, and the NOTIFY channel: both
+    /// per schema, so separate installations in one server do not interfere.
+    lock_key: i64,
+    channel: String,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+/// How often an operation is retried after a deadlock or serialization failure.
+const RETRIES: u32 = 5;
+
+fn valid_schema(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// FNV-1a: a stable 64-bit number from the schema name.
+fn key_of(s: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
+
+impl PgStore {
+    pub async fn open(config: &Config, signals: Arc<Signals>) -> Result<PgStore> {
+        let schema = config.postgres_schema.clone();
+        if !valid_schema(&schema) {
+            return Err(Error::invalid_argument(format!(
+                "postgres_schema `{schema}` must be 1-63 letters, digits or `_`, not starting with a digit"
+            )));
+        }
+        let opts = PgConnectOptions::from_str(&config.database_url)
+            .map_err(|e| Error::invalid_argument(format!("invalid PostgreSQL database_url: {e}")))?
+            .options([
+                ("search_path", schema.as_str()),
+                (
+                    "statement_timeout",
+                    &config.postgres_statement_timeout_ms.to_string(),
+                ),
+            ]);
+        let pool = PgPoolOptions::new()
+            .max_connections(config.postgres_pool_size.max(1))
+            .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+            .connect_with(opts)
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorCode::Unavailable,
+                    format!("cannot connect to PostgreSQL: {e}"),
+                )
+            })?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
+        )))
+        .execute(&pool)
+        .await
+        .or_else(|e| match &e {
+            // Two processes creating the schema at once: the loser sees a duplicate.
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") => {
+                Ok(Default::default())
+            }
+            _ => Err(e),
+        })?;
+        let channel = format!("tasker_{schema}");
+        let listener = tokio::spawn(listen(pool.clone(), channel.clone(), signals));
+        Ok(PgStore {
+            pool,
+            lock_key: key_of(&schema),
+            channel,
+            listener,
+        })
+    }
+
+    /// Runs one operation in a transaction, retrying it after a deadlock or a
+    /// serialization failure (the transaction was rolled back, so a retry is safe).
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        F: for<'c> Fn(&'c mut PgConnection, Ctx) -> BoxFut<'c, T>,
+    {
+        let ctx = Ctx {
+            lock_key: self.lock_key,
+            channel: self.channel.clone(),
+        };
+        let mut attempt = 0;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let outcome = match f(&mut tx, ctx.clone()).await {
+                Ok(v) => tx.commit().await.map(|_| v).map_err(Error::from),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Err(e) if matches!(e.sqlstate(), Some("40P01" | "40001")) && attempt < RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(attempt, error = %e, "retrying after a deadlock");
+                    tokio::time::sleep(Duration::from_millis(
+                        fastrand::u64(1..5) * u64::from(attempt),
+                    ))
+                    .await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFut<'c, T>,
+    {
+        let mut conn = self.pool.acquire().await?;
+        f(&mut conn).await
+    }
+}
+
+/// What every write needs besides its connection.
+#[derive(Clone)]
+pub struct Ctx {
+    pub lock_key: i64,
+    pub channel: String,
+}
+
+/// Wakes this process's waiters when any process commits a change.
+async fn listen(pool: PgPool, channel: String, signals: Arc<Signals>) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(&channel).await {
+            tracing::warn!(error = %e, "LISTEN failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(_)) => signals.wake(),
+                // The connection dropped: notifications may have been missed, so wake
+                // everyone to re-check, then listen again.
+                Ok(None) => {
+                    signals.wake();
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "notification stream failed; reconnecting");
+                    signals.wake();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl Store for PgStore {
+    fn migrate(&self) -> BoxFut<'_, u32> {
+        Box::pin(async move {
+            let mut conn = self.pool.acquire().await?;
+            migrate::run(&mut conn, self.lock_key).await
+        })
+    }
+
+    fn put_template<'a>(&'a self, t: &'a Template, replace: bool, now: i64) -> BoxFut<'a, bool> {
+        Box::pin(self.write(move |c, _| {
+            let t = t.clone();
+            Box::pin(async move { reads::put_template(c, &t, replace, now).await })
+        }))
+    }
+
+    fn get_template<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        version: Option<&'a str>,
+    ) -> BoxFut<'a, Option<Template>> {
+        let (ns, n, v) = (
+            namespace.to_owned(),
+            name.to_owned(),
+            version.map(str::to_owned),
+        );
+        Box::pin(self.read(move |c| {
+            Box::pin(async move { reads::get_template(c, &ns, &n, v.as_deref()).await })
+        }))
+    }
+
+    fn find_task_by_key<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        key: &'a str,
+    ) -> BoxFut<'a, Option<CreatedTask>> {
+        let (ns, n, k) = (namespace.to_owned(), name.to_owned(), key.to_owned());
+        Box::pin(
+            self.read(move |c| Box::pin(async move { tasks::find_by_key(c, &ns, &n, &k).await })),
+        )
+    }
+
+    fn create_task(&self, task: NewTask) -> BoxFut<'_, CreatedTask> {
+        Box::pin(self.write(move |c, ctx| {
+            let task = task.clone();
+            Box::pin(async move { tasks::create(c, &ctx, task).await })
+        }))
+    }
+
+    fn claim(&self, params: ClaimParams) -> BoxFut<'_, ClaimBatch> {
+        Box::pin(self.write(move |c, ctx| {
+            let params = params.clone();
+            Box::pin(async move { claims::claim(c, &ctx, &params).await })
+        }))
+    }
+
+    fn heartbeat(&self, step_id: i64, token: i64, lease_ms: u64, now: i64) -> BoxFut<'_, i64> {
+        Box::pin(
+            self.write(move |c, _| Box::pin(claims::heartbeat(c, step_id, token, lease_ms, now))),
+        )
+    }
+
+    fn complete(
+        &self,
+        items: Vec<Completion>,
+        claim: Option<ClaimParams>,
+        now: i64,
+    ) -> BoxFut<'_, (Vec<ItemOutcome>, ClaimBatch)> {
+        Box::pin(self.write(move |c, ctx| {
+            let items = items
+                .iter()
+                .map(|i| Completion {
+                    step_id: i.step_id,
+                    claim_token: i.claim_token,
+                    result: i.result.clone(),
+                })
+                .collect();
+            let claim = claim.clone();
+            Box::pin(async move {
+                let outcomes = claims::complete(c, &ctx, items, now).await?;
+                let batch = match &claim {
+                    Some(p) => claims::claim(c, &ctx, p).await?,
+                    None => ClaimBatch::default(),
+                };
+                Ok((outcomes, batch))
+            })
+        }))
+    }
+
+    fn fail(&self, report: FailureReport) -> BoxFut<'_, FailOutcome> {
+        Box::pin(self.write(move |c, ctx| {
+            let report = report.clone();
+            Box::pin(async move { claims::fail(c, &ctx, report).await })
+        }))
+    }
+
+    fn release(
+        &self,
+        step_id: i64,
+        token: i64,
+        delay_ms: u64,
+        reason: Option<String>,
+        now: i64,
+    ) -> BoxFut<'_, i64> {
+        Box::pin(self.write(move |c, ctx| {
+            let reason = reason.clone();
+            Box::pin(async move {
+                claims::release(c, &ctx, step_id, token, delay_ms, reason, now).await
+            })
+        }))
+    }
+
+    fn sweep(&self, now: i64, limit: u32) -> BoxFut<'_, u32> {
+        Box::pin(
+            self.write(move |c, ctx| {
+                Box::pin(async move { claims::sweep(c, &ctx, now, limit).await })
+            }),
+        )
+    }
+
+    fn cancel_task(
+        &self,
+        task_id: i64,
+        reason: Option<String>,
+        now: i64,
+    ) -> BoxFut<'_, TaskChange> {
+        Box::pin(self.write(move |c, ctx| {
+            let reason = reason.clone();
+            Box::pin(async move { tasks::cancel(c, &ctx, task_id, reason, now).await })
+        }))
+    }
+
+    fn retry_step(&self, step: StepRef, now: i64) -> BoxFut<'_, StepChange> {
+        Box::pin(self.write(move |c, ctx| {
+            let step = step.clone();
+            Box::pin(async move { tasks::retry_step(c, &ctx, step, now).await })
+        }))
+    }
+
+    fn resolve_step(
+        &self,
+        step: StepRef,
+        result: Option<String>,
+        reason: Option<String>,
+        now: i64,
+    ) -> BoxFut<'_, StepChange> {
+        Box::pin(self.write(move |c, ctx| {
+            let (step, result, reason) = (step.clone(), result.clone(), reason.clone());
+            Box::pin(async move { tasks::resolve_step(c, &ctx, step, result, reason, now).await })
+        }))
+    }
+
+    fn get_task(&self, task_id: i64) -> BoxFut<'_, Option<TaskView>> {
+        Box::pin(self.read(move |c| Box::pin(reads::get_task(c, task_id))))
+    }
+
+    fn list_tasks(&self, filter: TaskFilter) -> BoxFut<'_, Vec<TaskSummary>> {
+        Box::pin(self.read(move |c| Box::pin(async move { reads::list_tasks(c, &filter).await })))
+    }
+
+    fn stats(&self, now: i64) -> BoxFut<'_, Stats> {
+        Box::pin(self.read(move |c| Box::pin(reads::stats(c, now))))
+    }
+
+    fn events(&self, since: i64, limit: u32, task_id: Option<i64>) -> BoxFut<'_, Vec<Event>> {
+        Box::pin(self.read(move |c| Box::pin(reads::events(c, since, limit, task_id))))
+    }
+
+    fn last_event_id(&self) -> BoxFut<'_, i64> {
+        Box::pin(self.read(|c| Box::pin(reads::last_event_id(c))))
+    }
+
+    fn close(&self) -> BoxFut<'_, ()> {
+        Box::pin(async move {
+            self.listener.abort();
+            self.pool.close().await;
+            Ok(())
+        })
+    }
+}

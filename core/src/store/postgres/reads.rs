@@ -1,0 +1,344 @@
+//! Templates and the read side on PostgreSQL.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::json;
+use serde_json::value::RawValue;
+use sqlx::postgres::{PgConnection, PgRow};
+use sqlx::Row;
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::model::events;
+use crate::model::template::{compare_versions, Template};
+use crate::store::*;
+
+pub async fn put_template(
+    conn: &mut PgConnection,
+    t: &Template,
+    replace: bool,
+    now: i64,
+) -> Result<bool> {
+    let body = serde_json::to_string(t).map_err(|e| Error::internal(e.to_string()))?;
+    let inserted = sqlx::query(
+        "INSERT INTO tasker_templates (namespace, name, version, body, created_at) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (namespace, name, version) DO NOTHING RETURNING id",
+    )
+    .bind(&t.namespace)
+    .bind(&t.name)
+    .bind(&t.version)
+    .bind(&body)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if inserted.is_some() {
+        return Ok(true);
+    }
+    let stored: String = sqlx::query("SELECT body FROM tasker_templates WHERE namespace = $1 AND name = $2 AND version = $3 FOR UPDATE")
+        .bind(&t.namespace)
+        .bind(&t.name)
+        .bind(&t.version)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+    if serde_json::from_str::<Template>(&stored)
+        .map(|s| &s == t)
+        .unwrap_or(false)
+    {
+        return Ok(false);
+    }
+    if !replace {
+        return Err(Error::new(
+            ErrorCode::Conflict,
+            format!(
+                "template {}/{} {} is already registered with a different definition; \
+                 bump the version or register with replace: true",
+                t.namespace, t.name, t.version
+            ),
+        )
+        .with_details(json!({ "namespace": t.namespace, "name": t.name, "version": t.version })));
+    }
+    sqlx::query("UPDATE tasker_templates SET body = $4, created_at = $5 WHERE namespace = $1 AND name = $2 AND version = $3")
+        .bind(&t.namespace)
+        .bind(&t.name)
+        .bind(&t.version)
+        .bind(body)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(true)
+}
+
+pub async fn get_template(
+    conn: &mut PgConnection,
+    namespace: &str,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Option<Template>> {
+    let rows = sqlx::query(
+        "SELECT version, body FROM tasker_templates WHERE namespace = $1 AND name = $2",
+    )
+    .bind(namespace)
+    .bind(name)
+    .fetch_all(conn)
+    .await?;
+    let mut best: Option<(String, String)> = None;
+    for row in rows {
+        let v: String = row.try_get(0)?;
+        let body: String = row.try_get(1)?;
+        match version {
+            Some(want) if want == v => {
+                best = Some((v, body));
+                break;
+            }
+            Some(_) => {}
+            None => {
+                if best
+                    .as_ref()
+                    .is_none_or(|(b, _)| compare_versions(&v, b).is_gt())
+                {
+                    best = Some((v, body));
+                }
+            }
+        }
+    }
+    best.map(|(_, body)| {
+        serde_json::from_str(&body)
+            .map_err(|e| Error::internal(format!("stored template is unreadable: {e}")))
+    })
+    .transpose()
+}
+
+fn raw_opt(text: Option<String>) -> Result<Option<Box<RawValue>>> {
+    text.map(|t| {
+        RawValue::from_string(t)
+            .map_err(|e| Error::internal(format!("stored JSON is invalid: {e}")))
+    })
+    .transpose()
+}
+
+fn ts(v: Option<i64>) -> Option<Ts> {
+    v.map(Ts)
+}
+
+const SUMMARY_COLUMNS: &str =
+    "id, namespace, name, version, state, priority, idempotency_key, n_total, n_done, n_error, created_at, started_at, finished_at";
+
+fn summary_from(row: &PgRow) -> Result<TaskSummary> {
+    let started: Option<i64> = row.try_get(11)?;
+    let finished: Option<i64> = row.try_get(12)?;
+    Ok(TaskSummary {
+        id: row.try_get(0)?,
+        namespace: row.try_get(1)?,
+        name: row.try_get(2)?,
+        version: row.try_get(3)?,
+        state: row.try_get(4)?,
+        priority: row.try_get(5)?,
+        idempotency_key: row.try_get(6)?,
+        steps_total: row.try_get(7)?,
+        steps_done: row.try_get(8)?,
+        steps_error: row.try_get(9)?,
+        created_at: Ts(row.try_get(10)?),
+        started_at: ts(started),
+        finished_at: ts(finished),
+        duration_ms: match (started, finished) {
+            (Some(s), Some(f)) => Some(f - s),
+            _ => None,
+        },
+    })
+}
+
+pub async fn get_task(conn: &mut PgConnection, task_id: i64) -> Result<Option<TaskView>> {
+    let Some(row) = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {SUMMARY_COLUMNS}, context FROM tasker_tasks WHERE id = $1"
+    )))
+    .bind(task_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let summary = summary_from(&row)?;
+    let context: String = row.try_get(13)?;
+    let mut parents: HashMap<i64, Vec<String>> = HashMap::new();
+    for r in sqlx::query(
+        "SELECT e.child_id, p.name FROM tasker_steps p JOIN tasker_edges e ON e.parent_id = p.id
+         WHERE p.task_id = $1 ORDER BY p.id",
+    )
+    .bind(task_id)
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        parents
+            .entry(r.try_get(0)?)
+            .or_default()
+            .push(r.try_get(1)?);
+    }
+    let rows = sqlx::query(
+        "SELECT id, name, handler, state, pending_parents, attempts, retry_base, max_attempts, priority, config,
+                result, last_error, worker, ready_at, lease_expires_at, first_started_at, started_at, finished_at
+         FROM tasker_steps WHERE task_id = $1 ORDER BY id",
+    )
+    .bind(task_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut steps = Vec::with_capacity(rows.len());
+    for r in rows {
+        let id: i64 = r.try_get(0)?;
+        let first: Option<i64> = r.try_get(15)?;
+        let finished: Option<i64> = r.try_get(17)?;
+        let ready_at: Option<i64> = r.try_get(13)?;
+        let lease: Option<i64> = r.try_get(14)?;
+        let retry_base: i64 = r.try_get(6)?;
+        steps.push(StepView {
+            id,
+            name: r.try_get(1)?,
+            handler: r.try_get(2)?,
+            state: r.try_get(3)?,
+            depends_on: parents.remove(&id).unwrap_or_default(),
+            pending_parents: r.try_get(4)?,
+            attempts: r.try_get(5)?,
+            max_attempts: r.try_get::<i64, _>(7)? + retry_base,
+            priority: r.try_get(8)?,
+            config: raw_opt(r.try_get(9)?)?,
+            result: raw_opt(r.try_get(10)?)?,
+            error: raw_opt(r.try_get(11)?)?,
+            worker: r.try_get(12)?,
+            ready_at: ts(ready_at),
+            lease_expires_at: ts(lease),
+            first_started_at: ts(first),
+            started_at: ts(r.try_get(16)?),
+            finished_at: ts(finished),
+            duration_ms: match (first, finished) {
+                (Some(s), Some(f)) => Some(f - s),
+                _ => None,
+            },
+            ready_at_ms: ready_at,
+            lease_expires_at_ms: lease,
+        });
+    }
+    Ok(Some(TaskView {
+        summary,
+        context: RawValue::from_string(context).map_err(|e| Error::internal(e.to_string()))?,
+        steps,
+    }))
+}
+
+pub async fn list_tasks(conn: &mut PgConnection, f: &TaskFilter) -> Result<Vec<TaskSummary>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {SUMMARY_COLUMNS} FROM tasker_tasks
+         WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR namespace = $2)
+           AND ($3::text IS NULL OR name = $3) AND ($4::bigint IS NULL OR id < $4)
+         ORDER BY id DESC LIMIT $5"
+    )))
+    .bind(&f.state)
+    .bind(&f.namespace)
+    .bind(&f.name)
+    .bind(f.before_id)
+    .bind(i64::from(f.limit))
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(summary_from).collect()
+}
+
+async fn counts(conn: &mut PgConnection, sql: &'static str) -> Result<BTreeMap<String, i64>> {
+    let mut out = BTreeMap::new();
+    for r in sqlx::query(sql).fetch_all(conn).await? {
+        out.insert(r.try_get(0)?, r.try_get(1)?);
+    }
+    Ok(out)
+}
+
+pub async fn stats(conn: &mut PgConnection, now: i64) -> Result<Stats> {
+    let tasks = counts(
+        conn,
+        "SELECT state, count(*) FROM tasker_tasks GROUP BY state",
+    )
+    .await?;
+    let steps = counts(
+        conn,
+        "SELECT state, count(*) FROM tasker_steps GROUP BY state",
+    )
+    .await?;
+    let oldest: Option<i64> = sqlx::query(
+        "SELECT MIN(ready_at) FROM tasker_steps WHERE state = 'ready' AND ready_at <= $1",
+    )
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get(0)?;
+    let mut slowest_steps = Vec::new();
+    for r in sqlx::query(
+        "SELECT task_id, id, name, handler, finished_at - first_started_at AS ms FROM tasker_steps
+         WHERE state = 'complete' AND first_started_at IS NOT NULL ORDER BY ms DESC, id LIMIT 10",
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        slowest_steps.push(SlowStep {
+            task_id: r.try_get(0)?,
+            step_id: r.try_get(1)?,
+            step_name: r.try_get(2)?,
+            handler: r.try_get(3)?,
+            duration_ms: r.try_get(4)?,
+        });
+    }
+    Ok(Stats {
+        tasks,
+        steps,
+        oldest_ready_age_ms: oldest.map(|t| (now - t).max(0)).unwrap_or(0),
+        slowest_steps,
+        last_event_id: last_event_id(conn).await?,
+    })
+}
+
+pub async fn events(
+    conn: &mut PgConnection,
+    since: i64,
+    limit: u32,
+    task_id: Option<i64>,
+) -> Result<Vec<Event>> {
+    let rows = sqlx::query(
+        "SELECT id, task_id, step_id, step_name, from_state, to_state, at, attempt, worker, reason, details
+         FROM tasker_transitions WHERE id > $1 AND ($2::bigint IS NULL OR task_id = $2) ORDER BY id LIMIT $3",
+    )
+    .bind(since)
+    .bind(task_id)
+    .bind(i64::from(limit))
+    .fetch_all(conn)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let step_id: Option<i64> = r.try_get(2)?;
+        let from: Option<String> = r.try_get(4)?;
+        let to: String = r.try_get(5)?;
+        let why: Option<String> = r.try_get(9)?;
+        let event = match step_id {
+            Some(_) => events::step_event(from.as_deref(), &to, why.as_deref()),
+            None => events::task_event(from.as_deref(), &to),
+        };
+        out.push(Event {
+            id: r.try_get(0)?,
+            event,
+            task_id: r.try_get(1)?,
+            step_id,
+            step_name: r.try_get(3)?,
+            from,
+            to,
+            at: Ts(r.try_get(6)?),
+            attempt: r.try_get(7)?,
+            worker: r.try_get(8)?,
+            reason: why,
+            details: raw_opt(r.try_get(10)?)?,
+        });
+    }
+    Ok(out)
+}
+
+pub async fn last_event_id(conn: &mut PgConnection) -> Result<i64> {
+    Ok(
+        sqlx::query("SELECT COALESCE(MAX(id), 0)::bigint FROM tasker_transitions")
+            .fetch_one(conn)
+            .await?
+            .try_get(0)?,
+    )
+}

@@ -1,0 +1,434 @@
+//! Task creation and the operator actions on PostgreSQL.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+use sqlx::postgres::PgConnection;
+use sqlx::Row;
+
+use super::{write, Ctx};
+use crate::error::{Error, Result};
+use crate::model::events::reason;
+use crate::model::state::StepState;
+use crate::store::shared::{bump, Deltas, Tr};
+use crate::store::*;
+
+pub async fn find_by_key(
+    conn: &mut PgConnection,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<Option<CreatedTask>> {
+    let row = sqlx::query("SELECT id, state FROM tasker_tasks WHERE namespace = $1 AND name = $2 AND idempotency_key = $3")
+        .bind(namespace)
+        .bind(name)
+        .bind(key)
+        .fetch_optional(conn)
+        .await?;
+    row.map(|r| {
+        Ok(CreatedTask {
+            task_id: r.try_get(0)?,
+            created: false,
+            state: r.try_get(1)?,
+        })
+    })
+    .transpose()
+}
+
+/// Creates a task, its steps, edges and transitions in one transaction. Step ids come
+/// from the sequence first, so steps and edges are one statement each. A concurrent
+/// create with the same idempotency key loses the unique index and returns the winner.
+pub async fn create(conn: &mut PgConnection, ctx: &Ctx, task: NewTask) -> Result<CreatedTask> {
+    let t = &task.template;
+    let now = task.now;
+    let roots = t.steps.iter().filter(|s| s.depends_on.is_empty()).count() as i64;
+    let inserted = sqlx::query(
+        "INSERT INTO tasker_tasks (namespace, name, version, state, context, idempotency_key, priority,
+                                   n_total, n_active, created_at, updated_at)
+         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $9)
+         ON CONFLICT (namespace, name, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+         RETURNING id",
+    )
+    .bind(&t.namespace)
+    .bind(&t.name)
+    .bind(&t.version)
+    .bind(&task.context)
+    .bind(&task.idempotency_key)
+    .bind(i64::from(task.priority))
+    .bind(t.steps.len() as i64)
+    .bind(roots)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let task_id: i64 = match inserted {
+        Some(r) => r.try_get(0)?,
+        None => {
+            let key = task.idempotency_key.as_deref().unwrap_or_default();
+            return find_by_key(conn, &t.namespace, &t.name, key)
+                .await?
+                .ok_or_else(|| Error::internal("idempotency conflict without a task"));
+        }
+    };
+    let ids: Vec<i64> = sqlx::query(
+        "SELECT nextval(pg_get_serial_sequence('tasker_steps', 'id')) FROM generate_series(1, $1)",
+    )
+    .bind(t.steps.len() as i64)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| r.try_get(0))
+    .collect::<std::result::Result<_, _>>()?;
+    let by_name: HashMap<&str, i64> = t
+        .steps
+        .iter()
+        .zip(&ids)
+        .map(|(s, id)| (s.name.as_str(), *id))
+        .collect();
+    let n = t.steps.len();
+    let (mut names, mut handlers, mut states, mut pending) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut max_attempts, mut backoff, mut base_ms, mut max_ms, mut jitter) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut timeout_ms, mut priority, mut config, mut ready_at) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut parents, mut children) = (Vec::new(), Vec::new());
+    let mut trs = Vec::with_capacity(n + 1);
+    trs.push(Tr::task(task_id, None, "pending", reason::CREATED));
+    for (s, id) in t.steps.iter().zip(&ids) {
+        let state = if s.depends_on.is_empty() {
+            "ready"
+        } else {
+            "pending"
+        };
+        names.push(s.name.as_str());
+        handlers.push(s.handler.as_str());
+        states.push(state);
+        pending.push(s.depends_on.len() as i64);
+        max_attempts.push(i64::from(s.retry.max_attempts));
+        backoff.push(s.retry.backoff.as_str());
+        base_ms.push(s.retry.base_ms as i64);
+        max_ms.push(s.retry.max_ms as i64);
+        jitter.push(s.retry.jitter);
+        timeout_ms.push(s.timeout_s.saturating_mul(1000) as i64);
+        priority.push(i64::from(s.priority) + i64::from(task.priority));
+        config.push(s.config.as_ref().map(Value::to_string));
+        ready_at.push(if state == "ready" { Some(now) } else { None });
+        for d in &s.depends_on {
+            parents.push(by_name[d.as_str()]);
+            children.push(*id);
+        }
+        trs.push(Tr::step(
+            task_id,
+            *id,
+            &s.name,
+            None,
+            state,
+            reason::CREATED,
+        ));
+    }
+    sqlx::query(
+        "INSERT INTO tasker_steps (id, task_id, name, handler, state, pending_parents, max_attempts, backoff,
+             base_ms, max_ms, jitter, timeout_ms, priority, config, ready_at, created_at, updated_at)
+         SELECT u.id, $15, u.name, u.handler, u.state, u.pending, u.max_attempts, u.backoff, u.base_ms,
+                u.max_ms, u.jitter, u.timeout_ms, u.priority, u.config, u.ready_at, $16, $16
+         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::text[],
+                     $8::bigint[], $9::bigint[], $10::float8[], $11::bigint[], $12::bigint[], $13::text[], $14::bigint[])
+              AS u(id, name, handler, state, pending, max_attempts, backoff, base_ms, max_ms, jitter,
+                   timeout_ms, priority, config, ready_at)",
+    )
+    .bind(&ids)
+    .bind(names)
+    .bind(handlers)
+    .bind(states)
+    .bind(pending)
+    .bind(max_attempts)
+    .bind(backoff)
+    .bind(base_ms)
+    .bind(max_ms)
+    .bind(jitter)
+    .bind(timeout_ms)
+    .bind(priority)
+    .bind(config)
+    .bind(ready_at)
+    .bind(task_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    if !parents.is_empty() {
+        sqlx::query("INSERT INTO tasker_edges (parent_id, child_id) SELECT * FROM unnest($1::bigint[], $2::bigint[])")
+            .bind(parents)
+            .bind(children)
+            .execute(&mut *conn)
+            .await?;
+    }
+    write::insert_transitions(conn, ctx, &trs, now).await?;
+    Ok(CreatedTask {
+        task_id,
+        created: true,
+        state: "pending".into(),
+    })
+}
+
+async fn lock_task(conn: &mut PgConnection, task_id: i64) -> Result<String> {
+    sqlx::query("SELECT state FROM tasker_tasks WHERE id = $1 FOR UPDATE")
+        .bind(task_id)
+        .fetch_optional(conn)
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?
+        .ok_or_else(|| Error::not_found(format!("task {task_id} does not exist")))
+}
+
+pub async fn cancel(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+    task_id: i64,
+    why: Option<String>,
+    now: i64,
+) -> Result<TaskChange> {
+    let state = lock_task(conn, task_id).await?;
+    if state == "cancelled" {
+        return Ok(TaskChange {
+            task_id,
+            state,
+            changed: false,
+        });
+    }
+    if state == "complete" {
+        return Err(Error::invalid_state(format!(
+            "task {task_id} is complete and cannot be cancelled"
+        ))
+        .with_details(json!({ "task_id": task_id, "state": state })));
+    }
+    let details = why.map(|r| json!({ "reason": r }).to_string());
+    let rows = sqlx::query(
+        "WITH old AS (SELECT id, state FROM tasker_steps
+                      WHERE task_id = $1 AND state IN ('pending', 'ready', 'running', 'error') ORDER BY id FOR UPDATE)
+         UPDATE tasker_steps s SET state = 'cancelled', claim_token = NULL, lease_expires_at = NULL,
+             finished_at = $2, updated_at = $2
+         FROM old WHERE s.id = old.id
+         RETURNING s.id, s.name, old.state, s.attempts, s.worker",
+    )
+    .bind(task_id)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE tasker_tasks SET prev_state = state, state = 'cancelled', n_active = 0, n_error = 0,
+             finished_at = $2, updated_at = $2 WHERE id = $1",
+    )
+    .bind(task_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let mut cancelled: Vec<(i64, String, String, i64, Option<String>)> =
+        Vec::with_capacity(rows.len());
+    for r in rows {
+        cancelled.push((
+            r.try_get(0)?,
+            r.try_get(1)?,
+            r.try_get(2)?,
+            r.try_get(3)?,
+            r.try_get(4)?,
+        ));
+    }
+    cancelled.sort_unstable_by_key(|c| c.0);
+    let mut trs = Vec::with_capacity(cancelled.len() + 1);
+    for (id, name, from, attempts, worker) in cancelled {
+        trs.push(
+            Tr::step(
+                task_id,
+                id,
+                &name,
+                Some(&from),
+                "cancelled",
+                reason::CANCELLED,
+            )
+            .attempt(attempts, worker)
+            .details(details.clone()),
+        );
+    }
+    trs.push(Tr::task(task_id, Some(&state), "cancelled", reason::CANCELLED).details(details));
+    write::insert_transitions(conn, ctx, &trs, now).await?;
+    Ok(TaskChange {
+        task_id,
+        state: "cancelled".into(),
+        changed: true,
+    })
+}
+
+struct Target {
+    id: i64,
+    task_id: i64,
+    name: String,
+    state: StepState,
+    attempts: i64,
+    worker: Option<String>,
+    task_state: String,
+}
+
+async fn find_step(conn: &mut PgConnection, step: &StepRef) -> Result<Target> {
+    const COLS: &str = "SELECT s.id, s.task_id, s.name, s.state, s.attempts, s.worker, t.state
+         FROM tasker_steps s JOIN tasker_tasks t ON t.id = s.task_id";
+    let row = match step {
+        StepRef::Id(id) => {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{COLS} WHERE s.id = $1 FOR UPDATE OF s, t"
+            )))
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+        StepRef::Named { task_id, step_name } => {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{COLS} WHERE s.task_id = $1 AND s.name = $2 FOR UPDATE OF s, t"
+            )))
+            .bind(task_id)
+            .bind(step_name)
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+    };
+    let Some(r) = row else {
+        return Err(Error::not_found(match step {
+            StepRef::Id(id) => format!("step {id} does not exist"),
+            StepRef::Named { task_id, step_name } => {
+                format!("task {task_id} has no step `{step_name}`")
+            }
+        }));
+    };
+    let state: String = r.try_get(3)?;
+    Ok(Target {
+        id: r.try_get(0)?,
+        task_id: r.try_get(1)?,
+        name: r.try_get(2)?,
+        state: StepState::parse(&state)
+            .ok_or_else(|| Error::internal(format!("unknown stored step state {state}")))?,
+        attempts: r.try_get(4)?,
+        worker: r.try_get(5)?,
+        task_state: r.try_get(6)?,
+    })
+}
+
+pub async fn retry_step(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+    step: StepRef,
+    now: i64,
+) -> Result<StepChange> {
+    let t = find_step(conn, &step).await?;
+    if t.state != StepState::Error || t.task_state == "cancelled" {
+        return Err(Error::invalid_state(format!(
+            "step `{}` of task {} is {} (task {}); only a step in error can be retried",
+            t.name, t.task_id, t.state, t.task_state
+        ))
+        .with_details(
+            json!({ "step_id": t.id, "state": t.state.as_str(), "task_state": t.task_state }),
+        ));
+    }
+    sqlx::query(
+        "UPDATE tasker_steps SET state = 'ready', ready_at = $2, retry_base = attempts, finished_at = NULL,
+             updated_at = $2 WHERE id = $1",
+    )
+    .bind(t.id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let mut deltas = Deltas::new();
+    bump(&mut deltas, t.task_id, |d| {
+        d.error -= 1;
+        d.active += 1;
+    });
+    let mut trs = vec![Tr::step(
+        t.task_id,
+        t.id,
+        &t.name,
+        Some("error"),
+        "ready",
+        reason::OPERATOR_RETRY,
+    )
+    .attempt(t.attempts, t.worker.clone())];
+    let states = write::apply_deltas(conn, &deltas, now, &mut trs).await?;
+    write::insert_transitions(conn, ctx, &trs, now).await?;
+    Ok(StepChange {
+        step_id: t.id,
+        task_id: t.task_id,
+        step_name: t.name,
+        state: "ready".into(),
+        task_state: states.get(&t.task_id).cloned().unwrap_or(t.task_state),
+    })
+}
+
+pub async fn resolve_step(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+    step: StepRef,
+    result: Option<String>,
+    why: Option<String>,
+    now: i64,
+) -> Result<StepChange> {
+    let t = find_step(conn, &step).await?;
+    if !t.state.can_become(StepState::ResolvedManually)
+        || matches!(t.task_state.as_str(), "cancelled" | "complete")
+    {
+        return Err(Error::invalid_state(format!(
+            "step `{}` of task {} is {} (task {}); it cannot be resolved",
+            t.name, t.task_id, t.state, t.task_state
+        ))
+        .with_details(
+            json!({ "step_id": t.id, "state": t.state.as_str(), "task_state": t.task_state }),
+        ));
+    }
+    sqlx::query(
+        "UPDATE tasker_steps SET state = 'resolved_manually', result = $2, claim_token = NULL,
+             lease_expires_at = NULL, finished_at = $3, updated_at = $3 WHERE id = $1",
+    )
+    .bind(t.id)
+    .bind(result.unwrap_or_else(|| "null".into()))
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let mut deltas = Deltas::new();
+    bump(&mut deltas, t.task_id, |d| {
+        d.done += 1;
+        match t.state {
+            StepState::Ready | StepState::Running => d.active -= 1,
+            StepState::Error => d.error -= 1,
+            _ => {}
+        }
+    });
+    let details = why.map(|r| json!({ "reason": r }).to_string());
+    let mut trs = vec![Tr::step(
+        t.task_id,
+        t.id,
+        &t.name,
+        Some(t.state.as_str()),
+        "resolved_manually",
+        reason::OPERATOR_RESOLVED,
+    )
+    .attempt(t.attempts, t.worker.clone())
+    .details(details)];
+    write::release_children(conn, &[t.id], now, &mut deltas, &mut trs).await?;
+    let states = write::apply_deltas(conn, &deltas, now, &mut trs).await?;
+    write::insert_transitions(conn, ctx, &trs, now).await?;
+    Ok(StepChange {
+        step_id: t.id,
+        task_id: t.task_id,
+        step_name: t.name,
+        state: "resolved_manually".into(),
+        task_state: states.get(&t.task_id).cloned().unwrap_or(t.task_state),
+    })
+}

@@ -1,0 +1,190 @@
+//! Pieces every store shares: transition rows, task counter deltas, and the decision
+//! taken for a failed attempt. No SQL here.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use crate::model::events::reason;
+use crate::model::retry::{self, RetryPolicy};
+
+/// One row for the transitions table.
+#[derive(Debug, Clone)]
+pub struct Tr {
+    pub task_id: i64,
+    pub step_id: Option<i64>,
+    pub step_name: Option<String>,
+    pub from: Option<String>,
+    pub to: String,
+    pub attempt: Option<i64>,
+    pub worker: Option<String>,
+    pub reason: Option<&'static str>,
+    /// JSON text.
+    pub details: Option<String>,
+}
+
+impl Tr {
+    pub fn task(task_id: i64, from: Option<&str>, to: &str, why: &'static str) -> Tr {
+        Tr {
+            task_id,
+            step_id: None,
+            step_name: None,
+            from: from.map(str::to_owned),
+            to: to.to_owned(),
+            attempt: None,
+            worker: None,
+            reason: Some(why),
+            details: None,
+        }
+    }
+
+    pub fn step(
+        task_id: i64,
+        step_id: i64,
+        name: &str,
+        from: Option<&str>,
+        to: &str,
+        why: &'static str,
+    ) -> Tr {
+        Tr {
+            task_id,
+            step_id: Some(step_id),
+            step_name: Some(name.to_owned()),
+            from: from.map(str::to_owned),
+            to: to.to_owned(),
+            attempt: None,
+            worker: None,
+            reason: Some(why),
+            details: None,
+        }
+    }
+
+    pub fn attempt(mut self, attempt: i64, worker: Option<String>) -> Tr {
+        self.attempt = Some(attempt);
+        self.worker = worker;
+        self
+    }
+
+    pub fn details(mut self, details: Option<String>) -> Tr {
+        self.details = details;
+        self
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!([
+            self.task_id,
+            self.step_id,
+            self.step_name,
+            self.from,
+            self.to,
+            self.attempt,
+            self.worker,
+            self.reason,
+            self.details
+        ])
+    }
+}
+
+/// Changes to a task's step counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Delta {
+    pub active: i64,
+    pub done: i64,
+    pub error: i64,
+}
+
+pub type Deltas = HashMap<i64, Delta>;
+
+pub fn bump(deltas: &mut Deltas, task_id: i64, f: impl FnOnce(&mut Delta)) {
+    f(deltas.entry(task_id).or_default());
+}
+
+/// A failed attempt's new step state, applied by each store's `apply_failures`.
+#[derive(Debug, Clone)]
+pub struct FailedStep {
+    pub step_id: i64,
+    pub task_id: i64,
+    pub name: String,
+    pub attempt: i64,
+    pub worker: Option<String>,
+    /// `ready` (retry scheduled at `ready_at`) or `error`.
+    pub state: &'static str,
+    pub ready_at: Option<i64>,
+    pub error_json: String,
+    pub reason: &'static str,
+}
+
+/// The columns a failure decision needs.
+pub struct Held {
+    pub id: i64,
+    pub task_id: i64,
+    pub name: String,
+    pub attempts: i64,
+    pub retry_base: i64,
+    pub worker: Option<String>,
+    pub policy: RetryPolicy,
+    pub started_at: i64,
+    pub timeout_ms: i64,
+}
+
+/// Applies the retry policy to one failed attempt.
+pub fn decide(
+    h: &Held,
+    retryable: bool,
+    retry_after_ms: Option<u64>,
+    error_json: String,
+    why: &'static str,
+    now: i64,
+) -> FailedStep {
+    let attempt = (h.attempts - h.retry_base).max(1) as u32;
+    let outcome = retry::after_failure(
+        &h.policy,
+        attempt,
+        retryable,
+        retry_after_ms,
+        fastrand::f64(),
+    );
+    let (state, ready_at) = match outcome {
+        retry::Outcome::Retry { delay_ms } => ("ready", Some(now + delay_ms as i64)),
+        retry::Outcome::Exhausted | retry::Outcome::Permanent => ("error", None),
+    };
+    let why = match (why, state) {
+        (reason::FAILED, "ready") => reason::RETRY_SCHEDULED,
+        (w, _) => w,
+    };
+    FailedStep {
+        step_id: h.id,
+        task_id: h.task_id,
+        name: h.name.clone(),
+        attempt: h.attempts,
+        worker: h.worker.clone(),
+        state,
+        ready_at,
+        error_json,
+        reason: why,
+    }
+}
+
+/// The failed attempt recorded for a step whose lease ran out: `timeout` when the step
+/// ran past its timeout, else `lease_expired` (the worker stopped or stalled).
+pub fn expired(held: &Held, now: i64) -> FailedStep {
+    let timed_out = now >= held.started_at + held.timeout_ms;
+    let (kind, why, message) = if timed_out {
+        (
+            "timeout",
+            reason::TIMEOUT,
+            format!("step ran past its timeout of {} ms", held.timeout_ms),
+        )
+    } else {
+        (
+            "lease_expired",
+            reason::LEASE_EXPIRED,
+            format!(
+                "the lease of worker {} expired without a result (the worker stopped or stalled)",
+                held.worker.as_deref().unwrap_or("?")
+            ),
+        )
+    };
+    let error = json!({ "message": message, "kind": kind, "retryable": true });
+    decide(held, true, None, error.to_string(), why, now)
+}
