@@ -15,6 +15,8 @@
 //!
 //! Set `API_DOCS_PRINT=1` to print every actual response (useful when writing examples).
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -410,9 +412,19 @@ fn every_example_in_the_api_reference_runs_as_documented() {
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("templates")).unwrap();
-    let tasker = Tasker::open(&example_config(dir.path()).to_string()).expect("open");
+    // The examples hold on every store: SQLite by default, PostgreSQL with
+    // TASKER_TEST_STORE=postgres.
+    let mut config = example_config(dir.path());
+    let (store, schema) = common::store_config(dir.path());
+    for (k, v) in store.as_object().into_iter().flatten() {
+        config[k] = v.clone();
+    }
+    let tasker = Tasker::open(&config.to_string()).expect("open");
     run_examples(&tasker, &examples, &mut problems);
     tasker.close();
+    if let Some(schema) = schema {
+        common::drop_schema(&schema);
+    }
 
     assert!(
         problems.is_empty(),

@@ -2,6 +2,8 @@
 //! tasker-core through its JSON API only. The format is documented in
 //! `tests/conformance/README.md`; `tests/c/conformance.c` implements the same semantics.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -288,14 +290,26 @@ struct Run<'a> {
 
 fn run_vector(v: &Value) -> R<()> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    // The store under test: SQLite by default, PostgreSQL with TASKER_TEST_STORE=postgres.
+    let (store, schema) = common::store_config(dir.path());
+    let outcome = run_vector_on(v, &dir, store);
+    if let Some(schema) = schema {
+        common::drop_schema(&schema);
+    }
+    outcome
+}
+
+fn run_vector_on(v: &Value, dir: &tempfile::TempDir, store: Value) -> R<()> {
     let mut config = json!({
-        "database_url": format!("sqlite://{}/tasker.db", dir.path().display()),
         "templates_dir": dir.path().join("templates").display().to_string(),
         "env": "conformance",
         "lease_ms": 30000,
         "sweep_interval_ms": 3_600_000,
         "claim_poll_ms": 20,
     });
+    for (k, x) in store.as_object().into_iter().flatten() {
+        config[k] = x.clone();
+    }
     if let Some(Value::Object(extra)) = v.get("config") {
         for (k, x) in extra {
             config[k] = x.clone();

@@ -9,6 +9,17 @@ use common::{fast_retry, open, template};
 use serde_json::json;
 use tasker_core::api::Tasker;
 
+/// The configuration a child worker process opens: the parent's database (and schema).
+fn child_config(url: &str) -> serde_json::Value {
+    let mut config = json!({ "database_url": url, "migrate_on_open": false });
+    if let Ok(schema) = std::env::var("TASKER_CRASH_SCHEMA") {
+        if !schema.is_empty() {
+            config["postgres_schema"] = json!(schema);
+        }
+    }
+    config
+}
+
 /// Runs only as the child process spawned by the test below.
 #[test]
 #[ignore = "run as a child process by killed_worker_steps_come_back"]
@@ -16,8 +27,7 @@ fn child_worker_claims_and_hangs() {
     let Ok(url) = std::env::var("TASKER_CRASH_DB") else {
         return;
     };
-    let t = Tasker::open(&json!({ "database_url": url, "migrate_on_open": false }).to_string())
-        .unwrap();
+    let t = Tasker::open(&child_config(&url).to_string()).unwrap();
     let out = t
         .call(
             "claim",
@@ -51,6 +61,7 @@ fn killed_worker_steps_come_back() {
             "--test-threads=1",
         ])
         .env("TASKER_CRASH_DB", &db.url)
+        .env("TASKER_CRASH_SCHEMA", db.schema.as_deref().unwrap_or(""))
         .env("TASKER_CRASH_MARKER", &marker)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -115,8 +126,7 @@ fn child_worker_drains() {
         return;
     };
     let id = std::env::var("TASKER_DRAIN_WORKER").unwrap();
-    let t = Tasker::open(&json!({ "database_url": url, "migrate_on_open": false }).to_string())
-        .unwrap();
+    let t = Tasker::open(&child_config(&url).to_string()).unwrap();
     let stats = tasker_core::worker::Worker::new(&t, id)
         .batch(16)
         .idle_wait_ms(300)
@@ -154,6 +164,7 @@ fn several_processes_complete_each_step_once() {
                     "--test-threads=1",
                 ])
                 .env("TASKER_DRAIN_DB", &db.url)
+                .env("TASKER_CRASH_SCHEMA", db.schema.as_deref().unwrap_or(""))
                 .env("TASKER_DRAIN_WORKER", format!("proc-{n}"))
                 .env("TASKER_DRAIN_OUT", &out)
                 .stdout(Stdio::null())

@@ -396,7 +396,7 @@ fn bad_input_gets_a_stable_code_and_changes_nothing() {
 fn handles_share_one_engine_per_database_and_close_cleanly() {
     let db = open(json!({}));
     let other =
-        tasker_core::api::Tasker::open(&json!({ "database_url": db.url }).to_string()).unwrap();
+        tasker_core::api::Tasker::open(&json!({ "database_url": db.url, "postgres_schema": db.schema.as_deref().unwrap_or("tasker") }).to_string()).unwrap();
     db.register(template("one", &[("a", &[])], fast_retry(1)));
     // The second handle sees the first one's template through the shared engine cache.
     let out = other

@@ -10,19 +10,94 @@ pub struct Db {
     pub tasker: Tasker,
     pub dir: tempfile::TempDir,
     pub url: String,
+    /// The PostgreSQL schema this test owns (dropped when the test ends).
+    pub schema: Option<String>,
+}
+
+/// Which store the suite runs on: `TASKER_TEST_STORE=postgres` runs every test against
+/// the server at `TASKER_TEST_DATABASE_URL`, each test in a schema of its own.
+pub fn on_postgres() -> bool {
+    std::env::var("TASKER_TEST_STORE").is_ok_and(|s| s == "postgres")
+}
+
+pub fn postgres_url() -> String {
+    std::env::var("TASKER_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A schema name no other test (or test process) uses.
+pub fn fresh_schema() -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "t_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        fastrand::u32(..)
+    )
+}
+
+/// The store settings for a fresh database: an SQLite file in `dir`, or a fresh schema.
+pub fn store_config(dir: &std::path::Path) -> (Value, Option<String>) {
+    if on_postgres() {
+        let schema = fresh_schema();
+        (
+            json!({ "database_url": postgres_url(), "postgres_schema": schema, "postgres_pool_size": 4 }),
+            Some(schema),
+        )
+    } else {
+        (
+            json!({ "database_url": format!("sqlite://{}/tasker.db", dir.display()) }),
+            None,
+        )
+    }
+}
+
+pub fn drop_schema(schema: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        if let Ok(mut c) = sqlx::PgConnection::connect(&postgres_url()).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+            )))
+            .execute(&mut c)
+            .await;
+        }
+    });
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        self.tasker.close();
+        if let Some(schema) = &self.schema {
+            drop_schema(schema);
+        }
+    }
 }
 
 pub fn open(extra: Value) -> Db {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/tasker.db", dir.path().display());
-    let mut config = json!({ "database_url": url, "templates_dir": dir.path().join("templates").to_str().unwrap() });
+    let (store, schema) = store_config(dir.path());
+    let url = store["database_url"].as_str().unwrap().to_owned();
+    let mut config = json!({ "templates_dir": dir.path().join("templates").to_str().unwrap() });
+    for (k, v) in store.as_object().unwrap() {
+        config[k] = v.clone();
+    }
     if let Value::Object(extra) = extra {
         for (k, v) in extra {
             config[k] = v;
         }
     }
     let tasker = Tasker::open(&config.to_string()).unwrap();
-    Db { tasker, dir, url }
+    Db {
+        tasker,
+        dir,
+        url,
+        schema,
+    }
 }
 
 impl Db {
