@@ -597,3 +597,64 @@ fn releasing_a_step_hands_it_back_without_spending_an_attempt() {
     assert_eq!(again["attempt"], 1);
     db2.complete(&again, json!("done"));
 }
+
+#[test]
+fn stats_report_throughput_rates_slowest_work_and_levels() {
+    let db = open(json!({}));
+    db.register(template(
+        "dia",
+        &[("a", &[]), ("b", &["a"]), ("c", &["a"]), ("d", &["b", "c"])],
+        fast_retry(1),
+    ));
+    let ok = db.create("dia", json!({}));
+    let worker = tasker_core::worker::Worker::new(&db.tasker, "w").handle("a", |_| Ok(json!(1)));
+    worker.run_until_idle().unwrap();
+    let rest = tasker_core::worker::Worker::new(&db.tasker, "w")
+        .handle("b", |_| Ok(json!(2)))
+        .handle("c", |_| Ok(json!(3)))
+        .handle("d", |_| Ok(json!(4)));
+    rest.run_until_idle().unwrap();
+    let bad = db.create("dia", json!({}));
+    let a = db.claim(&["a"], 1, 60_000).remove(0);
+    db.call(
+        "fail_step",
+        json!({ "step_id": a["step_id"], "claim_token": a["claim_token"], "error": { "message": "no", "retryable": false } }),
+    );
+    assert_eq!(db.task(bad)["state"], "error");
+
+    let levels: Vec<i64> = db.task(ok)["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["level"].as_i64().unwrap())
+        .collect();
+    assert_eq!(levels, [0, 1, 1, 2]);
+    let explain = db.call("explain_task", json!({ "task_id": bad }));
+    let d = explain["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "d")
+        .unwrap();
+    assert_eq!(d["level"], 2);
+
+    let stats = db.call("stats", json!({ "window_ms": 600_000 }));
+    let t = &stats["throughput"];
+    assert_eq!(t["window_ms"], 600_000);
+    assert_eq!(t["steps_completed"], 4);
+    assert_eq!(t["steps_failed"], 1);
+    assert_eq!(t["tasks_completed"], 1);
+    assert_eq!(t["tasks_failed"], 1);
+    assert_eq!(t["completion_rate"], 0.5);
+    assert_eq!(t["error_rate"], 0.5);
+    assert_eq!(stats["slowest_tasks"][0]["task_id"], ok);
+    assert_eq!(stats["slowest_tasks"].as_array().unwrap().len(), 1);
+    assert_eq!(stats["tasks"]["complete"], 1);
+    assert_eq!(stats["tasks"]["error"], 1);
+    // The window ends now: after a pause, a 5 ms window holds nothing, and the rates
+    // are null rather than a division by zero.
+    sleep_ms(20);
+    let quiet = db.call("stats", json!({ "window_ms": 5 }));
+    assert_eq!(quiet["throughput"]["steps_completed"], 0);
+    assert_eq!(quiet["throughput"]["completion_rate"], Value::Null);
+}

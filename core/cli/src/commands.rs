@@ -355,6 +355,23 @@ fn stats(cli: &Cli) -> Outcome {
         duration(r["oldest_ready_age_ms"].as_i64()),
         cell(&r["last_event_id"])
     ));
+    let t = &r["throughput"];
+    let rate = |v: &serde_json::Value| {
+        v.as_f64()
+            .map_or("-".to_owned(), |x| format!("{:.1}%", x * 100.0))
+    };
+    text.push_str(&format!(
+        "last {}: {} steps completed ({:.1}/s), {} failed; tasks {} completed, {} failed, {} cancelled; completion {}, errors {}\n",
+        duration(t["window_ms"].as_i64()),
+        cell(&t["steps_completed"]),
+        t["steps_per_s"].as_f64().unwrap_or(0.0),
+        cell(&t["steps_failed"]),
+        cell(&t["tasks_completed"]),
+        cell(&t["tasks_failed"]),
+        cell(&t["tasks_cancelled"]),
+        rate(&t["completion_rate"]),
+        rate(&t["error_rate"]),
+    ));
     let slow = r["slowest_steps"].as_array().cloned().unwrap_or_default();
     if !slow.is_empty() {
         let mut table = Table::new(&["SLOWEST STEPS", "TASK", "STEP ID", "HANDLER", "DURATION"])
@@ -365,6 +382,21 @@ fn stats(cli: &Cli) -> Outcome {
                 cell(&st["task_id"]),
                 cell(&st["step_id"]),
                 cell(&st["handler"]),
+                duration(st["duration_ms"].as_i64()),
+            ]);
+        }
+        text.push('\n');
+        text.push_str(&table.render());
+    }
+    let slow_tasks = r["slowest_tasks"].as_array().cloned().unwrap_or_default();
+    if !slow_tasks.is_empty() {
+        let mut table =
+            Table::new(&["SLOWEST TASKS", "NAMESPACE", "NAME", "DURATION"]).right_align(&[0, 3]);
+        for st in &slow_tasks {
+            table.row([
+                cell(&st["task_id"]),
+                cell(&st["namespace"]),
+                cell(&st["name"]),
                 duration(st["duration_ms"].as_i64()),
             ]);
         }

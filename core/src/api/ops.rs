@@ -242,8 +242,8 @@ pub async fn dispatch(engine: &Engine, op: &str, request: &str) -> Result<String
             serde_json::to_value(engine.explain_task(r.task_id).await?).map_err(internal)?
         }
         "stats" => {
-            let _: Empty = parse_json(request)?;
-            serde_json::to_value(engine.stats().await?).map_err(internal)?
+            let r: StatsReq = parse_json(request)?;
+            serde_json::to_value(engine.stats(r.window_ms).await?).map_err(internal)?
         }
         "events" => {
             let r: EventsReq = parse_json(request)?;
@@ -610,6 +610,14 @@ struct ListReq {
     limit: Option<u32>,
     #[serde(default)]
     cursor: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatsReq {
+    /// The throughput window (default `stats_window_ms`).
+    #[serde(default)]
+    window_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]

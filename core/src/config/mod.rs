@@ -72,6 +72,8 @@ pub struct Config {
     pub list_page_default: u32,
     /// Events per `events` read when the request gives no `limit`.
     pub event_page_default: u32,
+    /// The window `stats` measures throughput and rates over, unless the request says.
+    pub stats_window_ms: u64,
     /// Step timeout when neither the step nor the template defaults set one.
     pub default_timeout_s: u64,
     /// Retry policy when neither the step nor the template defaults set one.
@@ -105,6 +107,7 @@ impl Default for Config {
             list_page_max: 1_000,
             list_page_default: 50,
             event_page_default: 100,
+            stats_window_ms: 300_000,
             default_timeout_s: 300,
             default_retry: RetryPolicy::default(),
         }

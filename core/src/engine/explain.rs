@@ -19,6 +19,8 @@ pub struct Explanation {
 pub struct StepExplanation {
     pub name: String,
     pub state: String,
+    /// Dependency level (0: no parents).
+    pub level: i64,
     /// One of `waiting_on_parents`, `blocked`, `retry_scheduled`, `waiting_for_worker`,
     /// `running`, `failed`, `cancelled`.
     pub status: &'static str,
@@ -138,6 +140,7 @@ pub fn explain(view: &TaskView, now: i64) -> Explanation {
         out.push(StepExplanation {
             name: s.name.clone(),
             state: s.state.clone(),
+            level: s.level,
             status,
             reason,
             waiting_on,

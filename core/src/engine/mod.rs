@@ -72,6 +72,21 @@ pub struct StepFailure {
     pub document: Value,
 }
 
+/// Fills each step's dependency level. Steps are stored in topological order (ids are
+/// assigned in the template's order), so one forward pass sees every parent first.
+fn set_levels(view: &mut TaskView) {
+    let mut levels: HashMap<String, i64> = HashMap::with_capacity(view.steps.len());
+    for step in &mut view.steps {
+        step.level = step
+            .depends_on
+            .iter()
+            .map(|p| levels.get(p).copied().unwrap_or(0) + 1)
+            .max()
+            .unwrap_or(0);
+        levels.insert(step.name.clone(), step.level);
+    }
+}
+
 /// Largest number of handler names one claim may list.
 pub const MAX_CLAIM_HANDLERS: usize = 64;
 
@@ -548,10 +563,13 @@ impl Engine {
 
     pub async fn get_task(&self, task_id: i64) -> Result<TaskView> {
         self.check_open()?;
-        self.store
+        let mut view = self
+            .store
             .get_task(task_id)
             .await?
-            .ok_or_else(|| Error::not_found(format!("task {task_id} does not exist")))
+            .ok_or_else(|| Error::not_found(format!("task {task_id} does not exist")))?;
+        set_levels(&mut view);
+        Ok(view)
     }
 
     pub async fn list_tasks(&self, mut filter: TaskFilter) -> Result<Vec<TaskSummary>> {
@@ -576,9 +594,12 @@ impl Engine {
         Ok(explain(&view, now_ms()))
     }
 
-    pub async fn stats(&self) -> Result<Stats> {
+    /// Health counts, throughput and rates over the last `window_ms` (default
+    /// `stats_window_ms`), and the slowest steps and tasks.
+    pub async fn stats(&self, window_ms: Option<u64>) -> Result<Stats> {
         self.check_open()?;
-        self.store.stats(now_ms()).await
+        let window = window_ms.unwrap_or(self.config.stats_window_ms).max(1) as i64;
+        self.store.stats(now_ms(), window).await
     }
 
     /// Reads events after `since`, waiting up to `wait_ms` for one to appear.

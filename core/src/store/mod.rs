@@ -202,6 +202,8 @@ pub struct StepView {
     pub handler: String,
     pub state: String,
     pub depends_on: Vec<String>,
+    /// Dependency level: 0 for a step without parents, else 1 + its deepest parent's.
+    pub level: i64,
     pub pending_parents: i64,
     pub attempts: i64,
     pub max_attempts: i64,
@@ -264,12 +266,58 @@ pub struct SlowStep {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct SlowTask {
+    pub task_id: i64,
+    pub namespace: String,
+    pub name: String,
+    pub duration_ms: i64,
+}
+
+/// What finished during the stats window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Throughput {
+    pub window_ms: i64,
+    pub steps_completed: i64,
+    pub steps_failed: i64,
+    pub tasks_completed: i64,
+    pub tasks_failed: i64,
+    pub tasks_cancelled: i64,
+    pub steps_per_s: f64,
+    /// Completed tasks over all tasks that finished in the window (none finished: null).
+    pub completion_rate: Option<f64>,
+    /// Failed tasks over all tasks that finished in the window.
+    pub error_rate: Option<f64>,
+}
+
+impl Throughput {
+    /// Fills the derived rates from the counts.
+    pub fn finish(mut self) -> Throughput {
+        let finished = self.tasks_completed + self.tasks_failed + self.tasks_cancelled;
+        if finished > 0 {
+            self.completion_rate = Some(self.tasks_completed as f64 / finished as f64);
+            self.error_rate = Some(self.tasks_failed as f64 / finished as f64);
+        }
+        if self.window_ms > 0 {
+            self.steps_per_s = self.steps_completed as f64 * 1000.0 / self.window_ms as f64;
+        }
+        self
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct Stats {
+    /// Tasks by state (system health).
     pub tasks: std::collections::BTreeMap<String, i64>,
+    /// Steps by state.
     pub steps: std::collections::BTreeMap<String, i64>,
     /// Age of the oldest step that is claimable now (0 when none waits).
     pub oldest_ready_age_ms: i64,
+    /// What finished in the last `window_ms`.
+    pub throughput: Throughput,
+    /// The ten slowest completed steps (first claim to finish).
     pub slowest_steps: Vec<SlowStep>,
+    /// The ten slowest completed tasks (first claim to finish).
+    pub slowest_tasks: Vec<SlowTask>,
     pub last_event_id: i64,
 }
 
@@ -332,7 +380,8 @@ pub trait Store: Send + Sync {
     ) -> BoxFut<'_, StepChange>;
     fn get_task(&self, task_id: i64) -> BoxFut<'_, Option<TaskView>>;
     fn list_tasks(&self, filter: TaskFilter) -> BoxFut<'_, Vec<TaskSummary>>;
-    fn stats(&self, now: i64) -> BoxFut<'_, Stats>;
+    /// Counts, throughput and rates over `[now - window_ms, now]`, slowest work.
+    fn stats(&self, now: i64, window_ms: i64) -> BoxFut<'_, Stats>;
     fn events(&self, since: i64, limit: u32, task_id: Option<i64>) -> BoxFut<'_, Vec<Event>>;
     fn last_event_id(&self) -> BoxFut<'_, i64>;
     /// Releases connections; later calls fail.

@@ -353,8 +353,8 @@ impl Store for PgStore {
         Box::pin(self.read(move |c| Box::pin(async move { reads::list_tasks(c, &filter).await })))
     }
 
-    fn stats(&self, now: i64) -> BoxFut<'_, Stats> {
-        Box::pin(self.read(move |c| Box::pin(reads::stats(c, now))))
+    fn stats(&self, now: i64, window_ms: i64) -> BoxFut<'_, Stats> {
+        Box::pin(self.read(move |c| Box::pin(reads::stats(c, now, window_ms))))
     }
 
     fn events(&self, since: i64, limit: u32, task_id: Option<i64>) -> BoxFut<'_, Vec<Event>> {

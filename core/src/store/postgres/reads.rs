@@ -195,6 +195,7 @@ pub async fn get_task(conn: &mut PgConnection, task_id: i64) -> Result<Option<Ta
             handler: r.try_get(2)?,
             state: r.try_get(3)?,
             depends_on: parents.remove(&id).unwrap_or_default(),
+            level: 0,
             pending_parents: r.try_get(4)?,
             attempts: r.try_get(5)?,
             max_attempts: r.try_get::<i64, _>(7)? + retry_base,
@@ -248,7 +249,7 @@ async fn counts(conn: &mut PgConnection, sql: &'static str) -> Result<BTreeMap<S
     Ok(out)
 }
 
-pub async fn stats(conn: &mut PgConnection, now: i64) -> Result<Stats> {
+pub async fn stats(conn: &mut PgConnection, now: i64, window_ms: i64) -> Result<Stats> {
     let tasks = counts(
         conn,
         "SELECT state, count(*) FROM tasker_tasks GROUP BY state",
@@ -282,11 +283,62 @@ pub async fn stats(conn: &mut PgConnection, now: i64) -> Result<Stats> {
             duration_ms: r.try_get(4)?,
         });
     }
+    let since = now - window_ms;
+    let mut throughput = Throughput {
+        window_ms,
+        ..Default::default()
+    };
+    for r in sqlx::query(
+        "SELECT state, count(*) FROM tasker_steps WHERE finished_at >= $1 GROUP BY state",
+    )
+    .bind(since)
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        let (state, n): (String, i64) = (r.try_get(0)?, r.try_get(1)?);
+        match state.as_str() {
+            "complete" => throughput.steps_completed = n,
+            "error" => throughput.steps_failed = n,
+            _ => {}
+        }
+    }
+    for r in sqlx::query(
+        "SELECT state, count(*) FROM tasker_tasks WHERE finished_at >= $1 GROUP BY state",
+    )
+    .bind(since)
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        let (state, n): (String, i64) = (r.try_get(0)?, r.try_get(1)?);
+        match state.as_str() {
+            "complete" => throughput.tasks_completed = n,
+            "error" => throughput.tasks_failed = n,
+            "cancelled" => throughput.tasks_cancelled = n,
+            _ => {}
+        }
+    }
+    let mut slowest_tasks = Vec::new();
+    for r in sqlx::query(
+        "SELECT id, namespace, name, finished_at - started_at AS ms FROM tasker_tasks
+         WHERE state = 'complete' AND started_at IS NOT NULL ORDER BY ms DESC, id LIMIT 10",
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        slowest_tasks.push(SlowTask {
+            task_id: r.try_get(0)?,
+            namespace: r.try_get(1)?,
+            name: r.try_get(2)?,
+            duration_ms: r.try_get(3)?,
+        });
+    }
     Ok(Stats {
         tasks,
         steps,
         oldest_ready_age_ms: oldest.map(|t| (now - t).max(0)).unwrap_or(0),
+        throughput: throughput.finish(),
         slowest_steps,
+        slowest_tasks,
         last_event_id: last_event_id(conn).await?,
     })
 }

@@ -297,8 +297,8 @@ impl Store for SqliteStore {
         done(self.read(|c| reads::list_tasks(c, &filter)))
     }
 
-    fn stats(&self, at: i64) -> BoxFut<'_, Stats> {
-        done(self.read(|c| reads::stats(c, at)))
+    fn stats(&self, at: i64, window_ms: i64) -> BoxFut<'_, Stats> {
+        done(self.read(|c| reads::stats(c, at, window_ms)))
     }
 
     fn events(&self, since: i64, limit: u32, task_id: Option<i64>) -> BoxFut<'_, Vec<Event>> {

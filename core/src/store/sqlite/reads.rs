@@ -171,6 +171,7 @@ pub fn get_task(conn: &Connection, task_id: i64) -> Result<Option<TaskView>> {
             handler: r.get(2)?,
             state: r.get(3)?,
             depends_on: parents.remove(&id).unwrap_or_default(),
+            level: 0,
             pending_parents: r.get(4)?,
             attempts: r.get(5)?,
             max_attempts: r.get::<_, i64>(7)? + retry_base,
@@ -218,7 +219,14 @@ fn counts(conn: &Connection, sql: &str) -> Result<BTreeMap<String, i64>> {
         .collect::<rusqlite::Result<_>>()?)
 }
 
-pub fn stats(conn: &Connection, now: i64) -> Result<Stats> {
+fn counts_since(conn: &Connection, sql: &str, since: i64) -> Result<Vec<(String, i64)>> {
+    Ok(conn
+        .prepare_cached(sql)?
+        .query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn stats(conn: &Connection, now: i64, window_ms: i64) -> Result<Stats> {
     let tasks = counts(
         conn,
         "SELECT state, count(*) FROM tasker_tasks GROUP BY state",
@@ -247,11 +255,55 @@ pub fn stats(conn: &Connection, now: i64) -> Result<Stats> {
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
+    let since = now - window_ms;
+    let mut throughput = Throughput {
+        window_ms,
+        ..Default::default()
+    };
+    for (state, n) in counts_since(
+        conn,
+        "SELECT state, count(*) FROM tasker_steps WHERE finished_at >= ?1 GROUP BY state",
+        since,
+    )? {
+        match state.as_str() {
+            "complete" => throughput.steps_completed = n,
+            "error" => throughput.steps_failed = n,
+            _ => {}
+        }
+    }
+    for (state, n) in counts_since(
+        conn,
+        "SELECT state, count(*) FROM tasker_tasks WHERE finished_at >= ?1 GROUP BY state",
+        since,
+    )? {
+        match state.as_str() {
+            "complete" => throughput.tasks_completed = n,
+            "error" => throughput.tasks_failed = n,
+            "cancelled" => throughput.tasks_cancelled = n,
+            _ => {}
+        }
+    }
+    let slowest_tasks = conn
+        .prepare_cached(
+            "SELECT id, namespace, name, finished_at - started_at AS ms FROM tasker_tasks
+             WHERE state = 'complete' AND started_at IS NOT NULL ORDER BY ms DESC, id LIMIT 10",
+        )?
+        .query_map([], |r| {
+            Ok(SlowTask {
+                task_id: r.get(0)?,
+                namespace: r.get(1)?,
+                name: r.get(2)?,
+                duration_ms: r.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
     Ok(Stats {
         tasks,
         steps,
         oldest_ready_age_ms: oldest.map(|t| (now - t).max(0)).unwrap_or(0),
+        throughput: throughput.finish(),
         slowest_steps,
+        slowest_tasks,
         last_event_id: last_event_id(conn)?,
     })
 }
