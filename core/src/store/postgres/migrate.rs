@@ -7,11 +7,18 @@ use sqlx::{Connection, Row};
 use crate::error::Result;
 
 /// `(version, name, sql)`, in order. Never edit an applied migration: add a new one.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../../../migrations/postgres/0001_init.sql"),
-)];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "analytics",
+        include_str!("../../../../migrations/postgres/0002_analytics.sql"),
+    ),
+];
 
 pub async fn run(conn: &mut PgConnection, lock_key: i64) -> Result<u32> {
     sqlx::query("SELECT pg_advisory_lock($1)")

@@ -241,105 +241,96 @@ pub async fn list_tasks(conn: &mut PgConnection, f: &TaskFilter) -> Result<Vec<T
     rows.iter().map(summary_from).collect()
 }
 
-async fn counts(conn: &mut PgConnection, sql: &'static str) -> Result<BTreeMap<String, i64>> {
-    let mut out = BTreeMap::new();
-    for r in sqlx::query(sql).fetch_all(conn).await? {
-        out.insert(r.try_get(0)?, r.try_get(1)?);
-    }
-    Ok(out)
+/// The document `tasker_stats()` (migrations/postgres/0002_analytics.sql) returns.
+#[derive(serde::Deserialize)]
+struct StatsDoc {
+    tasks: BTreeMap<String, i64>,
+    steps: BTreeMap<String, i64>,
+    oldest_ready_at: Option<i64>,
+    finished: Vec<Finished>,
+    slowest_steps: Vec<SlowStepDoc>,
+    slowest_tasks: Vec<SlowTaskDoc>,
+    last_event_id: i64,
 }
 
+#[derive(serde::Deserialize)]
+struct Finished {
+    kind: String,
+    state: String,
+    n: i64,
+}
+
+#[derive(serde::Deserialize)]
+struct SlowStepDoc {
+    task_id: i64,
+    step_id: i64,
+    step_name: String,
+    handler: String,
+    duration_ms: i64,
+}
+
+#[derive(serde::Deserialize)]
+struct SlowTaskDoc {
+    task_id: i64,
+    namespace: String,
+    name: String,
+    duration_ms: i64,
+}
+
+/// One round trip: the server computes every figure in `tasker_stats()`.
 pub async fn stats(conn: &mut PgConnection, now: i64, window_ms: i64) -> Result<Stats> {
-    let tasks = counts(
-        conn,
-        "SELECT state, count(*) FROM tasker_tasks GROUP BY state",
-    )
-    .await?;
-    let steps = counts(
-        conn,
-        "SELECT state, count(*) FROM tasker_steps GROUP BY state",
-    )
-    .await?;
-    let oldest: Option<i64> = sqlx::query(
-        "SELECT MIN(ready_at) FROM tasker_steps WHERE state = 'ready' AND ready_at <= $1",
-    )
-    .bind(now)
-    .fetch_one(&mut *conn)
-    .await?
-    .try_get(0)?;
-    let mut slowest_steps = Vec::new();
-    for r in sqlx::query(
-        "SELECT task_id, id, name, handler, finished_at - first_started_at AS ms FROM tasker_steps
-         WHERE state = 'complete' AND first_started_at IS NOT NULL ORDER BY ms DESC, id LIMIT 10",
-    )
-    .fetch_all(&mut *conn)
-    .await?
-    {
-        slowest_steps.push(SlowStep {
-            task_id: r.try_get(0)?,
-            step_id: r.try_get(1)?,
-            step_name: r.try_get(2)?,
-            handler: r.try_get(3)?,
-            duration_ms: r.try_get(4)?,
-        });
-    }
-    let since = now - window_ms;
+    let doc: String = sqlx::query("SELECT tasker_stats($1, $2)::text")
+        .bind(now)
+        .bind(window_ms)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+    let doc: StatsDoc = serde_json::from_str(&doc).map_err(|e| {
+        Error::internal(format!(
+            "tasker_stats() returned an unexpected document: {e}"
+        ))
+    })?;
     let mut throughput = Throughput {
         window_ms,
         ..Default::default()
     };
-    for r in sqlx::query(
-        "SELECT state, count(*) FROM tasker_steps WHERE finished_at >= $1 GROUP BY state",
-    )
-    .bind(since)
-    .fetch_all(&mut *conn)
-    .await?
-    {
-        let (state, n): (String, i64) = (r.try_get(0)?, r.try_get(1)?);
-        match state.as_str() {
-            "complete" => throughput.steps_completed = n,
-            "error" => throughput.steps_failed = n,
+    for f in doc.finished {
+        match (f.kind.as_str(), f.state.as_str()) {
+            ("step", "complete") => throughput.steps_completed = f.n,
+            ("step", "error") => throughput.steps_failed = f.n,
+            ("task", "complete") => throughput.tasks_completed = f.n,
+            ("task", "error") => throughput.tasks_failed = f.n,
+            ("task", "cancelled") => throughput.tasks_cancelled = f.n,
             _ => {}
         }
-    }
-    for r in sqlx::query(
-        "SELECT state, count(*) FROM tasker_tasks WHERE finished_at >= $1 GROUP BY state",
-    )
-    .bind(since)
-    .fetch_all(&mut *conn)
-    .await?
-    {
-        let (state, n): (String, i64) = (r.try_get(0)?, r.try_get(1)?);
-        match state.as_str() {
-            "complete" => throughput.tasks_completed = n,
-            "error" => throughput.tasks_failed = n,
-            "cancelled" => throughput.tasks_cancelled = n,
-            _ => {}
-        }
-    }
-    let mut slowest_tasks = Vec::new();
-    for r in sqlx::query(
-        "SELECT id, namespace, name, finished_at - started_at AS ms FROM tasker_tasks
-         WHERE state = 'complete' AND started_at IS NOT NULL ORDER BY ms DESC, id LIMIT 10",
-    )
-    .fetch_all(&mut *conn)
-    .await?
-    {
-        slowest_tasks.push(SlowTask {
-            task_id: r.try_get(0)?,
-            namespace: r.try_get(1)?,
-            name: r.try_get(2)?,
-            duration_ms: r.try_get(3)?,
-        });
     }
     Ok(Stats {
-        tasks,
-        steps,
-        oldest_ready_age_ms: oldest.map(|t| (now - t).max(0)).unwrap_or(0),
+        tasks: doc.tasks,
+        steps: doc.steps,
+        oldest_ready_age_ms: doc.oldest_ready_at.map(|t| (now - t).max(0)).unwrap_or(0),
         throughput: throughput.finish(),
-        slowest_steps,
-        slowest_tasks,
-        last_event_id: last_event_id(conn).await?,
+        slowest_steps: doc
+            .slowest_steps
+            .into_iter()
+            .map(|s| SlowStep {
+                task_id: s.task_id,
+                step_id: s.step_id,
+                step_name: s.step_name,
+                handler: s.handler,
+                duration_ms: s.duration_ms,
+            })
+            .collect(),
+        slowest_tasks: doc
+            .slowest_tasks
+            .into_iter()
+            .map(|t| SlowTask {
+                task_id: t.task_id,
+                namespace: t.namespace,
+                name: t.name,
+                duration_ms: t.duration_ms,
+            })
+            .collect(),
+        last_event_id: doc.last_event_id,
     })
 }
 

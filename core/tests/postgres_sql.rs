@@ -1,0 +1,183 @@
+//! The analytics SQL of migrations/postgres/0002_analytics.sql, queried directly the way
+//! an operator would from psql, must agree with what `get_task`, `explain_task` and
+//! `stats` report. PostgreSQL only: run with `TASKER_TEST_STORE=postgres`.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{fast_retry, on_postgres, open, postgres_url, template, Db};
+use serde_json::{json, Value};
+use sqlx::{Connection, Row};
+
+fn skip() -> bool {
+    if !on_postgres() {
+        eprintln!("skipped: PostgreSQL only (set TASKER_TEST_STORE=postgres)");
+        return true;
+    }
+    false
+}
+
+/// Runs `f` on a plain connection whose search_path is NOT the test's schema: the
+/// functions must find their tables by themselves (they pin the schema they live in).
+fn with_conn<T>(f: impl AsyncFnOnce(&mut sqlx::PgConnection) -> T) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = sqlx::PgConnection::connect(&postgres_url()).await.unwrap();
+        f(&mut c).await
+    })
+}
+
+/// A diamond a -> (b, c) -> d plus a lone step e, with a done, b done and c failed for good.
+fn half_done_diamond(db: &Db) -> i64 {
+    db.register(template(
+        "shape",
+        &[
+            ("a", &[]),
+            ("b", &["a"]),
+            ("c", &["a"]),
+            ("d", &["b", "c"]),
+            ("e", &[]),
+        ],
+        fast_retry(1),
+    ));
+    let id = db.create("shape", json!({}));
+    let a = db.claim(&["a"], 1, 30_000);
+    db.complete(&a[0], json!({ "a": 1 }));
+    let b = db.claim(&["b"], 1, 30_000);
+    db.complete(&b[0], json!({ "b": 1 }));
+    let c = db.claim(&["c"], 1, 30_000);
+    db.call(
+        "fail_step",
+        json!({ "step_id": c[0]["step_id"], "claim_token": c[0]["claim_token"],
+                "error": { "message": "no", "retryable": false } }),
+    );
+    id
+}
+
+#[test]
+fn dependency_levels_match_get_task() {
+    if skip() {
+        return;
+    }
+    let db = open(json!({}));
+    let id = half_done_diamond(&db);
+    let schema = db.schema.clone().unwrap();
+    let from_sql: BTreeMap<String, i64> = with_conn(async |c| {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT step_name, level FROM \"{schema}\".tasker_dependency_levels($1)"
+        )))
+        .bind(id)
+        .fetch_all(c)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    });
+    let from_api: BTreeMap<String, i64> = db.task(id)["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_owned(),
+                s["level"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(from_sql, from_api);
+    assert_eq!(from_sql["d"], 2);
+    assert_eq!(from_sql["e"], 0);
+}
+
+#[test]
+fn waiting_on_matches_explain_task() {
+    if skip() {
+        return;
+    }
+    let db = open(json!({}));
+    let id = half_done_diamond(&db);
+    let schema = db.schema.clone().unwrap();
+    let from_sql: BTreeMap<String, (String, Vec<String>)> = with_conn(async |c| {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT step_name, state, waiting_on FROM \"{schema}\".tasker_step_waiting_on($1)"
+        )))
+        .bind(id)
+        .fetch_all(c)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect()
+    });
+    // c failed, d waits on c (not on b, which is done), e is ready with no parents.
+    assert_eq!(
+        from_sql.keys().cloned().collect::<Vec<_>>(),
+        ["c", "d", "e"]
+    );
+    assert_eq!(from_sql["d"].1, ["c"]);
+    assert!(from_sql["e"].1.is_empty());
+    let explained = db.call("explain_task", json!({ "task_id": id }));
+    for s in explained["steps"].as_array().unwrap() {
+        let name = s["name"].as_str().unwrap();
+        let (state, _) = &from_sql[name];
+        assert_eq!(s["state"], json!(state), "state of {name}");
+    }
+}
+
+#[test]
+fn health_and_stats_views_match_stats() {
+    if skip() {
+        return;
+    }
+    let db = open(json!({}));
+    half_done_diamond(&db);
+    let schema = db.schema.clone().unwrap();
+    let stats = db.call("stats", json!({ "window_ms": 60_000 }));
+    let health: Vec<(String, String, i64)> = with_conn(async |c| {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT kind, state, n FROM \"{schema}\".tasker_health ORDER BY kind, state"
+        )))
+        .fetch_all(c)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+    });
+    for (kind, state, n) in &health {
+        let key = if kind == "task" { "tasks" } else { "steps" };
+        assert_eq!(stats[key][state], json!(n), "{kind} {state}");
+    }
+    // 5 steps: a, b complete; c error; d pending; e ready.
+    let steps: i64 = health.iter().filter(|h| h.0 == "step").map(|h| h.2).sum();
+    assert_eq!(steps, 5);
+    assert_eq!(stats["throughput"]["steps_completed"], 2);
+    assert_eq!(stats["throughput"]["steps_failed"], 1);
+    let slowest: Vec<Value> = stats["slowest_steps"].as_array().unwrap().clone();
+    assert_eq!(slowest.len(), 2);
+    let raw: Value = with_conn(async |c| {
+        let text: String = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT \"{schema}\".tasker_stats($1, 60000)::text"
+        )))
+        .bind(tasker_now_ms())
+        .fetch_one(c)
+        .await
+        .unwrap()
+        .get(0);
+        serde_json::from_str(&text).unwrap()
+    });
+    assert_eq!(raw["last_event_id"], stats["last_event_id"]);
+    assert_eq!(raw["tasks"], stats["tasks"]);
+}
+
+fn tasker_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
