@@ -183,14 +183,19 @@ impl From<sqlx::Error> for Error {
                 let state = db.code().map(|c| c.into_owned());
                 // 57014: statement timeout; 57P01-57P03: the server is shutting down or
                 // starting; 08xxx: the connection failed.
-                let code = match state.as_deref() {
-                    Some(s) if s == "57014" || s.starts_with("57P") || s.starts_with("08") => {
-                        ErrorCode::Unavailable
+                let (code, message) = match state.as_deref() {
+                    // Name the setting: the server's own text ("canceling statement due
+                    // to statement timeout") does not say which knob set the limit.
+                    Some("57014") => (
+                        ErrorCode::Unavailable,
+                        format!("statement cancelled (postgres_statement_timeout_ms ran out, or it was cancelled on the server); nothing was changed: {e}"),
+                    ),
+                    Some(s) if s.starts_with("57P") || s.starts_with("08") => {
+                        (ErrorCode::Unavailable, format!("database unavailable: {e}"))
                     }
-                    _ => ErrorCode::Database,
+                    _ => (ErrorCode::Database, format!("database error: {e}")),
                 };
-                Error::new(code, format!("database error: {e}"))
-                    .with_details(serde_json::json!({ "sqlstate": state }))
+                Error::new(code, message).with_details(serde_json::json!({ "sqlstate": state }))
             }
             _ => Error::new(ErrorCode::Database, format!("database error: {e}")),
         }

@@ -31,6 +31,11 @@ pub struct PgStore {
     lock_key: i64,
     channel: String,
     listener: tokio::task::JoinHandle<()>,
+    /// The one connection that LISTENs (outside `pool`).
+    listen_pool: PgPool,
+    /// The pool's settings, named in its timeout error.
+    pool_size: u32,
+    acquire_timeout_ms: u64,
 }
 
 /// How often an operation is retried after a deadlock or serialization failure.
@@ -73,7 +78,7 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(config.postgres_pool_size.max(1))
             .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await
             .map_err(|e| {
                 Error::new(
@@ -94,13 +99,40 @@ impl PgStore {
             _ => Err(e),
         })?;
         let channel = format!("tasker_{schema}");
-        let listener = tokio::spawn(listen(pool.clone(), channel.clone(), signals));
+        // The listener holds its connection for good, so it gets a pool of its own:
+        // taken from the work pool it left `postgres_pool_size - 1` connections for
+        // operations, and none at all with a pool of one (every call timed out). The
+        // pool exhaustion test in tests/reliability.rs found this.
+        let listen_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+            .connect_lazy_with(opts);
+        let listener = tokio::spawn(listen(listen_pool.clone(), channel.clone(), signals));
         Ok(PgStore {
             pool,
             lock_key: key_of(&schema),
             channel,
             listener,
+            listen_pool,
+            pool_size: config.postgres_pool_size.max(1),
+            acquire_timeout_ms: config.acquire_timeout_ms,
         })
+    }
+
+    /// sqlx's own timeout message ("pool timed out while waiting for an open
+    /// connection") names neither setting to look at; say which, and the two causes
+    /// (found by the pool exhaustion test in tests/reliability.rs).
+    fn pool_error(&self, e: sqlx::Error) -> Error {
+        match e {
+            sqlx::Error::PoolTimedOut => Error::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "no PostgreSQL connection within acquire_timeout_ms ({} ms): the server does not answer, or all postgres_pool_size ({}) connections are busy",
+                    self.acquire_timeout_ms, self.pool_size
+                ),
+            ),
+            e => Error::from(e),
+        }
     }
 
     /// Runs one operation in a transaction, retrying it after a deadlock or a
@@ -115,7 +147,7 @@ impl PgStore {
         };
         let mut attempt = 0;
         loop {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin().await.map_err(|e| self.pool_error(e))?;
             let outcome = match f(&mut tx, ctx.clone()).await {
                 Ok(v) => tx.commit().await.map(|_| v).map_err(Error::from),
                 Err(e) => Err(e),
@@ -138,7 +170,7 @@ impl PgStore {
     where
         F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFut<'c, T>,
     {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.pool.acquire().await.map_err(|e| self.pool_error(e))?;
         f(&mut conn).await
     }
 }
@@ -369,6 +401,7 @@ impl Store for PgStore {
         Box::pin(async move {
             self.listener.abort();
             self.pool.close().await;
+            self.listen_pool.close().await;
             Ok(())
         })
     }
