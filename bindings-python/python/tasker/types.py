@@ -1,0 +1,152 @@
+"""The shapes of the engine's responses, as ``TypedDict`` s.
+
+Responses are plain dicts (parsed from the engine's JSON in native code); these types
+document their fields for readers and type checkers. docs/api.md is the reference for
+every field. Fields marked ``NotRequired`` may be absent.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Dict, List, Optional
+
+if sys.version_info >= (3, 11):
+    from typing import NotRequired, TypedDict
+else:  # pragma: no cover - Python 3.10
+    from typing_extensions import NotRequired, TypedDict
+
+__all__ = [
+    "CreatedTask",
+    "Event",
+    "EventPage",
+    "Explanation",
+    "ExplainedStep",
+    "Registered",
+    "StepInfo",
+    "TaskInfo",
+    "TaskPage",
+    "TaskSummary",
+]
+
+
+class Registered(TypedDict):
+    """``register_template``: the template's key and whether the registry changed."""
+
+    namespace: str
+    name: str
+    version: str
+    steps: int
+    registered: bool
+
+
+class CreatedTask(TypedDict):
+    """``create_task``: ``created`` is False when an existing task with the same
+    idempotency key was returned; ``state`` is that task's current state."""
+
+    task_id: int
+    created: bool
+    state: str
+
+
+class TaskSummary(TypedDict):
+    """A task without its context and steps (``list_tasks`` items)."""
+
+    id: int
+    namespace: str
+    name: str
+    version: str
+    state: str
+    priority: int
+    idempotency_key: Optional[str]
+    steps_total: int
+    steps_done: int
+    steps_error: int
+    created_at: str
+    started_at: Optional[str]
+    finished_at: Optional[str]
+    duration_ms: Optional[int]
+
+
+class StepInfo(TypedDict):
+    """One step of ``get_task``: state, attempts, result and the latest error document."""
+
+    id: int
+    name: str
+    handler: str
+    state: str
+    depends_on: List[str]
+    pending_parents: int
+    level: int
+    attempts: int
+    max_attempts: int
+    priority: int
+    config: Any
+    result: Any
+    error: Optional[Dict[str, Any]]
+    worker: Optional[str]
+    ready_at: Optional[str]
+    lease_expires_at: Optional[str]
+    first_started_at: Optional[str]
+    started_at: Optional[str]
+    finished_at: Optional[str]
+    duration_ms: Optional[int]
+
+
+class TaskInfo(TaskSummary):
+    """``get_task``: the summary fields plus the context and every step."""
+
+    context: Any
+    steps: List[StepInfo]
+
+
+class TaskPage(TypedDict):
+    """``list_tasks``: a page of tasks, newest first; pass ``next_cursor`` as
+    ``cursor`` for the next page (None when this page was not full)."""
+
+    tasks: List[TaskSummary]
+    next_cursor: Optional[int]
+
+
+class ExplainedStep(TypedDict):
+    """Why one unfinished step is not done (``explain_task``)."""
+
+    name: str
+    state: str
+    level: int
+    status: str
+    reason: str
+    waiting_on: NotRequired[List[str]]
+    blocked_by: NotRequired[List[str]]
+
+
+class Explanation(TypedDict):
+    """``explain_task``: the task's state and one entry per unfinished step."""
+
+    task_id: int
+    state: str
+    steps: List[ExplainedStep]
+
+
+class Event(TypedDict):
+    """One event of the durable log; ``id`` is the cursor."""
+
+    id: int
+    event: str
+    task_id: int
+    step_id: NotRequired[int]
+    step_name: NotRequired[str]
+    # "from" is a keyword in Python: read it as event["from"].
+    to: str
+    at: str
+    attempt: NotRequired[int]
+    worker: NotRequired[str]
+    reason: str
+    details: NotRequired[Dict[str, Any]]
+
+
+class EventPage(TypedDict):
+    """``events``: events after the cursor, oldest first; pass ``next_cursor`` as
+    ``since`` next time."""
+
+    events: List[Event]
+    next_cursor: int
