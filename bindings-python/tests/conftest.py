@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
@@ -70,3 +70,16 @@ def fingerprint(t: tasker.Tasker) -> Dict[str, Any]:
     means the request stored nothing."""
     s = t.stats()
     return {"tasks": s["tasks"], "steps": s["steps"], "last_event_id": s["last_event_id"]}
+
+
+def all_events(t: tasker.Tasker, **filters: Any) -> List[Dict[str, Any]]:
+    """Every event matching ``filters``, read page by page to the end (a filtered page
+    can be empty while the cursor still moves)."""
+    out: List[Dict[str, Any]] = []
+    cursor = 0
+    while True:
+        page = t.events(cursor, limit=1000, **filters)
+        out.extend(page["events"])
+        if page["next_cursor"] == cursor:
+            return out
+        cursor = page["next_cursor"]
