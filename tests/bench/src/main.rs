@@ -1,16 +1,25 @@
 //! `tasker-bench`: the measurements behind `scripts/bench`. Every benchmark runs on a
-//! fresh SQLite file in a temp dir; the results are a flat JSON object of named numbers.
+//! fresh SQLite file in a temp dir or a fresh schema of a PostgreSQL server (dropped
+//! after); the results are a flat JSON object of named numbers.
 //!
 //! ```text
 //! tasker-bench [--quick] [--sync normal|full] [--out PATH] [--ffi-bin PATH] [--only a,b]
+//!              [--pg-url URL] [--peer-dir DIR] [--node PATH]
+//! tasker-bench --pg-worker --pg-url URL --schema S --total N --limit L   (child mode)
 //! ```
-//! Benchmarks (`--only`): ffi, latency, steps, dag, commits.
+//! Benchmarks (`--only`): ffi, latency, steps, dag, commits (SQLite); pg-commits,
+//! pg-latency, pg-steps, pg-4proc, pg-stmts, peer (PostgreSQL, need `--pg-url`; `peer`
+//! also `--peer-dir`).
 
 mod commits;
 mod dag;
 mod ffi;
 mod latency;
+mod multiproc;
+mod peer;
+mod pg;
 mod results;
+mod stmts;
 mod throughput;
 mod util;
 
@@ -18,7 +27,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use results::Results;
-use util::Res;
+use util::{Res, Store};
 
 struct Args {
     quick: bool,
@@ -26,9 +35,38 @@ struct Args {
     out: PathBuf,
     ffi_bin: Option<PathBuf>,
     only: Option<Vec<String>>,
+    pg_url: Option<String>,
+    peer_dir: Option<PathBuf>,
+    node: String,
+    worker: Option<WorkerArgs>,
 }
 
-const USAGE: &str = "usage: tasker-bench [--quick] [--sync normal|full] [--out PATH] [--ffi-bin PATH] [--only ffi,latency,steps,dag,commits]";
+/// Child mode (`--pg-worker`): one of the worker processes of `pg-4proc`.
+#[derive(Default)]
+struct WorkerArgs {
+    schema: String,
+    total: u64,
+    limit: u32,
+}
+
+const USAGE: &str = "usage: tasker-bench [--quick] [--sync normal|full] [--out PATH] [--ffi-bin PATH]
+                    [--pg-url URL] [--peer-dir DIR] [--node PATH]
+                    [--only ffi,latency,steps,dag,commits,pg-commits,pg-latency,pg-steps,pg-4proc,pg-stmts,peer]";
+
+/// Every benchmark `--only` accepts.
+const BENCHES: &[&str] = &[
+    "ffi",
+    "latency",
+    "steps",
+    "dag",
+    "commits",
+    "pg-commits",
+    "pg-latency",
+    "pg-steps",
+    "pg-4proc",
+    "pg-stmts",
+    "peer",
+];
 
 fn parse_args() -> Res<Args> {
     let mut args = Args {
@@ -37,6 +75,10 @@ fn parse_args() -> Res<Args> {
         out: PathBuf::from("target/bench/results.json"),
         ffi_bin: None,
         only: None,
+        pg_url: None,
+        peer_dir: None,
+        node: "node".into(),
+        worker: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -47,6 +89,21 @@ fn parse_args() -> Res<Args> {
             "--out" => args.out = value("--out")?.into(),
             "--ffi-bin" => args.ffi_bin = Some(value("--ffi-bin")?.into()),
             "--only" => args.only = Some(value("--only")?.split(',').map(str::to_owned).collect()),
+            "--pg-url" => args.pg_url = Some(value("--pg-url")?),
+            "--peer-dir" => args.peer_dir = Some(value("--peer-dir")?.into()),
+            "--node" => args.node = value("--node")?,
+            "--pg-worker" => args.worker = Some(WorkerArgs::default()),
+            "--schema" => args.worker.get_or_insert_default().schema = value("--schema")?,
+            "--total" => {
+                args.worker.get_or_insert_default().total = value("--total")?
+                    .parse()
+                    .map_err(|e| format!("--total: {e}"))?
+            }
+            "--limit" => {
+                args.worker.get_or_insert_default().limit = value("--limit")?
+                    .parse()
+                    .map_err(|e| format!("--limit: {e}"))?
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -56,6 +113,11 @@ fn parse_args() -> Res<Args> {
     }
     if !matches!(args.sync.as_str(), "normal" | "full" | "off") {
         return Err(format!("--sync must be normal, full or off, not `{}`", args.sync).into());
+    }
+    if let Some(only) = &args.only {
+        if let Some(bad) = only.iter().find(|o| !BENCHES.contains(&o.as_str())) {
+            return Err(format!("--only: unknown benchmark `{bad}`\n{USAGE}").into());
+        }
     }
     Ok(args)
 }
@@ -89,11 +151,28 @@ fn main() {
 
 fn run() -> Res<()> {
     let args = parse_args()?;
+    if let Some(w) = &args.worker {
+        let url = args.pg_url.as_deref().ok_or("--pg-worker needs --pg-url")?;
+        return multiproc::child(url, &w.schema, w.total, w.limit);
+    }
     let wants = |name: &str| {
         args.only
             .as_ref()
             .is_none_or(|o| o.iter().any(|x| x == name))
     };
+    let pg_benches = [
+        "pg-commits",
+        "pg-latency",
+        "pg-steps",
+        "pg-4proc",
+        "pg-stmts",
+        "peer",
+    ];
+    let wants_pg = pg_benches.iter().any(|b| wants(b));
+    if wants_pg {
+        // Before any engine opens: the statement counter must see its sqlx events.
+        stmts::install();
+    }
     let sync = args.sync.as_str();
     let q = args.quick;
     let mut r = Results::default();
@@ -126,17 +205,18 @@ fn run() -> Res<()> {
             None => eprintln!("  C ping: skipped (no --ffi-bin)"),
         }
     }
+    let sqlite = Store::Sqlite { sync };
     if wants("commits") {
         eprintln!("commits:");
         commits::run(sync, if q { 1.0 } else { 2.0 }, &mut r)?;
     }
     if wants("latency") {
         eprintln!("latency:");
-        latency::run(sync, if q { 50 } else { 1_000 }, &mut r)?;
+        latency::run(sqlite, if q { 50 } else { 1_000 }, &mut r)?;
     }
     if wants("steps") {
         eprintln!("steps:");
-        throughput::run(sync, if q { 5_000 } else { 20_000 }, 256, &mut r)?;
+        throughput::run(sqlite, if q { 5_000 } else { 20_000 }, 256, &mut r)?;
     }
     if wants("dag") {
         eprintln!("dag:");
@@ -144,12 +224,79 @@ fn run() -> Res<()> {
         let large = dag::run(sync, 10_000, "dag10k", 256, &mut r)?;
         r.num("dag10k_over_dag1k", large / small);
     }
+    if wants_pg {
+        match &args.pg_url {
+            Some(url) => postgres(&args, url, &mut r)?,
+            None => eprintln!("postgres: skipped (no --pg-url)"),
+        }
+    }
     r.num("bench_wall_s", started.elapsed().as_secs_f64());
     r.num("machine_loadavg_1m_end", loadavg());
     r.write(&args.out)?;
     println!("{}", r.table());
     println!("results: {}", args.out.display());
     Ok(())
+}
+
+/// The PostgreSQL benchmarks and the graphile-worker peer, on one server and TLS mode.
+fn postgres(args: &Args, url: &str, r: &mut Results) -> Res<()> {
+    let wants = |name: &str| {
+        args.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|x| x == name))
+    };
+    let q = args.quick;
+    let pg = pg::Pg::connect(url)?;
+    r.text("pg_tls_mode", &tls_mode(url));
+    pg.describe(r)?;
+    let steps = if q { 5_000 } else { 20_000 };
+    if wants("pg-commits") {
+        eprintln!("commits (postgres):");
+        pg.commits(if q { 1.0 } else { 2.0 }, r)?;
+    }
+    if wants("pg-latency") {
+        eprintln!("latency (postgres):");
+        latency::run(Store::Postgres(&pg), if q { 50 } else { 300 }, r)?;
+    }
+    if wants("pg-steps") {
+        eprintln!("steps (postgres):");
+        throughput::run(Store::Postgres(&pg), steps, 256, r)?;
+    }
+    if wants("pg-4proc") {
+        eprintln!("steps (postgres, 4 processes):");
+        let exe = std::env::current_exe()?;
+        multiproc::run(&pg, &exe, 4, steps, 256, r)?;
+    }
+    if wants("pg-stmts") {
+        eprintln!("statements per step (postgres):");
+        stmts::run(&pg, if q { 1_280 } else { 5_120 }, 256, r)?;
+    }
+    if wants("peer") {
+        eprintln!("peer: graphile-worker:");
+        match &args.peer_dir {
+            Some(dir) => peer::run(
+                &args.node,
+                dir,
+                &pg,
+                steps,
+                if q { 2_000 } else { 5_000 },
+                r,
+            )?,
+            None => eprintln!("  skipped (no --peer-dir)"),
+        }
+    }
+    Ok(())
+}
+
+/// The URL's `sslmode` (libpq's default, `prefer`, when it names none).
+fn tls_mode(url: &str) -> String {
+    url.split_once('?')
+        .and_then(|(_, q)| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("sslmode=").or(kv.strip_prefix("ssl-mode=")))
+        })
+        .unwrap_or("prefer")
+        .to_owned()
 }
 
 fn sqlite_version() -> Res<String> {

@@ -16,6 +16,8 @@ pub struct Results {
 pub enum Target {
     AtMost(f64),
     AtLeast(f64),
+    /// At least another number of the same run (the peer, or the one-process rate).
+    AtLeastOf(&'static str),
 }
 
 impl Results {
@@ -61,13 +63,27 @@ impl Results {
             ("dag10k_steps_per_s_sqlite", None),
             ("dag10k_over_dag1k", Some(Target::AtLeast(0.7))),
             ("sqlite_commits_per_s", None),
+            ("linear4_p50_ms_postgres", Some(Target::AtMost(5.0))),
+            ("diamond4_p50_ms_postgres", None),
+            (
+                "steps_per_s_postgres",
+                Some(Target::AtLeastOf("peer_graphile_worker_jobs_per_s")),
+            ),
+            ("peer_graphile_worker_jobs_per_s", None),
+            ("peer_graphile_worker_default_jobs_per_s", None),
+            (
+                "steps_per_s_postgres_4proc",
+                Some(Target::AtLeastOf("steps_per_s_postgres")),
+            ),
+            ("pg_commits_per_s", None),
+            ("pg_statements_per_step", Some(Target::AtMost(3.0))),
         ];
         let mut out = String::new();
         out.push_str(&format!(
-            "{:<34} {:>14}  {:<12} {}\n",
+            "{:<40} {:>14}  {:<12} {}\n",
             "metric", "value", "target", "status"
         ));
-        out.push_str(&format!("{}\n", "-".repeat(70)));
+        out.push_str(&format!("{}\n", "-".repeat(76)));
         for (key, target) in headline {
             let value = self.get(key);
             let (t, status) = match (target, value) {
@@ -79,13 +95,20 @@ impl Results {
                     format!(">= {}", fmt(*x)),
                     if v >= *x { "ok" } else { "MISSED" },
                 ),
+                (Some(Target::AtLeastOf(other)), Some(v)) => match self.get(other) {
+                    Some(x) => (
+                        format!(">= {}", fmt(x)),
+                        if v >= x { "ok" } else { "MISSED" },
+                    ),
+                    None => (format!(">= {other}"), "no peer number"),
+                },
                 (Some(_), None) => ("".into(), "not measured"),
                 (None, _) => ("".into(), ""),
             };
             let shown = value.map_or_else(|| "-".to_owned(), fmt);
-            out.push_str(&format!("{key:<34} {shown:>14}  {t:<12} {status}\n"));
+            out.push_str(&format!("{key:<40} {shown:>14}  {t:<12} {status}\n"));
         }
-        out.push_str(&format!("{}\n", "-".repeat(70)));
+        out.push_str(&format!("{}\n", "-".repeat(76)));
         for (key, v) in &self.map {
             if headline.iter().any(|(k, _)| k == key) {
                 continue;
@@ -95,7 +118,7 @@ impl Results {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            out.push_str(&format!("{key:<34} {shown:>14}\n"));
+            out.push_str(&format!("{key:<40} {shown:>14}\n"));
         }
         out
     }

@@ -8,6 +8,8 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use tasker_core::api::Tasker;
 
+use crate::pg::Pg;
+
 pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// The handler name every benchmark step uses.
@@ -128,29 +130,86 @@ impl OpTimes {
     }
 }
 
+/// The `claim` request of the bench's no-op worker; `wait_ms` 0 asks without waiting.
+pub fn claim_request(limit: u32, wait_ms: u64) -> String {
+    format!(r#"{{"handlers":["{NOOP}"],"limit":{limit},"wait_ms":{wait_ms},"worker_id":"bench"}}"#)
+}
+
+/// Reports every step of a claimed `page` done in one `complete_steps`; with `claim_next`
+/// the same call (one transaction) also claims up to `limit` more, which are returned.
+pub fn complete_page(
+    t: &Tasker,
+    steps: &[Value],
+    claim_next: bool,
+    limit: u32,
+    times: &mut OpTimes,
+) -> Res<Option<Value>> {
+    let mut items = String::with_capacity(64 * steps.len() + 128);
+    items.push_str(r#"{"items":["#);
+    for (i, s) in steps.iter().enumerate() {
+        if i > 0 {
+            items.push(',');
+        }
+        let id = s["step_id"]
+            .as_i64()
+            .ok_or("claimed step without step_id")?;
+        let token = s["claim_token"]
+            .as_str()
+            .ok_or("claimed step without claim_token")?;
+        let _ = write!(
+            items,
+            r#"{{"step_id":{id},"claim_token":"{token}","result":null}}"#
+        );
+    }
+    items.push(']');
+    if claim_next {
+        let _ = write!(
+            items,
+            r#","claim":{{"handlers":["{NOOP}"],"limit":{limit},"worker_id":"bench"}}"#
+        );
+    }
+    items.push('}');
+    let start = Instant::now();
+    let out = t
+        .call("complete_steps", &items)
+        .map_err(|e| format!("complete_steps failed: {} {}", e.code, e.message))?;
+    times.completes += 1;
+    times.complete_ns += start.elapsed().as_nanos() as u64;
+    if out.contains(r#""ok":false"#) {
+        return Err(format!("a completion was refused: {out}").into());
+    }
+    if !claim_next {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_str(&out)?;
+    Ok(v["steps"]
+        .as_array()
+        .is_some_and(|s| !s.is_empty())
+        .then_some(v))
+}
+
+/// One `claim` (timed into `times`).
+pub fn claim(t: &Tasker, request: &str, times: &mut OpTimes) -> Res<Value> {
+    let start = Instant::now();
+    let p = call(t, "claim", request)?;
+    times.claims += 1;
+    times.claim_ns += start.elapsed().as_nanos() as u64;
+    Ok(p)
+}
+
 /// A worker of no-op handlers, as the engine's own workers run: claim (with a wait) up
 /// to `limit` steps, then report them all in one `complete_steps` that also claims the
 /// next batch in the same transaction; claim again (waiting) only when that comes back
 /// empty. Runs until `target` steps are done and adds its calls to `times`.
 pub fn drain(t: &Tasker, limit: u32, target: usize, times: &mut OpTimes) -> Res<()> {
-    let claim =
-        format!(r#"{{"handlers":["{NOOP}"],"limit":{limit},"wait_ms":1000,"worker_id":"bench"}}"#);
-    let next =
-        format!(r#""claim":{{"handlers":["{NOOP}"],"limit":{limit},"worker_id":"bench"}}}}"#);
+    let claim_req = claim_request(limit, 1000);
     let mut done = 0usize;
     let mut empty = 0u32;
-    let mut items = String::with_capacity(64 * limit as usize);
     let mut page: Option<Value> = None;
     while done < target {
         let current = match page.take() {
             Some(p) => p,
-            None => {
-                let start = Instant::now();
-                let p = call(t, "claim", &claim)?;
-                times.claims += 1;
-                times.claim_ns += start.elapsed().as_nanos() as u64;
-                p
-            }
+            None => claim(t, &claim_req, times)?,
         };
         let steps = current["steps"]
             .as_array()
@@ -166,48 +225,10 @@ pub fn drain(t: &Tasker, limit: u32, target: usize, times: &mut OpTimes) -> Res<
             continue;
         }
         empty = 0;
-        items.clear();
-        items.push_str(r#"{"items":["#);
-        for (i, s) in steps.iter().enumerate() {
-            if i > 0 {
-                items.push(',');
-            }
-            let id = s["step_id"]
-                .as_i64()
-                .ok_or("claimed step without step_id")?;
-            let token = s["claim_token"]
-                .as_str()
-                .ok_or("claimed step without claim_token")?;
-            let _ = write!(
-                items,
-                r#"{{"step_id":{id},"claim_token":"{token}","result":null}}"#
-            );
-        }
-        items.push_str("],");
         // Ask for the next batch only while more steps remain to be done.
-        let remaining = target - done - steps.len();
-        if remaining > 0 {
-            items.push_str(&next);
-        } else {
-            items.pop();
-            items.push('}');
-        }
-        let start = Instant::now();
-        let out = t
-            .call("complete_steps", &items)
-            .map_err(|e| format!("complete_steps failed: {} {}", e.code, e.message))?;
-        times.completes += 1;
-        times.complete_ns += start.elapsed().as_nanos() as u64;
-        if out.contains(r#""ok":false"#) {
-            return Err(format!("a completion was refused: {out}").into());
-        }
+        let more = target - done - steps.len() > 0;
+        page = complete_page(t, steps, more, limit, times)?;
         done += steps.len();
-        if remaining > 0 {
-            let v: Value = serde_json::from_str(&out)?;
-            if v["steps"].as_array().is_some_and(|s| !s.is_empty()) {
-                page = Some(v);
-            }
-        }
     }
     Ok(())
 }
@@ -237,4 +258,99 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     percentile(values, 50.0)
+}
+
+/// Where a benchmark's engine keeps its data.
+#[derive(Clone, Copy)]
+pub enum Store<'a> {
+    /// A fresh SQLite file per benchmark, with this `sqlite_synchronous`.
+    Sqlite { sync: &'a str },
+    /// A fresh schema per benchmark on this PostgreSQL server.
+    Postgres(&'a Pg),
+}
+
+impl Store<'_> {
+    /// The suffix of the result names: `sqlite` or `postgres`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Store::Sqlite { .. } => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// An engine on a fresh database; the file or schema goes away on drop.
+pub struct Db<'a> {
+    pub tasker: Tasker,
+    _scratch: Option<Scratch>,
+    schema: Option<(&'a Pg, String)>,
+}
+
+impl<'a> Db<'a> {
+    /// The PostgreSQL schema, when on PostgreSQL.
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_ref().map(|(_, s)| s.as_str())
+    }
+
+    pub fn open(store: Store<'a>, tag: &str) -> Res<Db<'a>> {
+        match store {
+            Store::Sqlite { sync } => {
+                let scratch = Scratch::new(tag)?;
+                let tasker = open(&scratch.db(), sync)?;
+                Ok(Db {
+                    tasker,
+                    _scratch: Some(scratch),
+                    schema: None,
+                })
+            }
+            Store::Postgres(pg) => {
+                let schema = pg.fresh_schema(tag)?;
+                let tasker = open_postgres(&pg.url, &schema)?;
+                Ok(Db {
+                    tasker,
+                    _scratch: None,
+                    schema: Some((pg, schema)),
+                })
+            }
+        }
+    }
+}
+
+impl Drop for Db<'_> {
+    fn drop(&mut self) {
+        self.tasker.close();
+        if let Some((pg, schema)) = &self.schema {
+            if let Err(e) = pg.drop_schema(schema) {
+                eprintln!("tasker-bench: could not drop schema {schema}: {e}");
+            }
+        }
+    }
+}
+
+/// Opens the engine on PostgreSQL, its tables in `schema`.
+pub fn open_postgres(url: &str, schema: &str) -> Res<Tasker> {
+    let cfg = json!({ "database_url": url, "postgres_schema": schema });
+    Ok(Tasker::open(&cfg.to_string())?)
+}
+
+/// Creates `n` tasks from `req` on `threads` threads (set-up, not timed: on PostgreSQL
+/// each creation is a round trip, so one thread would spend most of the run waiting).
+pub fn create_many(t: &Tasker, req: &str, n: usize, threads: usize) -> Res<()> {
+    let threads = threads.clamp(1, n.max(1));
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let count = n / threads + usize::from(i < n % threads);
+                s.spawn(move || -> Res<()> {
+                    for _ in 0..count {
+                        create(t, req)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().map_err(|_| "a creating thread panicked")?)
+    })
 }

@@ -1,0 +1,101 @@
+// scripts/bench peer: graphile-worker (installed from npm by `npm ci`, see package.json).
+//
+//   node bench.js <postgres-url> <schema> <jobs> <fast|default>
+//
+// In a fresh schema: adds <jobs> no-op jobs in one addJobs batch (not timed), then one
+// worker pool (this process) at concurrency 24 burns them down. The clock runs from
+// starting the runner until the jobs table is empty, i.e. every completion committed.
+// `fast` is the configuration graphile-worker's performance page documents as its
+// fastest (local queue of 500, batched completion and failure with delay 0, pool of 25);
+// `default` leaves those at their defaults. Prints one JSON line; drops the schema.
+"use strict";
+
+const { run, makeWorkerUtils, Logger } = require("graphile-worker");
+const { Pool } = require("pg");
+
+const CONCURRENCY = 24;
+
+async function main() {
+  const [url, schema, jobsArg, mode] = process.argv.slice(2);
+  const jobs = Number(jobsArg);
+  if (!url || !/^[a-z_][a-z0-9_]{0,62}$/.test(schema || "") || !(jobs > 0) ||
+      !["fast", "default"].includes(mode)) {
+    throw new Error("usage: node bench.js <postgres-url> <schema> <jobs> <fast|default>");
+  }
+  const worker = mode === "fast"
+    ? { localQueue: { size: 500 }, completeJobBatchDelay: 0, failJobBatchDelay: 0, maxPoolSize: 25 }
+    : {};
+  // Only errors: graphile-worker logs every worker start and stop at info.
+  const logger = new Logger(() => (level, message) => {
+    if (level === "error") console.error(`graphile-worker: ${message}`);
+  });
+
+  const admin = new Pool({ connectionString: url, max: 1 });
+  await admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+  const tls = (await admin.query(
+    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")).rows[0].ssl;
+
+  const utils = await makeWorkerUtils({ connectionString: url, schema, logger });
+  let result;
+  try {
+    await utils.migrate();
+    const specs = [];
+    for (let i = 0; i < jobs; i++) specs.push({ identifier: "noop", payload: { n: i } });
+    let t = process.hrtime.bigint();
+    await utils.addJobs(specs);
+    const addS = Number(process.hrtime.bigint() - t) / 1e9;
+
+    let ran = 0;
+    let drained;
+    const allRan = new Promise((resolve) => { drained = resolve; });
+    const taskList = {
+      noop: async () => {
+        ran += 1;
+        if (ran === jobs) drained();
+      },
+    };
+    t = process.hrtime.bigint();
+    const runner = await run({
+      connectionString: url,
+      schema,
+      concurrency: CONCURRENCY,
+      noHandleSignals: true,
+      pollInterval: 1000,
+      taskList,
+      logger,
+      preset: { worker },
+    });
+    await allRan;
+    // Done means committed: wait until no job row is left (batched completions flush).
+    for (;;) {
+      const left = Number((await admin.query(
+        `SELECT count(*) AS n FROM "${schema}"._private_jobs`)).rows[0].n);
+      if (left === 0) break;
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    const runS = Number(process.hrtime.bigint() - t) / 1e9;
+    await runner.stop();
+    result = {
+      mode,
+      jobs,
+      ran,
+      concurrency: CONCURRENCY,
+      jobs_per_s: jobs / runS,
+      run_s: runS,
+      add_jobs_per_s: jobs / addS,
+      tls,
+      version: require("graphile-worker/package.json").version,
+      node_version: process.version,
+    };
+  } finally {
+    await utils.release();
+    await admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+    await admin.end();
+  }
+  process.stdout.write(JSON.stringify(result) + "\n");
+}
+
+main().catch((e) => {
+  console.error(`graphile-worker peer: ${e && e.stack ? e.stack : e}`);
+  process.exit(1);
+});

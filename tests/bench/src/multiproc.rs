@@ -1,0 +1,153 @@
+//! Throughput of independent steps with several worker processes on one PostgreSQL
+//! schema: the bench binary runs itself in child mode (`--pg-worker`) once per process.
+//! Each child opens its engine and says `ready`; the clock starts when all are ready and
+//! told to `go`, and stops when the last one exits after finding every task complete.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use crate::pg::Pg;
+use crate::results::Results;
+use crate::util::{self, Db, OpTimes, Res, Store};
+
+struct Worker {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Worker {
+    fn line(&mut self) -> Res<String> {
+        let mut line = String::new();
+        self.out.read_line(&mut line)?;
+        if line.is_empty() {
+            return Err("a worker process exited early (see its stderr above)".into());
+        }
+        Ok(line.trim().to_owned())
+    }
+}
+
+pub fn run(pg: &Pg, exe: &Path, procs: usize, n: usize, batch: u32, out: &mut Results) -> Res<()> {
+    let db = Db::open(Store::Postgres(pg), "steps4p")?;
+    let schema = db.schema().ok_or("no schema")?.to_owned();
+    let t = &db.tasker;
+    util::register(t, &util::template("single", &[("only".into(), Vec::new())]))?;
+    util::create_many(t, &util::create_request("single"), n, 4)?;
+    let mut workers = Vec::with_capacity(procs);
+    for _ in 0..procs {
+        let mut child = Command::new(exe)
+            .args(["--pg-worker", "--pg-url", &pg.url, "--schema", &schema])
+            .args(["--total", &n.to_string(), "--limit", &batch.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        workers.push(Worker {
+            child,
+            out: BufReader::new(stdout),
+        });
+    }
+    let result = drive(&mut workers, n);
+    for w in &mut workers {
+        // Only reached on error paths with children still running.
+        if w.child.try_wait()?.is_none() {
+            let _ = w.child.kill();
+            let _ = w.child.wait();
+        }
+    }
+    let (secs, per_proc) = result?;
+    let stats = util::call(t, "stats", "{}")?;
+    let complete = stats["tasks"]["complete"].as_u64().unwrap_or(0);
+    drop(db);
+    if complete != n as u64 {
+        return Err(
+            format!("{complete} of {n} tasks complete after {procs} processes: {stats}").into(),
+        );
+    }
+    let rate = n as f64 / secs;
+    out.num(&format!("steps_per_s_postgres_{procs}proc"), rate);
+    let shares: Vec<String> = per_proc.iter().map(u64::to_string).collect();
+    out.text(
+        &format!("steps_postgres_{procs}proc_shares"),
+        &shares.join("/"),
+    );
+    eprintln!(
+        "  steps ({procs} processes, postgres): {rate:.0} steps/s ({n} tasks, shares {})",
+        shares.join("/")
+    );
+    Ok(())
+}
+
+fn drive(workers: &mut [Worker], n: usize) -> Res<(f64, Vec<u64>)> {
+    for w in workers.iter_mut() {
+        let l = w.line()?;
+        if l != "ready" {
+            return Err(format!("a worker process said `{l}`, not ready").into());
+        }
+    }
+    let start = Instant::now();
+    for w in workers.iter_mut() {
+        let stdin = w.child.stdin.as_mut().ok_or("no stdin")?;
+        stdin.write_all(b"go\n")?;
+        stdin.flush()?;
+    }
+    let mut per_proc = Vec::with_capacity(workers.len());
+    for w in workers.iter_mut() {
+        let l = w.line()?;
+        let v: Value = serde_json::from_str(&l)?;
+        per_proc.push(v["done"].as_u64().ok_or("a worker reported no count")?);
+        let status = w.child.wait()?;
+        if !status.success() {
+            return Err(format!("a worker process failed: {status}").into());
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let total: u64 = per_proc.iter().sum();
+    if total != n as u64 {
+        return Err(format!("the processes completed {total} steps, not {n}").into());
+    }
+    Ok((secs, per_proc))
+}
+
+/// Child mode: drain the schema's no-op steps with batched claim + complete-and-claim
+/// until every one of `total` tasks is complete; print `{"done": steps this process did}`.
+pub fn child(url: &str, schema: &str, total: u64, limit: u32) -> Res<()> {
+    let t = util::open_postgres(url, schema)?;
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "ready")?;
+    stdout.flush()?;
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go)?;
+    let claim = util::claim_request(limit, 100);
+    let mut times = OpTimes::default();
+    let mut done = 0u64;
+    loop {
+        let mut page = util::claim(&t, &claim, &mut times)?;
+        let mut any = false;
+        loop {
+            let steps = page["steps"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+            if steps.is_empty() {
+                break;
+            }
+            any = true;
+            done += steps.len() as u64;
+            match util::complete_page(&t, steps, true, limit, &mut times)? {
+                Some(next) => page = next,
+                None => break,
+            }
+        }
+        if !any {
+            let stats = util::call(&t, "stats", "{}")?;
+            if stats["tasks"]["complete"].as_u64().unwrap_or(0) >= total {
+                break;
+            }
+        }
+    }
+    t.close();
+    writeln!(stdout, "{}", json!({ "done": done }))?;
+    stdout.flush()?;
+    Ok(())
+}

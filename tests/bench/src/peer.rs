@@ -1,0 +1,84 @@
+//! The graphile-worker peer: `tests/bench/peers/graphile-worker/bench.js` run under
+//! Node (the package installed from npm by `scripts/bench`), once in graphile-worker's
+//! documented fastest configuration and once with its defaults, each in a fresh schema
+//! of the same server and TLS mode as the engine.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::pg::Pg;
+use crate::results::Results;
+use crate::util::Res;
+
+fn one(node: &str, dir: &Path, pg: &Pg, jobs: usize, mode: &str) -> Res<Value> {
+    let schema = pg.fresh_schema(&format!("gw_{mode}"))?;
+    let output = Command::new(node)
+        .current_dir(dir)
+        .args(["bench.js", &pg.url, &schema, &jobs.to_string(), mode])
+        .output()
+        .map_err(|e| format!("cannot run {node}: {e}"))?;
+    // The harness drops its schema itself; this covers a crash.
+    pg.drop_schema(&schema)?;
+    if !output.status.success() {
+        return Err(format!(
+            "graphile-worker peer ({mode}) failed: {}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().last().unwrap_or("");
+    let v: Value = serde_json::from_str(line)
+        .map_err(|e| format!("graphile-worker peer printed `{line}`: {e}"))?;
+    if v["ran"].as_u64() != Some(jobs as u64) {
+        return Err(format!("graphile-worker peer ran {} of {jobs} jobs", v["ran"]).into());
+    }
+    Ok(v)
+}
+
+pub fn run(
+    node: &str,
+    dir: &Path,
+    pg: &Pg,
+    jobs: usize,
+    default_jobs: usize,
+    out: &mut Results,
+) -> Res<()> {
+    let fast = one(node, dir, pg, jobs, "fast")?;
+    let rate = fast["jobs_per_s"].as_f64().unwrap_or(f64::NAN);
+    out.num("peer_graphile_worker_jobs_per_s", rate);
+    out.int("peer_graphile_worker_jobs", jobs as u64);
+    out.num(
+        "peer_graphile_worker_add_jobs_per_s",
+        fast["add_jobs_per_s"].as_f64().unwrap_or(f64::NAN),
+    );
+    eprintln!(
+        "  graphile-worker (local queue, batched completion): {rate:.0} jobs/s ({jobs} jobs)"
+    );
+    let default = one(node, dir, pg, default_jobs, "default")?;
+    let rate = default["jobs_per_s"].as_f64().unwrap_or(f64::NAN);
+    out.num("peer_graphile_worker_default_jobs_per_s", rate);
+    out.int("peer_graphile_worker_default_jobs", default_jobs as u64);
+    eprintln!("  graphile-worker (defaults): {rate:.0} jobs/s ({default_jobs} jobs)");
+    out.int(
+        "peer_graphile_worker_concurrency",
+        fast["concurrency"].as_u64().unwrap_or(0),
+    );
+    out.text(
+        "peer_graphile_worker_version",
+        fast["version"].as_str().unwrap_or("?"),
+    );
+    out.text("node_version", fast["node_version"].as_str().unwrap_or("?"));
+    let tls = |v: &Value| {
+        if v["tls"].as_bool() == Some(true) {
+            "on"
+        } else {
+            "off"
+        }
+    };
+    out.text("pg_tls_peer", tls(&fast));
+    Ok(())
+}
