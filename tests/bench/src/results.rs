@@ -17,7 +17,7 @@ pub enum Target {
     AtMost(f64),
     AtLeast(f64),
     /// At least another number of the same run (the peer, or the one-process rate).
-    AtLeastOf(&'static str),
+    NotBelow(&'static str),
 }
 
 impl Results {
@@ -67,13 +67,13 @@ impl Results {
             ("diamond4_p50_ms_postgres", None),
             (
                 "steps_per_s_postgres",
-                Some(Target::AtLeastOf("peer_graphile_worker_jobs_per_s")),
+                Some(Target::NotBelow("peer_graphile_worker_jobs_per_s")),
             ),
             ("peer_graphile_worker_jobs_per_s", None),
             ("peer_graphile_worker_default_jobs_per_s", None),
             (
                 "steps_per_s_postgres_4proc",
-                Some(Target::AtLeastOf("steps_per_s_postgres")),
+                Some(Target::NotBelow("steps_per_s_postgres")),
             ),
             ("pg_commits_per_s", None),
             ("pg_statements_per_step", Some(Target::AtMost(3.0))),
@@ -95,7 +95,7 @@ impl Results {
                     format!(">= {}", fmt(*x)),
                     if v >= *x { "ok" } else { "MISSED" },
                 ),
-                (Some(Target::AtLeastOf(other)), Some(v)) => match self.get(other) {
+                (Some(Target::NotBelow(other)), Some(v)) => match self.get(other) {
                     Some(x) => (
                         format!(">= {}", fmt(x)),
                         if v >= x { "ok" } else { "MISSED" },
