@@ -960,23 +960,21 @@ fn private_cluster() -> PrivateCluster {
             String::from_utf8(out.stdout).unwrap().trim().to_owned()
         }
     };
-    let data = std::env::var("TASKER_TEST_PRIVATE_PG_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join("target/pg-test/data"));
-    // Restarting is destructive: make sure the URL is the cluster in `data`, whose
-    // postmaster.pid names the port it listens on (line 4).
-    let pid_file = std::fs::read_to_string(data.join("postmaster.pid")).unwrap_or_else(|e| {
-        panic!(
-            "the private cluster at {} is not running ({e}); start it with \
-             TASKER_PG_FORCE_PRIVATE=1 scripts/pg-ensure",
-            data.display()
-        )
-    });
-    let port = pid_file.lines().nth(3).unwrap_or("").trim().to_owned();
+    // The server names its own data directory; restarting is destructive, so it must
+    // be one that scripts/pg-ensure made (target/pg-test/data, or
+    // /var/tmp/tasker-pg-test-*/data for a checkout `postgres` cannot enter).
+    let mut sql = Sql::connect(&url, "public");
+    let data = PathBuf::from(&sql.rows("SHOW data_directory")[0][0]);
+    let made_by_pg_ensure = data.file_name().is_some_and(|n| n == "data")
+        && data
+            .parent()
+            .and_then(Path::file_name)
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n == "pg-test" || n.starts_with("tasker-pg-test-"));
     assert!(
-        url.contains(&format!(":{port}/")),
-        "TASKER_TEST_PRIVATE_DATABASE_URL={url} is not the private cluster in {} (port {port}); \
-         refusing to restart it",
+        made_by_pg_ensure,
+        "the server at {url} keeps its data in {}, not in a private cluster of \
+         scripts/pg-ensure; refusing to restart it",
         data.display()
     );
     let pg_ctl = std::fs::read_dir("/usr/lib/postgresql")
