@@ -1116,6 +1116,13 @@ fn workers_ride_out_a_server_restart() {
         .expect_err("get_task answered with the server stopped");
     assert_eq!(err.code, ErrorCode::Unavailable, "{err}");
     eprintln!("with the server down: {err}");
+    let err = t
+        .call(
+            "create_task",
+            &json!({ "namespace": "rel", "name": "chain", "context": {} }).to_string(),
+        )
+        .expect_err("create_task answered with the server stopped");
+    assert_eq!(err.code, ErrorCode::Unavailable, "{err}");
     // The workers keep trying meanwhile.
     std::thread::sleep(Duration::from_millis(1_000));
     drop(down); // pg_ctl start
@@ -1159,6 +1166,8 @@ fn workers_ride_out_a_server_restart() {
         sql.int("SELECT count(*) FROM tasker_tasks WHERE state <> 'complete'"),
         0
     );
+    // The create refused while the server was down left nothing behind.
+    assert_eq!(sql.int("SELECT count(*) FROM tasker_tasks"), TASKS as i64);
     for id in &ids {
         let task = task_view(&t, *id);
         assert_eq!(task["state"], "complete", "task {id}");
