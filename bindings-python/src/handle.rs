@@ -207,6 +207,7 @@ impl Handle {
             .map_err(|e| to_py(py, e))?;
         Ok(Subscription {
             inner: Mutex::new(Some(sub)),
+            pid: std::process::id(),
         })
     }
 
@@ -233,6 +234,25 @@ impl Handle {
 #[pyclass(frozen, module = "tasker._native")]
 pub struct Subscription {
     inner: Mutex<Option<CoreSubscription>>,
+    /// The process whose thread delivers the events. A forked child inherits this
+    /// object but not the thread, so it must never join it.
+    pid: u32,
+}
+
+impl Subscription {
+    fn take(&self) -> Option<CoreSubscription> {
+        let sub = self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        if self.pid != std::process::id() {
+            // Inherited through fork: the delivery thread lives only in the parent.
+            std::mem::forget(sub);
+            return None;
+        }
+        Some(sub)
+    }
 }
 
 #[pymethods]
@@ -240,27 +260,27 @@ impl Subscription {
     /// Stops delivery and waits for the delivery thread to end (idempotent). Called
     /// from inside the callback, it stops without waiting.
     fn stop(&self, py: Python<'_>) {
-        let sub = self.inner.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(sub) = sub {
+        if let Some(sub) = self.take() {
             // The delivery thread may be waiting for the GIL: release it while joining.
             py.detach(|| sub.stop());
         }
     }
 
-    /// True while events are being delivered.
+    /// True while events are being delivered (never in a forked child).
     #[getter]
     fn active(&self) -> bool {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        self.pid == std::process::id()
+            && self
+                .inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some()
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let sub = self.inner.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(sub) = sub {
+        if let Some(sub) = self.take() {
             // Dropped while holding the GIL: join on another thread so the delivery
             // thread can finish its callback.
             std::thread::spawn(move || drop(sub));

@@ -97,3 +97,28 @@ def test_worker_processes_drain_one_database(tk: tasker.Tasker, settings: Dict[s
     pids = {s["result"]["pid"] for tid in tasks for s in tk.get_task(tid)["steps"]}
     assert pids <= {p.pid for p in procs}
     assert len(all_events(tk, types=["step.started"])) == 400
+
+
+def _child_closes(t: tasker.Tasker) -> None:
+    # The parent's subscription thread does not exist here: closing must not wait
+    # for it, and the handle must still work before the close.
+    t.ping()
+    t.close()
+
+
+def test_a_forked_child_closes_a_handle_with_subscriptions(tk: tasker.Tasker) -> None:
+    tk.register_template(chain("subs", [("a", [])]))
+    seen: List[int] = []
+    off = tk.on("task.created", lambda e: seen.append(e["task_id"]))
+    ctx = multiprocessing.get_context("fork")
+    p = ctx.Process(target=_child_closes, args=(tk,))
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0
+    # The parent's subscription still delivers.
+    tid = tk.create_task("t", "subs")["task_id"]
+    deadline = time.monotonic() + 10
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen == [tid]
+    off()

@@ -150,6 +150,8 @@ class Worker:
         self._stopping = threading.Event()
         self._threads: List[threading.Thread] = []
         self._held: Dict[int, List[Step]] = {}
+        # Steps of held batches already reported as failed: no more heartbeats for them.
+        self._reported: set = set()
         self._errors: List[BaseException] = []
         self._idle: Optional[_Idle] = None
         self._hb_stop = threading.Event()
@@ -210,7 +212,12 @@ class Worker:
         may create later are not waited for."""
         before = self.stats
         self._launch(until_idle=True)
-        self._join()
+        try:
+            self._join()
+        except KeyboardInterrupt:
+            # Ctrl-C in the waiting thread: stop gracefully, then let it propagate.
+            self.stop()
+            raise
         after = self.stats
         return WorkerStats(
             completed=after.completed - before.completed,
@@ -380,6 +387,7 @@ class Worker:
                 try:
                     result = fn(step)
                 except Exception as e:
+                    self._reported.add(step.step_id)
                     if self._fail(step, self._error_doc(step, e)):
                         failed += 1
                     else:
@@ -388,6 +396,7 @@ class Worker:
                 try:
                     text = encode(result)
                 except (TypeError, ValueError) as e:
+                    self._reported.add(step.step_id)
                     if self._fail(step, self._unserialisable(step, result, e)):
                         failed += 1
                     else:
@@ -398,6 +407,8 @@ class Worker:
             ok, refused, next_steps = h.complete_steps(items, nxt)
         finally:
             del self._held[key]
+            if self._reported:
+                self._reported.difference_update(s.step_id for s in steps)
         for step_id, code, message in refused:
             log.warning("worker %s: result of step %s refused: %s: %s", self.worker_id, step_id, code, message)
         self._count(completed=ok, failed=failed, lost=lost + len(refused), released=released)
@@ -408,6 +419,7 @@ class Worker:
     def _release(self, steps: List[Step]) -> int:
         n = 0
         for step in steps:
+            self._reported.add(step.step_id)
             try:
                 self.tasker.release_step(
                     step.step_id, step.claim_token, reason=f"worker {self.worker_id} stopping"
@@ -540,6 +552,8 @@ class Worker:
         while not self._hb_stop.wait(every):
             for batch in list(self._held.values()):
                 for step in batch:
+                    if step.step_id in self._reported:
+                        continue
                     try:
                         self.tasker.heartbeat(step.step_id, step.claim_token, lease_ms)
                     except LeaseLostError:
