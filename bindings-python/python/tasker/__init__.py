@@ -84,7 +84,7 @@ __all__ = [
 ]
 
 
-def _step_logger(step: Any) -> logging.LoggerAdapter:
+def _step_logger(step: Any) -> "logging.LoggerAdapter[logging.Logger]":
     # Every record a handler logs names its task, step and attempt.
     return logging.LoggerAdapter(
         logging.getLogger("tasker.handler"),

@@ -21,7 +21,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Set, Tuple, Union
 
 from . import _native
 from .client import Tasker
@@ -151,7 +151,7 @@ class Worker:
         self._threads: List[threading.Thread] = []
         self._held: Dict[int, List[Step]] = {}
         # Steps of held batches already reported as failed: no more heartbeats for them.
-        self._reported: set = set()
+        self._reported: Set[int] = set()
         self._errors: List[BaseException] = []
         self._idle: Optional[_Idle] = None
         self._hb_stop = threading.Event()
@@ -241,7 +241,7 @@ class Worker:
         """Works until SIGINT or SIGTERM (or :meth:`stop` from another thread), then
         stops gracefully as :meth:`stop` does. Signal handlers are installed only when
         called from the main thread; the previous ones are restored on return."""
-        previous: Dict[int, Any] = {}
+        previous: Dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, self._on_signal)
@@ -304,7 +304,7 @@ class Worker:
             self._errors = []
             raise err
 
-    def _guard(self, target: Callable[[int, Any], None], lane: int, h: Any) -> None:
+    def _guard(self, target: Callable[[int, _native.Handle], None], lane: int, h: _native.Handle) -> None:
         try:
             target(lane, h)
         except BaseException as e:  # reported by run_until_idle / stop
@@ -333,7 +333,7 @@ class Worker:
 
     # -- sync lanes -------------------------------------------------------------------
 
-    def _sync_lane(self, lane: int, h: Any) -> None:
+    def _sync_lane(self, lane: int, h: _native.Handle) -> None:
         names = sorted(self._sync)
         full = self._claim_json(names, self.batch_size)
         single = self._claim_json(names, 1) if self.batch_size > 1 else full
@@ -366,7 +366,7 @@ class Worker:
             per_step = (time.perf_counter() - started) / n
             claim_json = full if per_step < _SLOW_STEP_S else single
 
-    def _run_batch(self, h: Any, steps: List[Step], claim_json: str) -> List[Step]:
+    def _run_batch(self, h: _native.Handle, steps: List[Step], claim_json: str) -> List[Step]:
         """Runs one batch's handlers, reports them, and returns the next batch (claimed
         in the same transaction; empty when stopping)."""
         handlers = self._sync
@@ -479,15 +479,15 @@ class Worker:
 
     # -- async lane -------------------------------------------------------------------
 
-    def _async_lane(self, lane: int, h: Any) -> None:
+    def _async_lane(self, lane: int, h: _native.Handle) -> None:
         asyncio.run(self._async_main(lane, h))
 
-    async def _async_main(self, lane: int, h: Any) -> None:
+    async def _async_main(self, lane: int, h: _native.Handle) -> None:
         loop = asyncio.get_running_loop()
         names = sorted(self._async)
         idle = self._idle
         wait_ms = self.idle_wait_ms if idle is not None else self.poll_ms
-        running: set = set()
+        running: Set["asyncio.Future[None]"] = set()
         while True:
             free = self.concurrency - len(running)
             if self._finished() and not running:
@@ -519,7 +519,7 @@ class Worker:
                     running, timeout=self.idle_wait_ms / 1000, return_when=asyncio.FIRST_COMPLETED
                 )
 
-    async def _run_async(self, loop: asyncio.AbstractEventLoop, h: Any, step: Step) -> None:
+    async def _run_async(self, loop: asyncio.AbstractEventLoop, h: _native.Handle, step: Step) -> None:
         try:
             fn = self._async[step.handler]
             try:
@@ -546,7 +546,7 @@ class Worker:
 
     # -- heartbeats -------------------------------------------------------------------
 
-    def _heartbeat_loop(self, h: Any) -> None:
+    def _heartbeat_loop(self, h: _native.Handle) -> None:
         lease_ms = self.lease_ms or h.lease_ms
         every = max(lease_ms / 3000, 0.01)
         while not self._hb_stop.wait(every):
