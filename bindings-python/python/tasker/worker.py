@@ -355,8 +355,13 @@ class Worker:
                     self._stopping.wait(self.poll_ms / 1000)
                     continue
                 if not steps:
-                    if idle is not None and next_ready is None:
-                        idle.idle(lane, seen)
+                    if next_ready is None:
+                        if idle is not None:
+                            idle.idle(lane, seen)
+                        wait_ms = self.idle_wait_ms if idle is not None else self.poll_ms
+                    else:
+                        # A retry is scheduled: the claim wakes when it comes due.
+                        wait_ms = max(self.idle_wait_ms, self.poll_ms)
                     continue
                 if idle is not None:
                     idle.busy(lane)
