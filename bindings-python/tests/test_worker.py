@@ -362,3 +362,42 @@ def test_a_closed_handle_stops_the_worker_with_closed_error(settings: Dict[str, 
     t.close()
     with pytest.raises(tasker.ClosedError):
         tasker.Worker(t, handlers={"a": lambda s: None}).run_until_idle()
+
+
+LOCK_SCRIPT = r"""
+import sqlite3, sys, time
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+c.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+c.execute("COMMIT")
+"""
+
+
+def test_reports_are_retried_while_the_database_is_unavailable(tmp_path: Path) -> None:
+    # Another process's exclusive lock on the SQLite file makes the engine's writes fail
+    # with `unavailable` (busy timeout 100 ms); the worker keeps the step and reports it
+    # once the lock is gone. (The lock is taken in another process: POSIX file locks
+    # of one process do not exclude each other.)
+    db = tmp_path / "tasker.db"
+    with tasker.Tasker.open(f"sqlite://{db}", sqlite_busy_timeout_ms=100) as t:
+        t.register_template(chain("busy", [("a", [])]))
+        tid = t.create_task("t", "busy")["task_id"]
+        lockers: List[subprocess.Popen] = []
+
+        def a(step: tasker.Step) -> Any:
+            p = subprocess.Popen([sys.executable, "-c", LOCK_SCRIPT, str(db), "0.8"],
+                                 stdout=subprocess.PIPE, text=True)
+            lockers.append(p)
+            assert p.stdout is not None and p.stdout.readline().strip() == "locked"
+            with pytest.raises(tasker.UnavailableError):
+                t.create_task("t", "busy")  # the lock holds: writes are refused
+            return "reported late"
+
+        stats = tasker.Worker(t, handlers={"a": a}).run_until_idle()
+        assert lockers[0].wait(30) == 0
+        assert stats == tasker.WorkerStats(completed=1, failed=0, lost=0, released=0)
+        step = steps_by_name(t, tid)["a"]
+        assert step["state"] == "complete" and step["result"] == "reported late"
+        assert step["attempts"] == 1
+        assert t.stats()["tasks"] == {"complete": 1}

@@ -21,11 +21,19 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Set, Tuple, TypeVar, Union
 
 from . import _native
 from .client import Tasker
-from .errors import ClosedError, LeaseLostError, PermanentError, RetryableError, TaskerError, TooLargeError
+from .errors import (
+    ClosedError,
+    LeaseLostError,
+    PermanentError,
+    RetryableError,
+    TaskerError,
+    TooLargeError,
+    UnavailableError,
+)
 
 __all__ = ["Worker", "WorkerStats", "Step", "Handler"]
 
@@ -41,6 +49,11 @@ Handler = Union[Callable[[Step], Any], Callable[[Step], Awaitable[Any]]]
 # A batch whose handlers took longer than this per step makes the next claim take one
 # step: steps waiting in a batch count against their timeout.
 _SLOW_STEP_S = 0.005
+_T = TypeVar("_T")
+
+# A report refused with `unavailable` (the database is out of reach for a moment) is
+# retried with growing pauses this many times before the worker gives up.
+_UNAVAILABLE_RETRIES = 8
 # Tracebacks longer than this are cut (keeping the end) when the whole error document
 # would exceed max_payload_bytes.
 _TRACEBACK_TAIL = 4000
@@ -270,16 +283,15 @@ class Worker:
         self._hb_stop.clear()
         self._errors = []
         h = self.tasker.native
-        lanes: List[Tuple[Callable[..., None], Tuple[Any, ...]]] = []
+        lanes: List[Callable[[int, _native.Handle], None]] = []
         if self._sync:
-            for _ in range(self.concurrency):
-                lanes.append((self._sync_lane, ()))
+            lanes.extend([self._sync_lane] * self.concurrency)
         if self._async:
-            lanes.append((self._async_lane, ()))
+            lanes.append(self._async_lane)
         self._idle = _Idle(len(lanes)) if until_idle else None
         wid = self.worker_id
         self._threads = []
-        for i, (target, _) in enumerate(lanes):
+        for i, target in enumerate(lanes):
             t = threading.Thread(
                 target=self._guard, args=(target, i, h), name=f"tasker-worker-{wid}-{i}", daemon=True
             )
@@ -409,7 +421,7 @@ class Worker:
                     continue
                 items.append((step.step_id, step.claim_token, text))
             nxt: Optional[str] = None if self._finished() else claim_json
-            ok, refused, next_steps = h.complete_steps(items, nxt)
+            ok, refused, next_steps = self._patiently(h.complete_steps, items, nxt)
         finally:
             del self._held[key]
             if self._reported:
@@ -421,13 +433,26 @@ class Worker:
             self._idle.progressed()
         return next_steps
 
+    def _patiently(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Calls ``fn``, retrying while the database is ``unavailable`` (a restart, a
+        full pool): the steps are still held, and the heartbeat keeps them."""
+        for attempt in range(_UNAVAILABLE_RETRIES):
+            try:
+                return fn(*args)
+            except UnavailableError as e:
+                pause = min(0.1 * 2**attempt, 5.0)
+                log.warning("worker %s: %s; retrying in %.1fs", self.worker_id, e, pause)
+                time.sleep(pause)
+        return fn(*args)
+
     def _release(self, steps: List[Step]) -> int:
         n = 0
         for step in steps:
             self._reported.add(step.step_id)
             try:
-                self.tasker.release_step(
-                    step.step_id, step.claim_token, reason=f"worker {self.worker_id} stopping"
+                reason = f"worker {self.worker_id} stopping"
+                self._patiently(
+                    lambda: self.tasker.release_step(step.step_id, step.claim_token, reason=reason)
                 )
                 n += 1
             except LeaseLostError:
@@ -465,7 +490,7 @@ class Worker:
         """Reports a failed attempt; False when the lease was lost meanwhile."""
         for attempt in range(3):
             try:
-                self.tasker.fail_step(step.step_id, step.claim_token, doc)
+                self._patiently(self.tasker.fail_step, step.step_id, step.claim_token, doc)
                 return True
             except LeaseLostError:
                 return False
@@ -541,7 +566,7 @@ class Worker:
                 self._count(failed=int(ok), lost=int(not ok))
                 return
             ok_n, refused, _ = await loop.run_in_executor(
-                None, h.complete_steps, [(step.step_id, step.claim_token, text)], None
+                None, self._patiently, h.complete_steps, [(step.step_id, step.claim_token, text)], None
             )
             self._count(completed=ok_n, lost=len(refused))
         finally:
