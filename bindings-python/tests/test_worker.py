@@ -401,3 +401,12 @@ def test_reports_are_retried_while_the_database_is_unavailable(tmp_path: Path) -
         assert step["state"] == "complete" and step["result"] == "reported late"
         assert step["attempts"] == 1
         assert t.stats()["tasks"] == {"complete": 1}
+
+
+def test_a_claim_the_engine_refuses_ends_the_run_with_its_error(tk: tasker.Tasker) -> None:
+    # The engine takes at most 64 handler names per claim: the worker must not retry a
+    # request that can never succeed.
+    w = tasker.Worker(tk, handlers={f"h{i}": (lambda s: None) for i in range(65)})
+    with pytest.raises(tasker.InvalidArgumentError):
+        w.run_until_idle()
+    assert not w.running

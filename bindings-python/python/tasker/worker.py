@@ -27,6 +27,7 @@ from . import _native
 from .client import Tasker
 from .errors import (
     ClosedError,
+    DatabaseError,
     LeaseLostError,
     PermanentError,
     RetryableError,
@@ -360,9 +361,9 @@ class Worker:
                 seen = idle.progress if idle is not None else 0
                 try:
                     steps, next_ready = h.claim(claim_json, wait_ms)
-                except ClosedError:
-                    raise
-                except TaskerError as e:
+                except (UnavailableError, DatabaseError) as e:
+                    # Passing trouble with the database: try again. Anything else (a
+                    # closed handle, a bad request) ends the worker with that error.
                     log.warning("worker %s: claim failed (%s); retrying", self.worker_id, e)
                     self._stopping.wait(self.poll_ms / 1000)
                     continue
@@ -529,9 +530,7 @@ class Worker:
                     steps, next_ready = await loop.run_in_executor(
                         None, h.claim, claim_json, 0 if running else wait_ms
                     )
-                except ClosedError:
-                    raise
-                except TaskerError as e:
+                except (UnavailableError, DatabaseError) as e:
                     log.warning("worker %s: claim failed (%s); retrying", self.worker_id, e)
                     await asyncio.sleep(self.poll_ms / 1000)
                     continue
