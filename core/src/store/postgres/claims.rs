@@ -20,20 +20,67 @@ fn raw(text: String) -> Result<Box<RawValue>> {
 }
 
 pub async fn claim(conn: &mut PgConnection, ctx: &Ctx, p: &ClaimParams) -> Result<ClaimBatch> {
+    let mut trs = Vec::new();
+    let batch = claim_into(conn, p, &mut trs).await?;
+    write::insert_transitions(conn, ctx, &trs, p.now).await?;
+    Ok(batch)
+}
+
+/// Claims like [`claim`] but leaves its transitions in `trs` for the caller to insert
+/// (complete-and-claim writes both halves' transitions in one statement).
+///
+/// One statement does the whole claim: pick, mark running, start pending tasks (locked
+/// in id order), and return each step with its task's context (once per task) and its
+/// parents' results. Every lookup goes through an index, so a claim costs the same with
+/// 100 or 10 million rows: candidates come from the claim index one handler at a time
+/// (`handler = ANY(..)` would make PostgreSQL read and sort every ready row), the best
+/// `limit` across handlers are taken, and rows are updated by primary key.
+pub async fn claim_into(
+    conn: &mut PgConnection,
+    p: &ClaimParams,
+    trs: &mut Vec<Tr>,
+) -> Result<ClaimBatch> {
     let token = fastrand::i64(1..(1i64 << 53));
     let rows = sqlx::query(
         "WITH picked AS (
-            SELECT id FROM tasker_steps
-            WHERE state = 'ready' AND handler = ANY($5) AND ready_at <= $3
-            ORDER BY priority DESC, ready_at, id
-            LIMIT $6
-            FOR UPDATE SKIP LOCKED)
-         UPDATE tasker_steps s SET state = 'running', attempts = s.attempts + 1, claim_token = $1, worker = $2,
-            started_at = $3, first_started_at = COALESCE(s.first_started_at, $3),
-            lease_expires_at = LEAST($3 + $4, $3 + s.timeout_ms), updated_at = $3
-         FROM picked WHERE s.id = picked.id
-         RETURNING s.id, s.task_id, s.name, s.handler, s.attempts, s.retry_base, s.max_attempts,
-                   s.lease_expires_at, s.timeout_ms, s.config",
+            SELECT c.id FROM (SELECT DISTINCT unnest($5::text[]) AS name) h
+            CROSS JOIN LATERAL (
+                SELECT id, priority, ready_at FROM tasker_steps
+                WHERE state = 'ready' AND handler = h.name AND ready_at <= $3
+                ORDER BY priority DESC, ready_at, id
+                LIMIT $6
+                FOR UPDATE SKIP LOCKED) c
+            ORDER BY c.priority DESC, c.ready_at, c.id
+            LIMIT $6),
+         claimed AS (
+            UPDATE tasker_steps s SET state = 'running', attempts = s.attempts + 1, claim_token = $1, worker = $2,
+               started_at = $3, first_started_at = COALESCE(s.first_started_at, $3),
+               lease_expires_at = LEAST($3 + $4, $3 + s.timeout_ms), updated_at = $3
+            WHERE s.id = ANY(ARRAY(SELECT id FROM picked))
+            RETURNING s.id, s.task_id, s.name, s.handler, s.attempts, s.retry_base, s.max_attempts,
+                      s.lease_expires_at, s.timeout_ms, s.config),
+         locked AS (
+            SELECT id FROM tasker_tasks
+            WHERE id = ANY(ARRAY(SELECT task_id FROM claimed)) AND state = 'pending'
+            ORDER BY id FOR UPDATE),
+         started AS (
+            UPDATE tasker_tasks t SET state = 'running', prev_state = t.state, started_at = $3, updated_at = $3
+            WHERE t.id = ANY(ARRAY(SELECT id FROM locked)) RETURNING t.id),
+         parents AS (
+            SELECT e.child_id, array_agg(p.name ORDER BY p.id) AS names,
+                   array_agg(COALESCE(p.result, 'null') ORDER BY p.id) AS results
+            FROM tasker_edges e JOIN tasker_steps p ON p.id = e.parent_id
+            WHERE e.child_id = ANY(ARRAY(SELECT id FROM claimed))
+            GROUP BY e.child_id)
+         SELECT c.id, c.task_id, c.name, c.handler, c.attempts, c.retry_base, c.max_attempts,
+                c.lease_expires_at, c.timeout_ms, c.config,
+                CASE WHEN row_number() OVER (PARTITION BY c.task_id ORDER BY c.id) = 1 THEN t.context END,
+                st.id IS NOT NULL, pr.names, pr.results
+         FROM claimed c
+         JOIN tasker_tasks t ON t.id = c.task_id
+         LEFT JOIN started st ON st.id = c.task_id
+         LEFT JOIN parents pr ON pr.child_id = c.id
+         ORDER BY c.id",
     )
     .bind(token)
     .bind(&p.worker)
@@ -56,114 +103,70 @@ pub async fn claim(conn: &mut PgConnection, ctx: &Ctx, p: &ClaimParams) -> Resul
             next_ready_at: next,
         });
     }
-    struct Claimed {
-        step_id: i64,
-        task_id: i64,
-        name: String,
-        handler: String,
-        attempts: i64,
-        retry_base: i64,
-        max_attempts: i64,
-        lease_expires_at: i64,
-        timeout_ms: i64,
-        config: Option<String>,
-    }
-    let mut claimed = Vec::with_capacity(rows.len());
-    for r in rows {
-        claimed.push(Claimed {
-            step_id: r.try_get(0)?,
-            task_id: r.try_get(1)?,
-            name: r.try_get(2)?,
-            handler: r.try_get(3)?,
-            attempts: r.try_get(4)?,
-            retry_base: r.try_get(5)?,
-            max_attempts: r.try_get(6)?,
-            lease_expires_at: r.try_get(7)?,
-            timeout_ms: r.try_get(8)?,
-            config: r.try_get(9)?,
-        });
-    }
-    claimed.sort_unstable_by_key(|c| c.step_id);
-    let mut task_ids: Vec<i64> = claimed.iter().map(|c| c.task_id).collect();
-    task_ids.sort_unstable();
-    task_ids.dedup();
-    let mut trs = Vec::with_capacity(claimed.len() + 1);
+    let mut contexts: HashMap<i64, Box<RawValue>> = HashMap::new();
     let mut started: Vec<i64> = Vec::new();
-    for r in sqlx::query(
-        "WITH locked AS (SELECT id FROM tasker_tasks WHERE id = ANY($1) AND state = 'pending' ORDER BY id FOR UPDATE)
-         UPDATE tasker_tasks t SET state = 'running', prev_state = t.state, started_at = $2, updated_at = $2
-         FROM locked WHERE t.id = locked.id RETURNING t.id",
-    )
-    .bind(&task_ids)
-    .bind(p.now)
-    .fetch_all(&mut *conn)
-    .await?
-    {
-        started.push(r.try_get(0)?);
-    }
-    started.sort_unstable();
-    for id in started {
-        trs.push(Tr::task(id, Some("pending"), "running", reason::CLAIMED));
-    }
-    for c in &claimed {
-        trs.push(
+    let mut step_trs = Vec::with_capacity(rows.len());
+    let token_text = token.to_string();
+    let mut steps = Vec::with_capacity(rows.len());
+    for r in rows {
+        let (step_id, task_id, name): (i64, i64, String) =
+            (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        let attempts: i64 = r.try_get(4)?;
+        if let Some(context) = r.try_get::<Option<String>, _>(10)? {
+            contexts.insert(task_id, raw(context)?);
+            if r.try_get::<bool, _>(11)? {
+                started.push(task_id);
+            }
+        }
+        let names: Vec<String> = r.try_get::<Option<_>, _>(12)?.unwrap_or_default();
+        let results: Vec<String> = r.try_get::<Option<_>, _>(13)?.unwrap_or_default();
+        let results = names
+            .into_iter()
+            .zip(results)
+            .map(|(n, v)| Ok((n, raw(v)?)))
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        step_trs.push(
             Tr::step(
-                c.task_id,
-                c.step_id,
-                &c.name,
+                task_id,
+                step_id,
+                &name,
                 Some("ready"),
                 "running",
                 reason::CLAIMED,
             )
-            .attempt(c.attempts, Some(p.worker.clone())),
+            .attempt(attempts, Some(p.worker.clone())),
         );
-    }
-    let mut contexts: HashMap<i64, String> = HashMap::new();
-    for r in sqlx::query("SELECT id, context FROM tasker_tasks WHERE id = ANY($1)")
-        .bind(&task_ids)
-        .fetch_all(&mut *conn)
-        .await?
-    {
-        contexts.insert(r.try_get(0)?, r.try_get(1)?);
-    }
-    let step_ids: Vec<i64> = claimed.iter().map(|c| c.step_id).collect();
-    let mut results: HashMap<i64, BTreeMap<String, Box<RawValue>>> = HashMap::new();
-    for r in sqlx::query(
-        "SELECT e.child_id, p.name, p.result FROM tasker_edges e JOIN tasker_steps p ON p.id = e.parent_id
-         WHERE e.child_id = ANY($1)",
-    )
-    .bind(&step_ids)
-    .fetch_all(&mut *conn)
-    .await?
-    {
-        let result: Option<String> = r.try_get(2)?;
-        results
-            .entry(r.try_get(0)?)
-            .or_default()
-            .insert(r.try_get(1)?, raw(result.unwrap_or_else(|| "null".into()))?);
-    }
-    write::insert_transitions(conn, ctx, &trs, p.now).await?;
-    let token_text = token.to_string();
-    let mut steps = Vec::with_capacity(claimed.len());
-    for c in claimed {
-        let context = contexts.get(&c.task_id).cloned().ok_or_else(|| {
-            Error::internal(format!("task {} of a claimed step is missing", c.task_id))
-        })?;
+        let retry_base: i64 = r.try_get(5)?;
         steps.push(ClaimedStep {
-            step_id: c.step_id,
-            task_id: c.task_id,
-            step_name: c.name,
-            handler: c.handler,
+            step_id,
+            task_id,
+            step_name: name,
+            handler: r.try_get(3)?,
             claim_token: token_text.clone(),
-            attempt: c.attempts - c.retry_base,
-            max_attempts: c.max_attempts,
-            lease_expires_at: Ts(c.lease_expires_at),
-            timeout_ms: c.timeout_ms,
-            context: raw(context)?,
-            config: c.config.map(raw).transpose()?,
-            results: results.remove(&c.step_id).unwrap_or_default(),
+            attempt: attempts - retry_base,
+            max_attempts: r.try_get(6)?,
+            lease_expires_at: Ts(r.try_get(7)?),
+            timeout_ms: r.try_get(8)?,
+            // Filled in below: the context comes once per task, on its first step's row.
+            context: raw("null".into())?,
+            config: r.try_get::<Option<String>, _>(9)?.map(raw).transpose()?,
+            results,
         });
     }
+    for step in &mut steps {
+        step.context = contexts.get(&step.task_id).cloned().ok_or_else(|| {
+            Error::internal(format!(
+                "task {} of a claimed step is missing",
+                step.task_id
+            ))
+        })?;
+    }
+    started.sort_unstable();
+    trs.reserve(started.len() + step_trs.len());
+    for id in started {
+        trs.push(Tr::task(id, Some("pending"), "running", reason::CLAIMED));
+    }
+    trs.extend(step_trs);
     Ok(ClaimBatch {
         steps,
         next_ready_at: None,
@@ -221,11 +224,14 @@ pub async fn heartbeat(
     }
 }
 
-pub async fn complete(
+/// Completes the claimed steps of `items` (each by its token) and releases their
+/// children; leaves the transitions in `trs` for the caller to insert, with those of a
+/// claim in the same transaction.
+pub async fn complete_into(
     conn: &mut PgConnection,
-    ctx: &Ctx,
     items: Vec<Completion>,
     now: i64,
+    trs: &mut Vec<Tr>,
 ) -> Result<Vec<ItemOutcome>> {
     let mut first: HashSet<i64> = HashSet::with_capacity(items.len());
     let (mut ids, mut tokens, mut results) = (Vec::new(), Vec::new(), Vec::new());
@@ -262,7 +268,6 @@ pub async fn complete(
     }
     done_rows.sort_unstable_by_key(|d| d.0);
     let mut deltas = Deltas::new();
-    let mut trs = Vec::with_capacity(done_rows.len() * 2);
     let mut done_ids = Vec::with_capacity(done_rows.len());
     for (id, task_id, name, attempts, worker) in done_rows {
         bump(&mut deltas, task_id, |d| {
@@ -282,9 +287,8 @@ pub async fn complete(
         );
         done_ids.push(id);
     }
-    write::release_children(conn, &done_ids, now, &mut deltas, &mut trs).await?;
-    write::apply_deltas(conn, &deltas, now, &mut trs).await?;
-    write::insert_transitions(conn, ctx, &trs, now).await?;
+    write::release_children(conn, &done_ids, now, &mut deltas, trs).await?;
+    write::apply_deltas(conn, &deltas, now, trs).await?;
     let done: HashSet<i64> = done_ids.into_iter().collect();
     let mut reported: HashSet<i64> = HashSet::with_capacity(items.len());
     let mut out = Vec::with_capacity(items.len());

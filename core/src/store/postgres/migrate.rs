@@ -18,6 +18,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "analytics",
         include_str!("../../../../migrations/postgres/0002_analytics.sql"),
     ),
+    (
+        3,
+        "lease_index",
+        include_str!("../../../../migrations/postgres/0003_lease_index.sql"),
+    ),
 ];
 
 pub async fn run(conn: &mut PgConnection, lock_key: i64) -> Result<u32> {

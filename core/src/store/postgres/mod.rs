@@ -304,11 +304,14 @@ impl Store for PgStore {
                 .collect();
             let claim = claim.clone();
             Box::pin(async move {
-                let outcomes = claims::complete(c, &ctx, items, now).await?;
+                // Both halves' transitions go in with one advisory lock and one INSERT.
+                let mut trs = Vec::new();
+                let outcomes = claims::complete_into(c, items, now, &mut trs).await?;
                 let batch = match &claim {
-                    Some(p) => claims::claim(c, &ctx, p).await?,
+                    Some(p) => claims::claim_into(c, p, &mut trs).await?,
                     None => ClaimBatch::default(),
                 };
+                write::insert_transitions(c, &ctx, &trs, now).await?;
                 Ok((outcomes, batch))
             })
         }))

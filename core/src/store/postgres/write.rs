@@ -14,7 +14,9 @@ use crate::store::shared::{bump, Deltas, FailedStep, Tr};
 
 /// Writes transition rows. Runs last in every transaction: it takes the advisory lock
 /// that makes transition ids commit in order (so event readers never skip a row) and
-/// sends the NOTIFY that wakes waiters in every process at commit.
+/// sends the NOTIFY that wakes waiters in every process at commit. One statement: the
+/// lock is a CTE every inserted row is joined with, so it is held before the first id
+/// is drawn from the sequence.
 pub async fn insert_transitions(
     conn: &mut PgConnection,
     ctx: &Ctx,
@@ -24,11 +26,6 @@ pub async fn insert_transitions(
     if rows.is_empty() {
         return Ok(());
     }
-    sqlx::query("SELECT pg_advisory_xact_lock($1), pg_notify($2, '')")
-        .bind(ctx.lock_key)
-        .bind(&ctx.channel)
-        .execute(&mut *conn)
-        .await?;
     let mut task_ids = Vec::with_capacity(rows.len());
     let mut step_ids = Vec::with_capacity(rows.len());
     let mut names = Vec::with_capacity(rows.len());
@@ -50,10 +47,11 @@ pub async fn insert_transitions(
         details.push(r.details.clone());
     }
     sqlx::query(
-        "INSERT INTO tasker_transitions
+        "WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock($11), pg_notify($12, ''))
+         INSERT INTO tasker_transitions
             (task_id, step_id, step_name, from_state, to_state, at, attempt, worker, reason, details)
          SELECT u.task_id, u.step_id, u.step_name, u.from_state, u.to_state, $10, u.attempt, u.worker, u.reason, u.details
-         FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+         FROM lock CROSS JOIN unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
                      $7::text[], $8::text[], $9::text[])
               WITH ORDINALITY AS u(task_id, step_id, step_name, from_state, to_state, attempt, worker, reason, details, n)
          ORDER BY u.n",
@@ -68,6 +66,8 @@ pub async fn insert_transitions(
     .bind(reasons)
     .bind(details)
     .bind(now)
+    .bind(ctx.lock_key)
+    .bind(&ctx.channel)
     .execute(conn)
     .await?;
     Ok(())
@@ -75,7 +75,8 @@ pub async fn insert_transitions(
 
 /// Decrements the parent counters of the children of `parents`; children reaching zero
 /// become `ready`. The children are locked in id order first, so two transactions
-/// releasing overlapping children cannot deadlock.
+/// releasing overlapping children cannot deadlock. Rows are found by primary key
+/// (`= ANY(ARRAY(..))`), never by a join the planner could turn into a table scan.
 pub async fn release_children(
     conn: &mut PgConnection,
     parents: &[i64],
@@ -89,13 +90,13 @@ pub async fn release_children(
     let rows = sqlx::query(
         "WITH d AS (SELECT child_id, count(*) AS n FROM tasker_edges
                     WHERE parent_id = ANY($1) GROUP BY child_id),
-              locked AS (SELECT s.id FROM tasker_steps s JOIN d ON d.child_id = s.id ORDER BY s.id FOR UPDATE OF s)
+              locked AS (SELECT id FROM tasker_steps WHERE id = ANY(ARRAY(SELECT child_id FROM d)) ORDER BY id FOR UPDATE)
          UPDATE tasker_steps s SET
             pending_parents = s.pending_parents - d.n,
             state = CASE WHEN s.state = 'pending' AND s.pending_parents = d.n THEN 'ready' ELSE s.state END,
             ready_at = CASE WHEN s.state = 'pending' AND s.pending_parents = d.n THEN $2 ELSE s.ready_at END,
             updated_at = $2
-         FROM d WHERE s.id = d.child_id AND s.id IN (SELECT id FROM locked)
+         FROM d WHERE s.id = ANY(ARRAY(SELECT id FROM locked)) AND s.id = d.child_id
          RETURNING s.id, s.task_id, s.name, s.state, s.pending_parents",
     )
     .bind(parents)
@@ -126,7 +127,7 @@ pub async fn release_children(
 }
 
 /// Applies counter deltas and finalizes tasks (same rules as SQLite), locking the task
-/// rows in id order first.
+/// rows in id order first, by primary key.
 pub async fn apply_deltas(
     conn: &mut PgConnection,
     deltas: &Deltas,
@@ -144,7 +145,7 @@ pub async fn apply_deltas(
     let de: Vec<i64> = ids.iter().map(|i| deltas[i].error).collect();
     let rows = sqlx::query(
         "WITH d AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) AS d(id, da, dd, de)),
-              locked AS (SELECT t.id FROM tasker_tasks t JOIN d ON d.id = t.id ORDER BY t.id FOR UPDATE OF t)
+              locked AS (SELECT id FROM tasker_tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE)
          UPDATE tasker_tasks t SET
             prev_state = t.state,
             n_active = t.n_active + d.da,
@@ -161,7 +162,7 @@ pub async fn apply_deltas(
                 WHEN t.n_active + d.da = 0 THEN COALESCE(t.finished_at, $5)
                 ELSE NULL END,
             updated_at = $5
-         FROM d WHERE t.id = d.id AND t.id IN (SELECT id FROM locked)
+         FROM d WHERE t.id = ANY(ARRAY(SELECT id FROM locked)) AND t.id = d.id
          RETURNING t.id, t.prev_state, t.state",
     )
     .bind(&ids)
