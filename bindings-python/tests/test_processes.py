@@ -97,6 +97,8 @@ def test_worker_processes_drain_one_database(tk: tasker.Tasker, settings: Dict[s
     pids = {s["result"]["pid"] for tid in tasks for s in tk.get_task(tid)["steps"]}
     assert pids <= {p.pid for p in procs}
     assert len(all_events(tk, types=["step.started"])) == 400
+    completed = all_events(tk, types=["step.completed"])
+    assert len(completed) == 400 and len({e["step_id"] for e in completed}) == 400
 
 
 def _child_closes(t: tasker.Tasker) -> None:

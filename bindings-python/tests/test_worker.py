@@ -410,3 +410,27 @@ def test_a_claim_the_engine_refuses_ends_the_run_with_its_error(tk: tasker.Taske
     with pytest.raises(tasker.InvalidArgumentError):
         w.run_until_idle()
     assert not w.running
+
+
+def test_async_handlers_run_concurrently(tk: tasker.Tasker) -> None:
+    # Four handlers that each wait until all four are running: they finish only if the
+    # worker runs them at the same time (concurrency=4) on its event loop.
+    tk.register_template(chain("together", [("a", [])]))
+    for _ in range(4):
+        tk.create_task("t", "together")
+    arrived: List[int] = []
+    state: Dict[str, Any] = {}
+
+    async def a(step: tasker.Step) -> Any:
+        if "all_in" not in state:
+            state["all_in"] = asyncio.Event()
+        arrived.append(step.task_id)
+        if len(arrived) == 4:
+            state["all_in"].set()
+        await asyncio.wait_for(state["all_in"].wait(), timeout=10)
+        return len(arrived)
+
+    stats = tasker.Worker(tk, concurrency=4, handlers={"a": a}).run_until_idle()
+    assert stats.completed == 4 and stats.failed == 0
+    results = [t_["steps"][0]["result"] for t_ in (tk.get_task(i) for i in range(1, 5))]
+    assert results == [4, 4, 4, 4]
