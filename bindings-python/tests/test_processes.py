@@ -124,3 +124,28 @@ def test_a_forked_child_closes_a_handle_with_subscriptions(tk: tasker.Tasker) ->
         time.sleep(0.01)
     assert seen == [tid]
     off()
+
+
+def _spawned_worker(t: tasker.Tasker, out: "multiprocessing.Queue[Any]") -> None:
+    # Runs in a fresh interpreter: `t` arrived pickled and was opened again here.
+    try:
+        stats = tasker.Worker(t, handlers={"a": lambda s: {"spawned": True}}).run_until_idle()
+        out.put({"completed": stats.completed})
+    except BaseException as e:
+        out.put({"error": repr(e)})
+    finally:
+        t.close()
+
+
+def test_a_handle_passed_to_a_spawned_process_opens_there(tk: tasker.Tasker) -> None:
+    tk.register_template(chain("spawn", [("a", [])]))
+    tid = tk.create_task("t", "spawn")["task_id"]
+    ctx = multiprocessing.get_context("spawn")
+    out: "multiprocessing.Queue[Any]" = ctx.Queue()
+    p = ctx.Process(target=_spawned_worker, args=(tk, out))
+    p.start()
+    got = out.get(timeout=60)
+    p.join(30)
+    assert got == {"completed": 1}
+    assert tk.get_task(tid)["steps"][0]["result"] == {"spawned": True}
+    assert not tk.closed  # the child's close closed only its own handle

@@ -44,15 +44,16 @@ class Tasker:
     subclass of its code.
     """
 
-    __slots__ = ("_h", "_subs", "_lock", "__weakref__")
+    __slots__ = ("_h", "_subs", "_lock", "_config", "__weakref__")
 
-    def __init__(self, handle: _native.Handle) -> None:
+    def __init__(self, handle: _native.Handle, config_json: Optional[str] = None) -> None:
         """Wraps a native handle; use :meth:`Tasker.open` instead."""
         if not isinstance(handle, _native.Handle):
             raise TypeError("use Tasker.open(...) to open a handle")
         self._h = handle
         self._subs: List[_native.Subscription] = []
         self._lock = threading.Lock()
+        self._config = config_json
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -80,7 +81,18 @@ class Tasker:
             merged.update(config)
         merged.update(settings)
         text = _native.to_json(merged) if merged else ""
-        return cls(_native.Handle.open(text))
+        return cls(_native.Handle.open(text), text)
+
+    def __reduce__(self) -> Any:
+        # Pickling (multiprocessing's spawn and forkserver start methods) hands over the
+        # settings; the receiving process opens a handle of its own with them.
+        if self._config is None:
+            raise TypeError("only a handle made by Tasker.open can be pickled")
+        return (Tasker._reopen, (self._config,))
+
+    @staticmethod
+    def _reopen(config_json: str) -> "Tasker":
+        return Tasker(_native.Handle.open(config_json), config_json)
 
     def close(self) -> None:
         """Closes the handle and stops its event subscriptions. Idempotent; any later
