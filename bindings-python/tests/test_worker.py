@@ -251,14 +251,14 @@ def test_many_threads_complete_each_step_once(tk: tasker.Tasker) -> None:
 
 
 def test_heartbeats_keep_a_long_handler_s_lease(settings: Dict[str, Any]) -> None:
-    # A 300 ms lease swept every 50 ms: without heartbeats the 1.2 s handler would lose
+    # A 600 ms lease swept every 50 ms: without heartbeats the 2 s handler would lose
     # its step to the sweep (step.lease_expired, a second attempt).
-    with tasker.Tasker.open({**settings, "lease_ms": 300, "sweep_interval_ms": 50}) as t:
+    with tasker.Tasker.open({**settings, "lease_ms": 600, "sweep_interval_ms": 50}) as t:
         t.register_template(chain("long", [("a", [])]))
         tid = t.create_task("t", "long")["task_id"]
 
         def slow(step: tasker.Step) -> Any:
-            time.sleep(1.2)
+            time.sleep(2.0)
             return "done"
 
         stats = tasker.Worker(t, handlers={"a": slow}).run_until_idle()
@@ -286,7 +286,10 @@ def test_stop_finishes_the_running_step_and_releases_the_rest(tk: tasker.Tasker)
     assert entered.wait(10)
     stopper = threading.Thread(target=w.stop)
     stopper.start()
-    time.sleep(0.1)  # let stop() raise the flag while the handler is still running
+    deadline = time.monotonic() + 10
+    while not w.stopping and time.monotonic() < deadline:  # stop() asked while it runs
+        time.sleep(0.001)
+    assert w.stopping
     proceed.set()
     stopper.join(10)
     assert not w.running

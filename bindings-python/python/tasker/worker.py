@@ -214,6 +214,12 @@ class Worker:
             return WorkerStats(**vars(self._stats))
 
     @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` (or a signal in :meth:`run`) asked the worker to stop,
+        until it is started again."""
+        return self._stopping.is_set()
+
+    @property
     def running(self) -> bool:
         """True between :meth:`start` and the end of :meth:`stop`."""
         return any(t.is_alive() for t in self._threads)
