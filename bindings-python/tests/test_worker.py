@@ -437,3 +437,23 @@ def test_async_handlers_run_concurrently(tk: tasker.Tasker) -> None:
     assert stats.completed == 4 and stats.failed == 0
     results = [t_["steps"][0]["result"] for t_ in (tk.get_task(i) for i in range(1, 5))]
     assert results == [4, 4, 4, 4]
+
+
+def test_async_handler_failures_are_told_apart(tk: tasker.Tasker) -> None:
+    tk.register_template(chain("asyncbad", [("raises", []), ("nojson", [])],
+                               defaults={"retry": {"max_attempts": 1}}))
+    tid = tk.create_task("t", "asyncbad")["task_id"]
+
+    async def raises(step: tasker.Step) -> Any:
+        raise TypeError("the handler's own TypeError")
+
+    async def nojson(step: tasker.Step) -> Any:
+        return {"bytes": b"\x00"}
+
+    stats = tasker.Worker(tk, concurrency=2, handlers={"raises": raises, "nojson": nojson}).run_until_idle()
+    assert stats.failed == 2 and stats.completed == 0
+    s = steps_by_name(tk, tid)
+    assert s["raises"]["error"]["kind"] == "TypeError"
+    assert "the handler's own TypeError" in s["raises"]["error"]["traceback"]
+    assert s["nojson"]["error"]["kind"] == "ResultNotSerializable"
+    assert s["nojson"]["result"] is None and s["nojson"]["state"] == "error"

@@ -520,62 +520,99 @@ class Worker:
         asyncio.run(self._async_main(lane, h))
 
     async def _async_main(self, lane: int, h: _native.Handle) -> None:
+        """Keeps up to ``concurrency`` async handlers running. Results of finished
+        handlers are reported together, in one ``complete_steps`` call that also claims
+        steps for the free slots; a plain claim (waiting for work) runs only when
+        nothing finished meanwhile."""
         loop = asyncio.get_running_loop()
         names = sorted(self._async)
         idle = self._idle
-        wait_ms = self.idle_wait_ms if idle is not None else self.poll_ms
+        base_wait = self.idle_wait_ms if idle is not None else self.poll_ms
+        wait_ms = base_wait
+        claims: Dict[int, str] = {}
+
+        def claim_json(limit: int) -> str:
+            if limit not in claims:
+                claims[limit] = self._claim_json(names, limit)
+            return claims[limit]
+
         running: Set["asyncio.Future[None]"] = set()
+        done: List[Tuple[int, str, str]] = []
         while True:
-            free = self.concurrency - len(running)
-            if self._finished() and not running:
+            finished = self._finished()
+            if finished and not running and not done:
                 return
-            if free > 0 and not self._finished():
+            free = 0 if finished else self.concurrency - len(running)
+            steps: List[Step] = []
+            if done:
+                items = done[:]
+                done.clear()
+                try:
+                    ok, refused, steps = await loop.run_in_executor(
+                        None, self._patiently, h.complete_steps, items, claim_json(free) if free else None
+                    )
+                finally:
+                    for step_id, _, _ in items:
+                        self._held.pop(step_id, None)
+                for step_id, code, message in refused:
+                    log.warning("worker %s: result of step %s refused: %s: %s",
+                                self.worker_id, step_id, code, message)
+                self._count(completed=ok, lost=len(refused))
+                if idle is not None:
+                    idle.progressed()
+            elif free:
                 seen = idle.progress if idle is not None else 0
-                claim_json = self._claim_json(names, free)
                 try:
                     steps, next_ready = await loop.run_in_executor(
-                        None, h.claim, claim_json, 0 if running else wait_ms
+                        None, h.claim, claim_json(free), 0 if running else wait_ms
                     )
                 except (UnavailableError, DatabaseError) as e:
                     log.warning("worker %s: claim failed (%s); retrying", self.worker_id, e)
                     await asyncio.sleep(self.poll_ms / 1000)
                     continue
-                if steps and idle is not None:
+                if not steps and not running:
+                    if next_ready is None:
+                        if idle is not None:
+                            idle.idle(lane, seen)
+                        wait_ms = base_wait
+                    else:
+                        # A retry is scheduled: the claim wakes when it comes due.
+                        wait_ms = max(base_wait, self.poll_ms)
+                    continue
+            if steps:
+                if idle is not None:
                     idle.busy(lane)
                 for step in steps:
                     self._held[step.step_id] = [step]
-                    running.add(asyncio.ensure_future(self._run_async(loop, h, step)))
-                if not steps and not running:
-                    if idle is not None and next_ready is None:
-                        idle.idle(lane, seen)
-                    continue
-            if running:
+                    running.add(asyncio.ensure_future(self._run_async(loop, step, done)))
+            if running and not done:
                 _, running = await asyncio.wait(
-                    running, timeout=self.idle_wait_ms / 1000, return_when=asyncio.FIRST_COMPLETED
+                    running, timeout=base_wait / 1000, return_when=asyncio.FIRST_COMPLETED
                 )
 
-    async def _run_async(self, loop: asyncio.AbstractEventLoop, h: _native.Handle, step: Step) -> None:
+    async def _run_async(
+        self, loop: asyncio.AbstractEventLoop, step: Step, done: List[Tuple[int, str, str]]
+    ) -> None:
+        """Runs one async handler; a result goes to ``done`` for the lane to report
+        (the step stays held until then), a failure is reported here."""
+        fn = self._async[step.handler]
         try:
-            fn = self._async[step.handler]
+            result = await fn(step)
+        except Exception as e:
+            doc = self._error_doc(step, e)
+        else:
             try:
-                result = await fn(step)
-            except Exception as e:
-                ok = await loop.run_in_executor(None, self._fail, step, self._error_doc(step, e))
-                self._count(failed=int(ok), lost=int(not ok))
+                done.append((step.step_id, step.claim_token, _native.to_json(result)))
                 return
-            try:
-                text = _native.to_json(result)
             except (TypeError, ValueError) as e:
                 doc = self._unserialisable(step, result, e)
-                ok = await loop.run_in_executor(None, self._fail, step, doc)
-                self._count(failed=int(ok), lost=int(not ok))
-                return
-            ok_n, refused, _ = await loop.run_in_executor(
-                None, self._patiently, h.complete_steps, [(step.step_id, step.claim_token, text)], None
-            )
-            self._count(completed=ok_n, lost=len(refused))
+        self._reported.add(step.step_id)
+        try:
+            ok = await loop.run_in_executor(None, self._fail, step, doc)
+            self._count(failed=int(ok), lost=int(not ok))
         finally:
             self._held.pop(step.step_id, None)
+            self._reported.discard(step.step_id)
             if self._idle is not None:
                 self._idle.progressed()
 
