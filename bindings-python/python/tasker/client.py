@@ -371,11 +371,12 @@ class Tasker:
             InvalidArgumentError: ``event`` is not an event name.
         """
         types = None if event == "*" else [event]
-        if types is not None:
-            # Checks the name now rather than on the delivery thread.
-            self._h.call_obj("events", {"since": 0, "limit": 1, "types": types})
         if since is None:
             since = int(self.stats()["last_event_id"])
+        if types is not None:
+            # Checks the name now rather than on the delivery thread (from the cursor,
+            # so the check reads at most the events the subscription will read).
+            self._h.call_obj("events", {"since": since, "limit": 1, "types": types})
 
         def deliver(ev: Dict[str, Any]) -> None:
             try:
