@@ -2,6 +2,7 @@
 //! complete, fail, release and the lease sweep.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::LazyLock;
 
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -12,7 +13,7 @@ use super::{write, Ctx};
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::events::reason;
 use crate::model::retry::{self, Backoff, RetryPolicy};
-use crate::store::shared::{bump, decide, Deltas, Held, Tr};
+use crate::store::shared::{decide, Deltas, Held, Tr};
 use crate::store::*;
 
 fn raw(text: String) -> Result<Box<RawValue>> {
@@ -224,9 +225,53 @@ pub async fn heartbeat(
     }
 }
 
+/// Completion in one statement: the steps (each fenced by its claim token, found by
+/// primary key), their children's parent counters (children locked in id order; those
+/// reaching 0 become `ready`), and the task counters with finalization (tasks locked in
+/// id order), with the same SET clauses as `write::release_children` and
+/// `write::apply_deltas`. The CTEs see one snapshot: the children and tasks they update
+/// are never rows the completion itself updated.
+static COMPLETE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH done AS (
+            UPDATE tasker_steps s SET state = 'complete', result = u.result, claim_token = NULL,
+               lease_expires_at = NULL, finished_at = $4, updated_at = $4
+            FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS u(id, token, result)
+            WHERE s.id = u.id AND s.claim_token = u.token AND s.state = 'running'
+            RETURNING s.id, s.task_id, s.name, s.attempts, s.worker),
+         d AS (
+            SELECT child_id, count(*) AS n FROM tasker_edges
+            WHERE parent_id = ANY(ARRAY(SELECT id FROM done)) GROUP BY child_id),
+         locked AS (
+            SELECT id FROM tasker_steps WHERE id = ANY(ARRAY(SELECT child_id FROM d)) ORDER BY id FOR UPDATE),
+         children AS (
+            UPDATE tasker_steps s SET {release}
+            FROM d WHERE s.id = ANY(ARRAY(SELECT id FROM locked)) AND s.id = d.child_id
+            RETURNING s.id, s.task_id, s.name, s.state, s.pending_parents),
+         released AS (
+            SELECT id, task_id, name FROM children WHERE state = 'ready' AND pending_parents = 0),
+         deltas AS (
+            SELECT task_id AS id, sum(da)::bigint AS da, sum(dd)::bigint AS dd, 0::bigint AS de
+            FROM (SELECT task_id, -1 AS da, 1 AS dd FROM done
+                  UNION ALL SELECT task_id, 1, 0 FROM released) x
+            GROUP BY task_id),
+         tlocked AS (
+            SELECT id FROM tasker_tasks WHERE id = ANY(ARRAY(SELECT id FROM deltas)) ORDER BY id FOR UPDATE),
+         tasks AS (
+            UPDATE tasker_tasks t SET {deltas}
+            FROM deltas d WHERE t.id = ANY(ARRAY(SELECT id FROM tlocked)) AND t.id = d.id
+            RETURNING t.id, t.prev_state, t.state)
+         SELECT 0, id, task_id, name, attempts, worker, NULL::text FROM done
+         UNION ALL SELECT 1, id, task_id, name, NULL, NULL, NULL FROM released
+         UNION ALL SELECT 2, id, NULL, NULL, NULL, prev_state, state FROM tasks",
+        release = write::with_now(write::RELEASE_SET, "$4"),
+        deltas = write::with_now(write::TASK_DELTAS_SET, "$4"),
+    )
+});
+
 /// Completes the claimed steps of `items` (each by its token) and releases their
-/// children; leaves the transitions in `trs` for the caller to insert, with those of a
-/// claim in the same transaction.
+/// children, in one statement ([`COMPLETE_SQL`]); leaves the transitions in `trs` for
+/// the caller to insert, with those of a claim in the same transaction.
 pub async fn complete_into(
     conn: &mut PgConnection,
     items: Vec<Completion>,
@@ -242,38 +287,46 @@ pub async fn complete_into(
             results.push(item.result.get().to_owned());
         }
     }
-    let rows = sqlx::query(
-        "UPDATE tasker_steps s SET state = 'complete', result = u.result, claim_token = NULL,
-            lease_expires_at = NULL, finished_at = $4, updated_at = $4
-         FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS u(id, token, result)
-         WHERE s.id = u.id AND s.claim_token = u.token AND s.state = 'running'
-         RETURNING s.id, s.task_id, s.name, s.attempts, s.worker",
-    )
-    .bind(ids)
-    .bind(tokens)
-    .bind(results)
-    .bind(now)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut done_rows: Vec<(i64, i64, String, i64, Option<String>)> =
-        Vec::with_capacity(rows.len());
+    let rows = sqlx::query(sqlx::AssertSqlSafe(COMPLETE_SQL.as_str()))
+        .bind(ids)
+        .bind(tokens)
+        .bind(results)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+    // Rows of three kinds: 0 a completed step, 1 a child that became ready, 2 a task
+    // whose counters moved. Transitions go in that order, each kind by id, as before
+    // this was one statement.
+    let mut completed: Vec<(i64, i64, String, i64, Option<String>)> = Vec::new();
+    let mut released: Vec<(i64, i64, String)> = Vec::new();
+    let mut tasks: Vec<(i64, Option<String>, String)> = Vec::new();
     for r in rows {
-        done_rows.push((
-            r.try_get(0)?,
-            r.try_get(1)?,
-            r.try_get(2)?,
-            r.try_get(3)?,
-            r.try_get(4)?,
-        ));
+        let kind: i32 = r.try_get(0)?;
+        let id: i64 = r.try_get(1)?;
+        match kind {
+            0 => completed.push((
+                id,
+                r.try_get::<Option<i64>, _>(2)?.unwrap_or_default(),
+                r.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
+                r.try_get::<Option<i64>, _>(4)?.unwrap_or_default(),
+                r.try_get(5)?,
+            )),
+            1 => released.push((
+                id,
+                r.try_get::<Option<i64>, _>(2)?.unwrap_or_default(),
+                r.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
+            )),
+            _ => tasks.push((
+                id,
+                r.try_get(5)?,
+                r.try_get::<Option<String>, _>(6)?.unwrap_or_default(),
+            )),
+        }
     }
-    done_rows.sort_unstable_by_key(|d| d.0);
-    let mut deltas = Deltas::new();
-    let mut done_ids = Vec::with_capacity(done_rows.len());
-    for (id, task_id, name, attempts, worker) in done_rows {
-        bump(&mut deltas, task_id, |d| {
-            d.active -= 1;
-            d.done += 1;
-        });
+    completed.sort_unstable_by_key(|d| d.0);
+    released.sort_unstable_by_key(|d| d.0);
+    let mut done_ids = Vec::with_capacity(completed.len());
+    for (id, task_id, name, attempts, worker) in completed {
         trs.push(
             Tr::step(
                 task_id,
@@ -287,8 +340,17 @@ pub async fn complete_into(
         );
         done_ids.push(id);
     }
-    write::release_children(conn, &done_ids, now, &mut deltas, trs).await?;
-    write::apply_deltas(conn, &deltas, now, trs).await?;
+    for (id, task_id, name) in released {
+        trs.push(Tr::step(
+            task_id,
+            id,
+            &name,
+            Some("pending"),
+            "ready",
+            reason::PARENTS_DONE,
+        ));
+    }
+    write::finalized(tasks, trs);
     let done: HashSet<i64> = done_ids.into_iter().collect();
     let mut reported: HashSet<i64> = HashSet::with_capacity(items.len());
     let mut out = Vec::with_capacity(items.len());

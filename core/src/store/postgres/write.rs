@@ -2,6 +2,7 @@
 //! one set-based statement over arrays bound as parameters.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use serde_json::{json, Value};
 use sqlx::postgres::PgConnection;
@@ -73,6 +74,53 @@ pub async fn insert_transitions(
     Ok(())
 }
 
+/// The counter update of a child whose parents (`d.n` of them) just completed, `$2` the
+/// time: shared by [`release_children`] and the one-statement completion in `claims`.
+pub const RELEASE_SET: &str = "pending_parents = s.pending_parents - d.n,
+            state = CASE WHEN s.state = 'pending' AND s.pending_parents = d.n THEN 'ready' ELSE s.state END,
+            ready_at = CASE WHEN s.state = 'pending' AND s.pending_parents = d.n THEN $NOW ELSE s.ready_at END,
+            updated_at = $NOW";
+
+/// Task counters moved by `d.da`/`d.dd`/`d.de` and the finalization rules (the same as
+/// SQLite's), `$NOW` the time: shared by [`apply_deltas`] and the one-statement
+/// completion in `claims`.
+pub const TASK_DELTAS_SET: &str = "prev_state = t.state,
+            n_active = t.n_active + d.da,
+            n_done = t.n_done + d.dd,
+            n_error = t.n_error + d.de,
+            state = CASE
+                WHEN t.state IN ('complete', 'cancelled') THEN t.state
+                WHEN t.n_active + d.da = 0 AND t.n_done + d.dd = t.n_total THEN 'complete'
+                WHEN t.n_active + d.da = 0 THEN 'error'
+                WHEN t.state = 'error' THEN 'running'
+                ELSE t.state END,
+            finished_at = CASE
+                WHEN t.state IN ('complete', 'cancelled') THEN t.finished_at
+                WHEN t.n_active + d.da = 0 THEN COALESCE(t.finished_at, $NOW)
+                ELSE NULL END,
+            updated_at = $NOW";
+
+/// `template` with `$NOW` replaced by the given placeholder, built once per statement.
+pub fn with_now(template: &str, placeholder: &str) -> String {
+    template.replace("$NOW", placeholder)
+}
+
+/// The task rows reported by a counter update, as transitions and final states.
+pub fn finalized(
+    mut changed: Vec<(i64, Option<String>, String)>,
+    trs: &mut Vec<Tr>,
+) -> HashMap<i64, String> {
+    changed.sort_unstable_by_key(|c| c.0);
+    let mut states = HashMap::with_capacity(changed.len());
+    for (id, prev, state) in changed {
+        if prev.as_deref() != Some(state.as_str()) {
+            trs.push(Tr::task(id, prev.as_deref(), &state, reason::FINALIZED));
+        }
+        states.insert(id, state);
+    }
+    states
+}
+
 /// Decrements the parent counters of the children of `parents`; children reaching zero
 /// become `ready`. The children are locked in id order first, so two transactions
 /// releasing overlapping children cannot deadlock. Rows are found by primary key
@@ -87,22 +135,22 @@ pub async fn release_children(
     if parents.is_empty() {
         return Ok(());
     }
-    let rows = sqlx::query(
-        "WITH d AS (SELECT child_id, count(*) AS n FROM tasker_edges
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH d AS (SELECT child_id, count(*) AS n FROM tasker_edges
                     WHERE parent_id = ANY($1) GROUP BY child_id),
               locked AS (SELECT id FROM tasker_steps WHERE id = ANY(ARRAY(SELECT child_id FROM d)) ORDER BY id FOR UPDATE)
-         UPDATE tasker_steps s SET
-            pending_parents = s.pending_parents - d.n,
-            state = CASE WHEN s.state = 'pending' AND s.pending_parents = d.n THEN 'ready' ELSE s.state END,
-            ready_at = CASE WHEN s.state = 'pending' AND s.pending_parents = d.n THEN $2 ELSE s.ready_at END,
-            updated_at = $2
+         UPDATE tasker_steps s SET {}
          FROM d WHERE s.id = ANY(ARRAY(SELECT id FROM locked)) AND s.id = d.child_id
          RETURNING s.id, s.task_id, s.name, s.state, s.pending_parents",
-    )
-    .bind(parents)
-    .bind(now)
-    .fetch_all(conn)
-    .await?;
+            with_now(RELEASE_SET, "$2")
+        )
+    });
+    let rows = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
+        .bind(parents)
+        .bind(now)
+        .fetch_all(conn)
+        .await?;
     let mut released: Vec<(i64, i64, String)> = Vec::new();
     for row in rows {
         let state: String = row.try_get(3)?;
@@ -134,56 +182,37 @@ pub async fn apply_deltas(
     now: i64,
     trs: &mut Vec<Tr>,
 ) -> Result<HashMap<i64, String>> {
-    let mut states = HashMap::with_capacity(deltas.len());
     if deltas.is_empty() {
-        return Ok(states);
+        return Ok(HashMap::new());
     }
     let mut ids: Vec<i64> = deltas.keys().copied().collect();
     ids.sort_unstable();
     let da: Vec<i64> = ids.iter().map(|i| deltas[i].active).collect();
     let dd: Vec<i64> = ids.iter().map(|i| deltas[i].done).collect();
     let de: Vec<i64> = ids.iter().map(|i| deltas[i].error).collect();
-    let rows = sqlx::query(
-        "WITH d AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) AS d(id, da, dd, de)),
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH d AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) AS d(id, da, dd, de)),
               locked AS (SELECT id FROM tasker_tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE)
-         UPDATE tasker_tasks t SET
-            prev_state = t.state,
-            n_active = t.n_active + d.da,
-            n_done = t.n_done + d.dd,
-            n_error = t.n_error + d.de,
-            state = CASE
-                WHEN t.state IN ('complete', 'cancelled') THEN t.state
-                WHEN t.n_active + d.da = 0 AND t.n_done + d.dd = t.n_total THEN 'complete'
-                WHEN t.n_active + d.da = 0 THEN 'error'
-                WHEN t.state = 'error' THEN 'running'
-                ELSE t.state END,
-            finished_at = CASE
-                WHEN t.state IN ('complete', 'cancelled') THEN t.finished_at
-                WHEN t.n_active + d.da = 0 THEN COALESCE(t.finished_at, $5)
-                ELSE NULL END,
-            updated_at = $5
+         UPDATE tasker_tasks t SET {}
          FROM d WHERE t.id = ANY(ARRAY(SELECT id FROM locked)) AND t.id = d.id
          RETURNING t.id, t.prev_state, t.state",
-    )
-    .bind(&ids)
-    .bind(da)
-    .bind(dd)
-    .bind(de)
-    .bind(now)
-    .fetch_all(conn)
-    .await?;
+            with_now(TASK_DELTAS_SET, "$5")
+        )
+    });
+    let rows = sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
+        .bind(&ids)
+        .bind(da)
+        .bind(dd)
+        .bind(de)
+        .bind(now)
+        .fetch_all(conn)
+        .await?;
     let mut changed: Vec<(i64, Option<String>, String)> = Vec::with_capacity(rows.len());
     for row in rows {
         changed.push((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?));
     }
-    changed.sort_unstable_by_key(|c| c.0);
-    for (id, prev, state) in changed {
-        if prev.as_deref() != Some(state.as_str()) {
-            trs.push(Tr::task(id, prev.as_deref(), &state, reason::FINALIZED));
-        }
-        states.insert(id, state);
-    }
-    Ok(states)
+    Ok(finalized(changed, trs))
 }
 
 /// Writes failed attempts (from `fail` or the sweep) and their transitions.
