@@ -252,6 +252,8 @@ struct WorkerReport {
     completed: i64,
     /// Handler executions.
     ran: i64,
+    /// Calls refused with `unavailable` that the worker rode out by trying again.
+    unavailable: i64,
     /// The code of every error a run ended with, and the first few messages.
     errors: Vec<String>,
     messages: Vec<String>,
@@ -342,6 +344,7 @@ impl WorkerProc {
         WorkerReport {
             completed: report["completed"].as_i64().unwrap(),
             ran: report["ran"].as_i64().unwrap(),
+            unavailable: report["unavailable"].as_i64().unwrap(),
             errors: strings(&report["errors"]),
             messages: strings(&report["messages"]),
         }
@@ -403,12 +406,14 @@ fn reliability_child_worker() {
         .handle("diamond", handler.clone())
         .handle("wide", handler);
     let mut completed = 0u64;
+    let mut unavailable = 0u64;
     let mut errors: Vec<String> = Vec::new();
     let mut messages: Vec<String> = Vec::new();
     loop {
         match worker.run_until(&stop) {
             Ok(stats) => {
                 completed += stats.completed;
+                unavailable += stats.unavailable;
                 break;
             }
             Err(e) => {
@@ -426,7 +431,7 @@ fn reliability_child_worker() {
     }
     std::fs::write(
         out,
-        json!({ "completed": completed, "ran": ran.load(Ordering::Relaxed), "errors": errors, "messages": messages })
+        json!({ "completed": completed, "ran": ran.load(Ordering::Relaxed), "unavailable": unavailable, "errors": errors, "messages": messages })
             .to_string(),
     )
     .unwrap();
@@ -1140,22 +1145,26 @@ fn workers_ride_out_a_server_restart() {
     );
     std::fs::write(&stop, "").unwrap();
     let mut errors = Vec::new();
+    let mut refused = 0;
     for w in workers {
         let name = w.name.clone();
         let report = w.finish();
         eprintln!(
-            "{name} ran {} handlers; errors: {:?}; messages: {:#?}",
-            report.ran, report.errors, report.messages
+            "{name} ran {} handlers; rode out {} unavailable calls; errors: {:?}; messages: {:#?}",
+            report.ran, report.unavailable, report.errors, report.messages
         );
+        refused += report.unavailable;
         errors.extend(report.errors);
     }
     assert!(
-        !errors.is_empty(),
+        refused > 0,
         "no worker noticed the restart; the test proves nothing"
     );
+    // The Worker rides out a short outage by itself (its `patience`): no run ended in
+    // an error.
     assert!(
-        errors.iter().all(|e| e == "unavailable"),
-        "while the server restarted, workers saw {errors:?} (expected only unavailable)"
+        errors.is_empty(),
+        "while the server restarted, worker runs ended with {errors:?}"
     );
     assert_eq!(
         sql.steps_not_completed_once(),

@@ -87,6 +87,9 @@ pub struct RunStats {
     pub failed: u64,
     /// Reports refused with `lease_lost` (another worker had taken the step back).
     pub lost: u64,
+    /// Calls refused with `unavailable` (server restarting, pool exhausted) and tried
+    /// again after a pause.
+    pub unavailable: u64,
 }
 
 pub struct Worker {
@@ -96,6 +99,7 @@ pub struct Worker {
     batch: u32,
     idle_wait_ms: u64,
     concurrency: usize,
+    patience: Duration,
 }
 
 type Outcome = std::result::Result<Value, HandlerError>;
@@ -123,6 +127,7 @@ impl Worker {
             batch: 64,
             idle_wait_ms: 50,
             concurrency: 1,
+            patience: Duration::from_secs(60),
         }
     }
 
@@ -154,15 +159,49 @@ impl Worker {
         self
     }
 
+    /// How long the worker rides out `unavailable` (a database restarting, a failover,
+    /// an exhausted pool): refused calls are tried again, pausing 50 ms and doubling up
+    /// to 2 s, until one succeeds or `patience` has passed since the first refusal in a
+    /// row; then the run returns the error. Zero returns the first refusal at once.
+    pub fn patience(mut self, patience: Duration) -> Worker {
+        self.patience = patience;
+        self
+    }
+
+    /// `tasker.call`, tried again while the database is `unavailable` (see `patience`).
+    /// Safe to repeat: a claim that never committed claimed nothing; a report that did
+    /// commit is refused item by item the second time (its claim tokens are spent), so
+    /// no step is completed twice; steps it claimed alongside, whose answer was lost,
+    /// come back when their lease runs out.
+    fn call(&self, op: &str, req: &str, stats: &mut RunStats) -> Result<String> {
+        let mut pause = Duration::from_millis(50);
+        let mut first_refusal: Option<std::time::Instant> = None;
+        loop {
+            match self.tasker.call(op, req) {
+                Err(e) if e.code == crate::ErrorCode::Unavailable => {
+                    let since = *first_refusal.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() >= self.patience {
+                        return Err(e);
+                    }
+                    stats.unavailable += 1;
+                    tracing::warn!(worker = %self.id, op, error = %e, ?pause, "database unavailable; trying again");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn handler_names(&self) -> Vec<&String> {
         let mut names: Vec<&String> = self.handlers.keys().collect();
         names.sort();
         names
     }
 
-    fn claim(&self, wait_ms: u64) -> Result<ClaimPage> {
+    fn claim(&self, wait_ms: u64, stats: &mut RunStats) -> Result<ClaimPage> {
         let req = json!({ "handlers": self.handler_names(), "limit": self.batch, "wait_ms": wait_ms, "worker_id": self.id });
-        crate::api::ops::parse_json(&self.tasker.call("claim", &req.to_string())?)
+        crate::api::ops::parse_json(&self.call("claim", &req.to_string(), stats)?)
     }
 
     /// Runs the handlers of one claimed page, reports the results and, in the same
@@ -180,7 +219,7 @@ impl Worker {
                 Ok(result) => items.push(json!({ "step_id": step.step_id, "claim_token": step.claim_token, "result": result })),
                 Err(e) => {
                     let req = json!({ "step_id": step.step_id, "claim_token": step.claim_token, "error": e.to_json() });
-                    match self.tasker.call("fail_step", &req.to_string()) {
+                    match self.call("fail_step", &req.to_string(), stats) {
                         Ok(_) => stats.failed += 1,
                         Err(e) if e.code == crate::ErrorCode::LeaseLost => stats.lost += 1,
                         Err(e) => return Err(e),
@@ -193,7 +232,7 @@ impl Worker {
             req["claim"] = json!({ "handlers": self.handler_names(), "limit": self.batch, "worker_id": self.id });
         }
         let out: CompletePage =
-            crate::api::ops::parse_json(&self.tasker.call("complete_steps", &req.to_string())?)?;
+            crate::api::ops::parse_json(&self.call("complete_steps", &req.to_string(), stats)?)?;
         for r in &out.results {
             if r["ok"].as_bool() == Some(true) {
                 stats.completed += 1;
@@ -283,19 +322,19 @@ impl Worker {
     /// not waited for.)
     pub fn run_until_idle(&self) -> Result<RunStats> {
         let mut stats = RunStats::default();
-        let mut page = self.claim(self.idle_wait_ms)?;
+        let mut page = self.claim(self.idle_wait_ms, &mut stats)?;
         loop {
             if page.steps.is_empty() {
                 if page.next_ready_at.is_none() {
                     return Ok(stats);
                 }
                 // A retry is due later: the claim wakes at its ready_at.
-                page = self.claim(self.tasker.config().wait_ms_max)?;
+                page = self.claim(self.tasker.config().wait_ms_max, &mut stats)?;
                 continue;
             }
             let next = self.run_page(page.steps, &mut stats, true)?;
             page = if next.is_empty() {
-                self.claim(self.idle_wait_ms)?
+                self.claim(self.idle_wait_ms, &mut stats)?
             } else {
                 ClaimPage {
                     steps: next,
@@ -315,7 +354,7 @@ impl Worker {
                 if stopping {
                     break;
                 }
-                steps = self.claim(self.idle_wait_ms.max(1))?.steps;
+                steps = self.claim(self.idle_wait_ms.max(1), &mut stats)?.steps;
                 continue;
             }
             // Claimed steps are always run: stopping only stops claiming more.
