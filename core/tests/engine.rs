@@ -658,3 +658,45 @@ fn stats_report_throughput_rates_slowest_work_and_levels() {
     assert_eq!(quiet["throughput"]["steps_completed"], 0);
     assert_eq!(quiet["throughput"]["completion_rate"], Value::Null);
 }
+
+#[test]
+fn payloads_come_back_exactly_as_given() {
+    let db = open(json!({}));
+    db.register(template("one", &[("a", &[])], fast_retry(3)));
+    // Key order and number spelling are the user's: nothing re-parses a stored payload.
+    let context = r#"{"z":1,"a":2.50,"m":{"y":[1.0,1e3],"b":null}}"#;
+    let result = r#"{"total":10.00,"currency":"EUR","amount_cents":1000}"#;
+    let out = db
+        .tasker
+        .call(
+            "create_task",
+            &format!(r#"{{"namespace":"t","name":"one","context":{context}}}"#),
+        )
+        .unwrap();
+    let id = serde_json::from_str::<Value>(&out).unwrap()["task_id"]
+        .as_i64()
+        .unwrap();
+    let step = db.claim(&["a"], 1, 30_000).remove(0);
+    db.tasker
+        .call(
+            "complete_step",
+            &format!(
+                r#"{{"step_id":{},"claim_token":"{}","result":{result}}}"#,
+                step["step_id"],
+                step["claim_token"].as_str().unwrap()
+            ),
+        )
+        .unwrap();
+    let task = db
+        .tasker
+        .call("get_task", &json!({ "task_id": id }).to_string())
+        .unwrap();
+    assert!(
+        task.contains(&format!(r#""context":{context}"#)),
+        "context changed: {task}"
+    );
+    assert!(
+        task.contains(&format!(r#""result":{result}"#)),
+        "result changed: {task}"
+    );
+}

@@ -107,7 +107,7 @@ pub async fn dispatch(engine: &Engine, op: &str, request: &str) -> Result<String
                     priority: r.priority.unwrap_or(0),
                 })
                 .await?;
-            serde_json::to_value(created).map_err(internal)?
+            return to_string(&created);
         }
         "claim" => {
             let r: ClaimReq = parse_json(request)?;
@@ -176,7 +176,7 @@ pub async fn dispatch(engine: &Engine, op: &str, request: &str) -> Result<String
             let out = engine
                 .fail_step(r.step_id, token(&r.claim_token)?, failure)
                 .await?;
-            serde_json::to_value(out).map_err(internal)?
+            return to_string(&out);
         }
         "release_step" => {
             let r: ReleaseReq = parse_json(request)?;
@@ -192,12 +192,11 @@ pub async fn dispatch(engine: &Engine, op: &str, request: &str) -> Result<String
         }
         "cancel_task" => {
             let r: CancelReq = parse_json(request)?;
-            serde_json::to_value(engine.cancel_task(r.task_id, r.reason).await?)
-                .map_err(internal)?
+            return to_string(&engine.cancel_task(r.task_id, r.reason).await?);
         }
         "retry_step" => {
             let r: StepTarget = parse_json(request)?;
-            serde_json::to_value(engine.retry_step(r.into_ref()?).await?).map_err(internal)?
+            return to_string(&engine.retry_step(r.into_ref()?).await?);
         }
         "resolve_step" => {
             let r: ResolveReq = parse_json(request)?;
@@ -206,17 +205,16 @@ pub async fn dispatch(engine: &Engine, op: &str, request: &str) -> Result<String
                 task_id: r.task_id,
                 step_name: r.step_name,
             };
-            serde_json::to_value(
-                engine
+            return to_string(
+                &engine
                     .resolve_step(target.into_ref()?, r.result, r.reason)
                     .await?,
-            )
-            .map_err(internal)?
+            );
         }
         "get_task" => {
             let r: TaskIdReq = parse_json(request)?;
             let view = engine.get_task(r.task_id).await?;
-            return to_string(&json!({ "task": view }));
+            return to_string(&TaskResponse { task: &view });
         }
         "list_tasks" => {
             let r: ListReq = parse_json(request)?;
@@ -235,15 +233,18 @@ pub async fn dispatch(engine: &Engine, op: &str, request: &str) -> Result<String
             } else {
                 None
             };
-            json!({ "tasks": tasks, "next_cursor": next })
+            return to_string(&TasksResponse {
+                tasks: &tasks,
+                next_cursor: next,
+            });
         }
         "explain_task" => {
             let r: TaskIdReq = parse_json(request)?;
-            serde_json::to_value(engine.explain_task(r.task_id).await?).map_err(internal)?
+            return to_string(&engine.explain_task(r.task_id).await?);
         }
         "stats" => {
             let r: StatsReq = parse_json(request)?;
-            serde_json::to_value(engine.stats(r.window_ms).await?).map_err(internal)?
+            return to_string(&engine.stats(r.window_ms).await?);
         }
         "events" => {
             let r: EventsReq = parse_json(request)?;
@@ -266,7 +267,10 @@ pub async fn dispatch(engine: &Engine, op: &str, request: &str) -> Result<String
                     r.types.as_deref(),
                 )
                 .await?;
-            json!({ "events": events, "next_cursor": next })
+            return to_string(&EventsResponse {
+                events: &events,
+                next_cursor: next,
+            });
         }
         "sweep" => {
             let _: Empty = parse_json(request)?;
@@ -285,6 +289,27 @@ pub async fn dispatch(engine: &Engine, op: &str, request: &str) -> Result<String
         }
     };
     to_string(&response)
+}
+
+// Responses that carry stored payloads (contexts, results, configs, error documents) are
+// serialized straight from their structs: going through `serde_json::Value` (as `json!`
+// does) would re-parse each payload's raw text, sorting its keys and rewriting numbers
+// (`2.50` -> `2.5`). A payload comes back exactly as it was given.
+#[derive(serde::Serialize)]
+struct TaskResponse<'a, T: serde::Serialize> {
+    task: &'a T,
+}
+
+#[derive(serde::Serialize)]
+struct TasksResponse<'a, T: serde::Serialize> {
+    tasks: &'a [T],
+    next_cursor: Option<i64>,
+}
+
+#[derive(serde::Serialize)]
+struct EventsResponse<'a, T: serde::Serialize> {
+    events: &'a [T],
+    next_cursor: i64,
 }
 
 fn internal(e: serde_json::Error) -> Error {
