@@ -86,6 +86,8 @@ impl PgStore {
             ]);
         let pool = PgPoolOptions::new()
             .max_connections(config.postgres_pool_size.max(1))
+            // No ping per call; `write`/`read` retry on another connection instead.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
             .connect_with(opts.clone())
             .await
@@ -145,7 +147,8 @@ impl PgStore {
     }
 
     /// Runs one operation in a transaction, retrying it after a deadlock or a
-    /// serialization failure (the transaction was rolled back, so a retry is safe).
+    /// serialization failure (the transaction was rolled back, so a retry is safe), and
+    /// on a fresh connection when a pooled one turns out dead before COMMIT.
     async fn write<T, F>(&self, f: F) -> Result<T>
     where
         F: for<'c> Fn(&'c mut PgConnection, Ctx) -> BoxFut<'c, T>,
@@ -155,37 +158,86 @@ impl PgStore {
             channel: self.channel.clone(),
         };
         let mut attempt = 0;
+        let mut dead = 0;
         loop {
-            let mut tx = self
-                .pool
-                .begin_with(BEGIN_WRITE)
-                .await
-                .map_err(|e| self.pool_error(e))?;
-            let outcome = match f(&mut tx, ctx.clone()).await {
-                Ok(v) => tx.commit().await.map(|_| v).map_err(Error::from),
-                Err(e) => Err(e),
+            let mut tx = match self.pool.begin_with(BEGIN_WRITE).await {
+                Ok(tx) => tx,
+                Err(e) if is_dead_connection(&e) && dead < self.pool_size => {
+                    dead += 1;
+                    tracing::debug!(error = %e, "a pooled connection was dead; retrying on another");
+                    continue;
+                }
+                Err(e) => return Err(self.pool_error(e)),
             };
-            match outcome {
-                Err(e) if matches!(e.sqlstate(), Some("40P01" | "40001")) && attempt < RETRIES => {
-                    attempt += 1;
-                    tracing::debug!(attempt, error = %e, "retrying after a deadlock");
-                    tokio::time::sleep(Duration::from_millis(
-                        fastrand::u64(1..5) * u64::from(attempt),
-                    ))
-                    .await;
+            let e = match f(&mut tx, ctx.clone()).await {
+                Ok(v) => match tx.commit().await {
+                    Ok(()) => return Ok(v),
+                    // Lost at COMMIT, the commit may have happened: never repeated.
+                    Err(e) if is_dead_connection(&e) => return Err(Error::from(e)),
+                    Err(e) => Error::from(e),
+                },
+                Err(e) => e,
+            };
+            if matches!(e.sqlstate(), Some("40P01" | "40001")) && attempt < RETRIES {
+                attempt += 1;
+                tracing::debug!(attempt, error = %e, "retrying after a deadlock");
+                tokio::time::sleep(Duration::from_millis(
+                    fastrand::u64(1..5) * u64::from(attempt),
+                ))
+                .await;
+            } else if lost_connection(&e) && dead < self.pool_size {
+                // Lost before COMMIT: the transaction died with the connection.
+                dead += 1;
+                tracing::debug!(error = %e, "a pooled connection was dead; retrying on another");
+            } else {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Runs one read, retrying on another connection when a pooled one turns out dead
+    /// (reads change nothing, so repeating one is always safe).
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        F: for<'c> Fn(&'c mut PgConnection) -> BoxFut<'c, T>,
+    {
+        let mut dead = 0;
+        loop {
+            let mut conn = self.pool.acquire().await.map_err(|e| self.pool_error(e))?;
+            match f(&mut conn).await {
+                Err(e) if lost_connection(&e) && dead < self.pool_size => {
+                    dead += 1;
+                    tracing::debug!(error = %e, "a pooled connection was dead; retrying on another");
                 }
                 other => return other,
             }
         }
     }
+}
 
-    async fn read<T, F>(&self, f: F) -> Result<T>
-    where
-        F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFut<'c, T>,
-    {
-        let mut conn = self.pool.acquire().await.map_err(|e| self.pool_error(e))?;
-        f(&mut conn).await
+/// sqlx does not ping a pooled connection before handing it out (`test_before_acquire`
+/// is off: the ping was one more round trip on every call). A connection the server
+/// dropped (a restart, a failover, an idle timeout) shows up instead as an I/O error or
+/// an "administrator command"/connection-class SQLSTATE on its first use.
+fn is_dead_connection(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+        _ => false,
     }
+}
+
+/// The converted form of [`is_dead_connection`]: `unavailable` for a connection-level
+/// cause, not a statement timeout (57014, which would only time out again) nor a pool
+/// timeout (raised before any connection was used).
+fn lost_connection(e: &Error) -> bool {
+    e.code == ErrorCode::Unavailable
+        && match e.sqlstate() {
+            Some(s) => s.starts_with("57P") || s.starts_with("08"),
+            None => e.message.starts_with("database unavailable"),
+        }
 }
 
 /// What every write needs besides its connection.
@@ -264,6 +316,7 @@ impl Store for PgStore {
             version.map(str::to_owned),
         );
         Box::pin(self.read(move |c| {
+            let (ns, n, v) = (ns.clone(), n.clone(), v.clone());
             Box::pin(async move { reads::get_template(c, &ns, &n, v.as_deref()).await })
         }))
     }
@@ -275,9 +328,10 @@ impl Store for PgStore {
         key: &'a str,
     ) -> BoxFut<'a, Option<CreatedTask>> {
         let (ns, n, k) = (namespace.to_owned(), name.to_owned(), key.to_owned());
-        Box::pin(
-            self.read(move |c| Box::pin(async move { tasks::find_by_key(c, &ns, &n, &k).await })),
-        )
+        Box::pin(self.read(move |c| {
+            let (ns, n, k) = (ns.clone(), n.clone(), k.clone());
+            Box::pin(async move { tasks::find_by_key(c, &ns, &n, &k).await })
+        }))
     }
 
     fn create_task(&self, task: NewTask) -> BoxFut<'_, CreatedTask> {
@@ -398,7 +452,10 @@ impl Store for PgStore {
     }
 
     fn list_tasks(&self, filter: TaskFilter) -> BoxFut<'_, Vec<TaskSummary>> {
-        Box::pin(self.read(move |c| Box::pin(async move { reads::list_tasks(c, &filter).await })))
+        Box::pin(self.read(move |c| {
+            let filter = filter.clone();
+            Box::pin(async move { reads::list_tasks(c, &filter).await })
+        }))
     }
 
     fn stats(&self, now: i64, window_ms: i64) -> BoxFut<'_, Stats> {
