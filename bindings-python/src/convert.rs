@@ -46,6 +46,26 @@ fn write_str(s: &str, out: &mut Vec<u8>) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
+/// A list or a tuple: a JSON array.
+fn write_array<'py>(
+    items: impl Iterator<Item = Bound<'py, PyAny>>,
+    out: &mut Vec<u8>,
+    depth: u32,
+    path: &mut Vec<Seg>,
+) -> PyResult<()> {
+    out.push(b'[');
+    for (i, v) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        path.push(Seg::Index(i));
+        write_value(&v, out, depth + 1, path)?;
+        path.pop();
+    }
+    out.push(b']');
+    Ok(())
+}
+
 fn write_value(
     obj: &Bound<'_, PyAny>,
     out: &mut Vec<u8>,
@@ -108,27 +128,9 @@ fn write_value(
         }
         out.push(b'}');
     } else if let Ok(l) = obj.cast::<PyList>() {
-        out.push(b'[');
-        for (i, v) in l.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            path.push(Seg::Index(i));
-            write_value(&v, out, depth + 1, path)?;
-            path.pop();
-        }
-        out.push(b']');
+        write_array(l.iter(), out, depth, path)?;
     } else if let Ok(t) = obj.cast::<PyTuple>() {
-        out.push(b'[');
-        for (i, v) in t.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            path.push(Seg::Index(i));
-            write_value(&v, out, depth + 1, path)?;
-            path.pop();
-        }
-        out.push(b']');
+        write_array(t.iter(), out, depth, path)?;
     } else {
         return Err(PyTypeError::new_err(format!(
             "object of type {} at {} is not JSON serializable",

@@ -438,6 +438,59 @@ fn reliability_child_worker() {
     tasker.close();
 }
 
+/// Chains of five steps on a fresh schema, created by this process (which stays out of
+/// the work: its sweeper is off), with the settings worker processes use for them:
+/// short leases and a fast sweep, so a lost lease comes back within seconds. `extra`
+/// goes into both configurations.
+struct ChainRun {
+    tasker: Tasker,
+    schema: String,
+    ids: Vec<i64>,
+    dir: tempfile::TempDir,
+    stop: std::path::PathBuf,
+    config: Value,
+}
+
+impl ChainRun {
+    fn new(url: &str, tasks: usize, max_attempts: u32, extra: Value) -> ChainRun {
+        let mut own = json!({ "sweep_interval_ms": 3_600_000 });
+        let mut workers = json!({ "lease_ms": 1_500, "sweep_interval_ms": 100 });
+        for (k, v) in extra.as_object().unwrap() {
+            own[k] = v.clone();
+            workers[k] = v.clone();
+        }
+        let (tasker, schema) = open_schema(url, own);
+        call(
+            &tasker,
+            "register_template",
+            json!({ "template": chain("chain", 5, &retry(max_attempts)) }),
+        );
+        let ids = create_many(&tasker, "chain", tasks, 2);
+        let dir = tempfile::tempdir().unwrap();
+        let stop = dir.path().join("stop");
+        let config = worker_config(url, &schema, workers);
+        ChainRun {
+            tasker,
+            schema,
+            ids,
+            dir,
+            stop,
+            config,
+        }
+    }
+
+    /// Worker processes in batches of 8, each handler sleeping `handler_sleep_ms`.
+    fn spec(&self, handler_sleep_ms: u64) -> WorkerSpec<'_> {
+        WorkerSpec {
+            config: &self.config,
+            dir: self.dir.path(),
+            stop: &self.stop,
+            batch: 8,
+            handler_sleep_ms,
+        }
+    }
+}
+
 /// A store configuration for worker processes on `url`, schema `schema`.
 fn worker_config(url: &str, schema: &str, extra: Value) -> Value {
     let mut config = json!({
@@ -627,32 +680,14 @@ fn sigkilled_worker_among_three_loses_nothing() {
     let url = postgres_url();
     // This process creates the tasks and stays out of the work; the survivors' sweepers
     // take the dead worker's leases back.
-    let (t, schema) = open_schema(&url, json!({ "sweep_interval_ms": 3_600_000 }));
-    call(
-        &t,
-        "register_template",
-        json!({ "template": chain("chain", 5, &retry(3)) }),
-    );
-    let ids = create_many(&t, "chain", TASKS, 2);
-    let dir = tempfile::tempdir().unwrap();
-    let stop = dir.path().join("stop");
-    let config = worker_config(
-        &url,
-        &schema,
-        json!({ "lease_ms": 1_500, "sweep_interval_ms": 100 }),
-    );
-    let spec = WorkerSpec {
-        config: &config,
-        dir: dir.path(),
-        stop: &stop,
-        batch: 8,
-        handler_sleep_ms: 5,
-    };
+    let run = ChainRun::new(&url, TASKS, 3, json!({}));
+    let (t, schema, ids, stop) = (&run.tasker, &run.schema, &run.ids, &run.stop);
+    let spec = run.spec(5);
     let mut victim = spawn_worker("victim", &spec);
     let mut survivors: Vec<WorkerProc> = (0..2)
         .map(|n| spawn_worker(&format!("survivor-{n}"), &spec))
         .collect();
-    let mut sql = Sql::connect(&url, &schema);
+    let mut sql = Sql::connect(&url, schema);
 
     // Kill the victim mid-run: once it has finished some steps and holds leases.
     wait_for(
@@ -691,7 +726,7 @@ fn sigkilled_worker_among_three_loses_nothing() {
             sql.steps_not_complete() == 0
         },
     );
-    std::fs::write(&stop, "").unwrap();
+    std::fs::write(stop, "").unwrap();
     for w in survivors {
         let name = w.name.clone();
         let report = w.finish();
@@ -753,8 +788,8 @@ fn sigkilled_worker_among_three_loses_nothing() {
         .into_iter()
         .map(|r| r[0].parse().unwrap())
         .collect();
-    for id in &ids {
-        let task = task_view(&t, *id);
+    for id in ids {
+        let task = task_view(t, *id);
         assert_eq!(task["state"], "complete", "task {id}");
         assert_eq!(task["steps"][4]["result"], 5, "task {id}");
         if task_ids.contains(id) {
@@ -774,7 +809,7 @@ fn sigkilled_worker_among_three_loses_nothing() {
         }
     }
     t.close();
-    drop_schema_at(&url, &schema);
+    drop_schema_at(&url, schema);
 }
 
 // ---- 3. SIGSTOP past the lease ---------------------------------------------------------
@@ -1072,35 +1107,14 @@ fn workers_ride_out_a_server_restart() {
     const TASKS: usize = 400;
     let pg = private_cluster();
     let url = pg.url.clone();
-    let (t, schema) = open_schema(
-        &url,
-        json!({ "acquire_timeout_ms": 500, "sweep_interval_ms": 3_600_000 }),
-    );
-    call(
-        &t,
-        "register_template",
-        json!({ "template": chain("chain", 5, &retry(5)) }),
-    );
-    let ids = create_many(&t, "chain", TASKS, 2);
-    let dir = tempfile::tempdir().unwrap();
-    let stop = dir.path().join("stop");
-    let config = worker_config(
-        &url,
-        &schema,
-        json!({ "lease_ms": 1_500, "sweep_interval_ms": 100, "acquire_timeout_ms": 500 }),
-    );
-    let spec = WorkerSpec {
-        config: &config,
-        dir: dir.path(),
-        stop: &stop,
-        batch: 8,
-        handler_sleep_ms: 3,
-    };
+    let run = ChainRun::new(&url, TASKS, 5, json!({ "acquire_timeout_ms": 500 }));
+    let (t, schema, ids, stop) = (&run.tasker, &run.schema, &run.ids, &run.stop);
+    let spec = run.spec(3);
     let mut workers: Vec<WorkerProc> = (0..3)
         .map(|n| spawn_worker(&format!("proc-{n}"), &spec))
         .collect();
     let total = (TASKS * 5) as i64;
-    let mut sql = Sql::connect(&url, &schema);
+    let mut sql = Sql::connect(&url, schema);
     wait_for(
         "a quarter of the steps done",
         Duration::from_secs(120),
@@ -1132,7 +1146,7 @@ fn workers_ride_out_a_server_restart() {
     std::thread::sleep(Duration::from_millis(1_000));
     drop(down); // pg_ctl start
 
-    let mut sql = Sql::connect(&url, &schema);
+    let mut sql = Sql::connect(&url, schema);
     wait_for(
         "the workers to finish after the restart",
         Duration::from_secs(180),
@@ -1143,7 +1157,7 @@ fn workers_ride_out_a_server_restart() {
             sql.steps_not_complete() == 0
         },
     );
-    std::fs::write(&stop, "").unwrap();
+    std::fs::write(stop, "").unwrap();
     let mut errors = Vec::new();
     let mut refused = 0;
     for w in workers {
@@ -1177,13 +1191,13 @@ fn workers_ride_out_a_server_restart() {
     );
     // The create refused while the server was down left nothing behind.
     assert_eq!(sql.int("SELECT count(*) FROM tasker_tasks"), TASKS as i64);
-    for id in &ids {
-        let task = task_view(&t, *id);
+    for id in ids {
+        let task = task_view(t, *id);
         assert_eq!(task["state"], "complete", "task {id}");
         assert_eq!(task["steps"][4]["result"], 5, "task {id}");
     }
     t.close();
-    drop_schema_at(&url, &schema);
+    drop_schema_at(&url, schema);
 }
 
 // ---- 5. pool exhaustion ----------------------------------------------------------------
