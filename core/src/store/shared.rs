@@ -1,5 +1,6 @@
 //! Pieces every store shares: transition rows, task counter deltas, and the decision
-//! taken for a failed attempt. No SQL here.
+//! taken for a failed attempt, the pick of a template version, stored JSON handed back
+//! raw. No queries here.
 
 use std::collections::HashMap;
 
@@ -187,4 +188,55 @@ pub fn expired(held: &Held, now: i64) -> FailedStep {
     };
     let error = json!({ "message": message, "kind": kind, "retryable": true });
     decide(held, true, None, error.to_string(), why, now)
+}
+
+/// The columns a `TaskSummary` is read from, in the order both stores' row readers expect.
+pub const SUMMARY_COLUMNS: &str =
+    "id, namespace, name, version, state, priority, idempotency_key, n_total, n_done, n_error, created_at, started_at, finished_at";
+
+/// Of a template's stored `(version, body)` rows, the one asked for: `version` exactly,
+/// or the highest version when none is given.
+pub fn pick_template(
+    rows: impl IntoIterator<Item = (String, String)>,
+    version: Option<&str>,
+) -> crate::error::Result<Option<crate::model::template::Template>> {
+    let mut best: Option<(String, String)> = None;
+    for (v, body) in rows {
+        match version {
+            Some(want) if want == v => {
+                best = Some((v, body));
+                break;
+            }
+            Some(_) => {}
+            None => {
+                if best
+                    .as_ref()
+                    .is_none_or(|(b, _)| crate::model::template::compare_versions(&v, b).is_gt())
+                {
+                    best = Some((v, body));
+                }
+            }
+        }
+    }
+    best.map(|(_, body)| {
+        serde_json::from_str(&body).map_err(|e| {
+            crate::error::Error::internal(format!("stored template is unreadable: {e}"))
+        })
+    })
+    .transpose()
+}
+
+/// Stored JSON text handed back untouched (never re-parsed into a `Value`).
+pub fn raw_opt(
+    text: Option<String>,
+) -> crate::error::Result<Option<Box<serde_json::value::RawValue>>> {
+    text.map(|t| {
+        serde_json::value::RawValue::from_string(t)
+            .map_err(|e| crate::error::Error::internal(format!("stored JSON is invalid: {e}")))
+    })
+    .transpose()
+}
+
+pub fn ts(v: Option<i64>) -> Option<super::Ts> {
+    v.map(super::Ts)
 }

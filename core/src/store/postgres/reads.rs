@@ -9,7 +9,8 @@ use sqlx::Row;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::events;
-use crate::model::template::{compare_versions, Template};
+use crate::model::template::Template;
+use crate::store::shared::{raw_opt, ts, SUMMARY_COLUMNS};
 use crate::store::*;
 
 pub async fn put_template(
@@ -81,47 +82,12 @@ pub async fn get_template(
     .bind(name)
     .fetch_all(conn)
     .await?;
-    let mut best: Option<(String, String)> = None;
-    for row in rows {
-        let v: String = row.try_get(0)?;
-        let body: String = row.try_get(1)?;
-        match version {
-            Some(want) if want == v => {
-                best = Some((v, body));
-                break;
-            }
-            Some(_) => {}
-            None => {
-                if best
-                    .as_ref()
-                    .is_none_or(|(b, _)| compare_versions(&v, b).is_gt())
-                {
-                    best = Some((v, body));
-                }
-            }
-        }
-    }
-    best.map(|(_, body)| {
-        serde_json::from_str(&body)
-            .map_err(|e| Error::internal(format!("stored template is unreadable: {e}")))
-    })
-    .transpose()
+    let rows = rows
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<Vec<(String, String)>>>()?;
+    crate::store::shared::pick_template(rows, version)
 }
-
-fn raw_opt(text: Option<String>) -> Result<Option<Box<RawValue>>> {
-    text.map(|t| {
-        RawValue::from_string(t)
-            .map_err(|e| Error::internal(format!("stored JSON is invalid: {e}")))
-    })
-    .transpose()
-}
-
-fn ts(v: Option<i64>) -> Option<Ts> {
-    v.map(Ts)
-}
-
-const SUMMARY_COLUMNS: &str =
-    "id, namespace, name, version, state, priority, idempotency_key, n_total, n_done, n_error, created_at, started_at, finished_at";
 
 fn summary_from(row: &PgRow) -> Result<TaskSummary> {
     let started: Option<i64> = row.try_get(11)?;

@@ -8,7 +8,8 @@ use serde_json::value::RawValue;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::events;
-use crate::model::template::{compare_versions, Template};
+use crate::model::template::Template;
+use crate::store::shared::{raw_opt, ts, SUMMARY_COLUMNS};
 use crate::store::*;
 
 pub fn put_template(conn: &Connection, t: &Template, replace: bool, now: i64) -> Result<bool> {
@@ -61,48 +62,13 @@ pub fn get_template(
     let mut stmt = conn.prepare_cached(
         "SELECT version, body FROM tasker_templates WHERE namespace = ?1 AND name = ?2",
     )?;
-    let mut rows = stmt.query(params![namespace, name])?;
-    let mut best: Option<(String, String)> = None;
-    while let Some(row) = rows.next()? {
-        let v: String = row.get(0)?;
-        let body: String = row.get(1)?;
-        match version {
-            Some(want) if want == v => {
-                best = Some((v, body));
-                break;
-            }
-            Some(_) => {}
-            None => {
-                if best
-                    .as_ref()
-                    .is_none_or(|(b, _)| compare_versions(&v, b).is_gt())
-                {
-                    best = Some((v, body));
-                }
-            }
-        }
-    }
-    best.map(|(_, body)| {
-        serde_json::from_str(&body)
-            .map_err(|e| Error::internal(format!("stored template is unreadable: {e}")))
-    })
-    .transpose()
+    let rows = stmt
+        .query_map(params![namespace, name], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<std::result::Result<Vec<(String, String)>, _>>()?;
+    crate::store::shared::pick_template(rows, version)
 }
-
-fn raw_opt(text: Option<String>) -> Result<Option<Box<RawValue>>> {
-    text.map(|t| {
-        RawValue::from_string(t)
-            .map_err(|e| Error::internal(format!("stored JSON is invalid: {e}")))
-    })
-    .transpose()
-}
-
-fn ts(v: Option<i64>) -> Option<Ts> {
-    v.map(Ts)
-}
-
-const SUMMARY_COLUMNS: &str =
-    "id, namespace, name, version, state, priority, idempotency_key, n_total, n_done, n_error, created_at, started_at, finished_at";
 
 fn summary_from(row: &Row<'_>) -> rusqlite::Result<TaskSummary> {
     let started: Option<i64> = row.get(11)?;
