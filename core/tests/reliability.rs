@@ -438,6 +438,17 @@ fn reliability_child_worker() {
     tasker.close();
 }
 
+/// Waits until no step of the schema is left unfinished, failing at once if a worker
+/// process dies on the way.
+fn wait_until_drained(what: &str, timeout: Duration, workers: &mut [WorkerProc], sql: &mut Sql) {
+    wait_for(what, timeout, || {
+        for w in workers.iter_mut() {
+            w.assert_running();
+        }
+        sql.steps_not_complete() == 0
+    });
+}
+
 /// Chains of five steps on a fresh schema, created by this process (which stays out of
 /// the work: its sweeper is off), with the settings worker processes use for them:
 /// short leases and a fast sweep, so a lost lease comes back within seconds. `extra`
@@ -564,15 +575,11 @@ fn four_processes_complete_40000_steps_exactly_once() {
     let mut workers: Vec<WorkerProc> = (0..4)
         .map(|n| spawn_worker(&format!("proc-{n}"), &spec))
         .collect();
-    wait_for(
+    wait_until_drained(
         "the workers to drain every step",
         Duration::from_secs(300),
-        || {
-            for w in &mut workers {
-                w.assert_running();
-            }
-            sql.steps_not_complete() == 0
-        },
+        &mut workers,
+        &mut sql,
     );
     eprintln!(
         "4 processes drained {STEPS} steps in {:?}",
@@ -716,15 +723,11 @@ fn sigkilled_worker_among_three_loses_nothing() {
         held.len()
     );
 
-    wait_for(
+    wait_until_drained(
         "the survivors to finish every step",
         Duration::from_secs(120),
-        || {
-            for w in &mut survivors {
-                w.assert_running();
-            }
-            sql.steps_not_complete() == 0
-        },
+        &mut survivors,
+        &mut sql,
     );
     std::fs::write(stop, "").unwrap();
     for w in survivors {
@@ -1147,15 +1150,11 @@ fn workers_ride_out_a_server_restart() {
     drop(down); // pg_ctl start
 
     let mut sql = Sql::connect(&url, schema);
-    wait_for(
+    wait_until_drained(
         "the workers to finish after the restart",
         Duration::from_secs(180),
-        || {
-            for w in &mut workers {
-                w.assert_running();
-            }
-            sql.steps_not_complete() == 0
-        },
+        &mut workers,
+        &mut sql,
     );
     std::fs::write(stop, "").unwrap();
     let mut errors = Vec::new();
