@@ -23,6 +23,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "lease_index",
         include_str!("../../../../migrations/postgres/0003_lease_index.sql"),
     ),
+    (
+        4,
+        "hot_path",
+        include_str!("../../../../migrations/postgres/0004_hot_path.sql"),
+    ),
 ];
 
 pub async fn run(conn: &mut PgConnection, lock_key: i64) -> Result<u32> {

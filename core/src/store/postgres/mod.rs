@@ -19,6 +19,7 @@ use crate::model::template::Template;
 use crate::store::*;
 
 mod claims;
+mod hot;
 mod migrate;
 mod reads;
 mod tasks;
@@ -195,6 +196,47 @@ impl PgStore {
         }
     }
 
+    /// Runs one hot-path function call outside an explicit transaction: the call is its
+    /// own transaction and commits as it returns, so the whole operation is one round
+    /// trip. Retried after a deadlock or serialization failure (rolled back), and on
+    /// another connection when the one used turns out dead. Unlike [`Self::write`], a
+    /// connection lost mid-call leaves open whether the call committed, so this is only
+    /// for operations whose repeat is harmless: claims and completions are fenced by
+    /// their claim tokens (a repeated completion is told `lease_lost`; steps of a claim
+    /// whose answer was lost come back when their lease runs out, as after a crash),
+    /// and a creation with an idempotency key returns the task the first call made.
+    async fn autocommit<T, F>(&self, f: F) -> Result<T>
+    where
+        F: for<'c> Fn(&'c mut PgConnection, Ctx) -> BoxFut<'c, T>,
+    {
+        let ctx = Ctx {
+            lock_key: self.lock_key,
+            channel: self.channel.clone(),
+        };
+        let mut attempt = 0;
+        let mut dead = 0;
+        loop {
+            let mut conn = self.pool.acquire().await.map_err(|e| self.pool_error(e))?;
+            let e = match f(&mut conn, ctx.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            if matches!(e.sqlstate(), Some("40P01" | "40001")) && attempt < RETRIES {
+                attempt += 1;
+                tracing::debug!(attempt, error = %e, "retrying after a deadlock");
+                tokio::time::sleep(Duration::from_millis(
+                    fastrand::u64(1..5) * u64::from(attempt),
+                ))
+                .await;
+            } else if lost_connection(&e) && dead < self.pool_size {
+                dead += 1;
+                tracing::debug!(error = %e, "a pooled connection was dead; repeating the call on another");
+            } else {
+                return Err(e);
+            }
+        }
+    }
+
     /// Runs one read, retrying on another connection when a pooled one turns out dead
     /// (reads change nothing, so repeating one is always safe).
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -335,16 +377,45 @@ impl Store for PgStore {
     }
 
     fn create_task(&self, task: NewTask) -> BoxFut<'_, CreatedTask> {
-        Box::pin(self.write(move |c, ctx| {
-            let task = task.clone();
-            Box::pin(async move { tasks::create(c, &ctx, task).await })
-        }))
+        Box::pin(async move {
+            let task = std::sync::Arc::new(task);
+            // Without an idempotency key a repeated creation would make a second task, so
+            // it runs inside BEGIN: a dead connection shows at BEGIN, before any of the
+            // task was sent, and only then is it tried on another.
+            let id = if task.idempotency_key.is_some() {
+                self.autocommit(|c, ctx| {
+                    let task = task.clone();
+                    Box::pin(async move { hot::create(c, &ctx, &task).await })
+                })
+                .await?
+            } else {
+                self.write(|c, ctx| {
+                    let task = task.clone();
+                    Box::pin(async move { hot::create(c, &ctx, &task).await })
+                })
+                .await?
+            };
+            match id {
+                Some(task_id) => Ok(CreatedTask {
+                    task_id,
+                    created: true,
+                    state: "pending".into(),
+                }),
+                None => {
+                    let t = &task.template;
+                    let key = task.idempotency_key.as_deref().unwrap_or_default();
+                    self.find_task_by_key(&t.namespace, &t.name, key)
+                        .await?
+                        .ok_or_else(|| Error::internal("idempotency conflict without a task"))
+                }
+            }
+        })
     }
 
     fn claim(&self, params: ClaimParams) -> BoxFut<'_, ClaimBatch> {
-        Box::pin(self.write(move |c, ctx| {
+        Box::pin(self.autocommit(move |c, ctx| {
             let params = params.clone();
-            Box::pin(async move { claims::claim(c, &ctx, &params).await })
+            Box::pin(async move { hot::claim(c, &ctx, &params).await })
         }))
     }
 
@@ -360,27 +431,10 @@ impl Store for PgStore {
         claim: Option<ClaimParams>,
         now: i64,
     ) -> BoxFut<'_, (Vec<ItemOutcome>, ClaimBatch)> {
-        Box::pin(self.write(move |c, ctx| {
-            let items = items
-                .iter()
-                .map(|i| Completion {
-                    step_id: i.step_id,
-                    claim_token: i.claim_token,
-                    result: i.result.clone(),
-                })
-                .collect();
-            let claim = claim.clone();
-            Box::pin(async move {
-                // Both halves' transitions go in with one advisory lock and one INSERT.
-                let mut trs = Vec::new();
-                let outcomes = claims::complete_into(c, items, now, &mut trs).await?;
-                let batch = match &claim {
-                    Some(p) => claims::claim_into(c, p, &mut trs).await?,
-                    None => ClaimBatch::default(),
-                };
-                write::insert_transitions(c, &ctx, &trs, now).await?;
-                Ok((outcomes, batch))
-            })
+        let items = std::sync::Arc::new(items);
+        Box::pin(self.autocommit(move |c, ctx| {
+            let (items, claim) = (items.clone(), claim.clone());
+            Box::pin(async move { hot::complete(c, &ctx, &items, claim.as_ref(), now).await })
         }))
     }
 

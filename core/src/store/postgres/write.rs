@@ -75,15 +75,16 @@ pub async fn insert_transitions(
 }
 
 /// The counter update of a child whose parents (`d.n` of them) just completed, `$2` the
-/// time: shared by [`release_children`] and the one-statement completion in `claims`.
+/// time, for [`release_children`]. `tasker_complete_and_claim` (migration 0004) has the
+/// same clause; the two must agree.
 pub const RELEASE_SET: &str = "pending_parents = s.pending_parents - d.n,
             state = CASE WHEN s.state = 'pending' AND s.pending_parents = d.n THEN 'ready' ELSE s.state END,
             ready_at = CASE WHEN s.state = 'pending' AND s.pending_parents = d.n THEN $NOW ELSE s.ready_at END,
             updated_at = $NOW";
 
 /// Task counters moved by `d.da`/`d.dd`/`d.de` and the finalization rules (the same as
-/// SQLite's), `$NOW` the time: shared by [`apply_deltas`] and the one-statement
-/// completion in `claims`.
+/// SQLite's), `$NOW` the time, for [`apply_deltas`]. `tasker_complete_and_claim`
+/// (migration 0004) has the same clauses; the two must agree.
 pub const TASK_DELTAS_SET: &str = "prev_state = t.state,
             n_active = t.n_active + d.da,
             n_done = t.n_done + d.dd,

@@ -1,0 +1,246 @@
+//! The hot path on PostgreSQL: creating a task, claiming, and completing (optionally with
+//! the next claim) are each one call of a function from
+//! `migrations/postgres/0004_hot_path.sql`, which runs the set-based statements and writes
+//! the transitions inside the server. Outside an explicit transaction such a call is one
+//! round trip, commit included (see `PgStore::autocommit` for when that is safe).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde_json::value::RawValue;
+use serde_json::Value;
+use sqlx::postgres::{PgConnection, PgRow};
+use sqlx::Row;
+
+use super::claims::not_held;
+use super::Ctx;
+use crate::error::{Error, Result};
+use crate::store::*;
+
+/// The columns of `tasker_hot_row`, in the order [`decode`] reads them.
+const HOT_COLUMNS: &str = "kind, id, task_id, name, handler, attempts, retry_base, max_attempts, \
+     lease_expires_at, timeout_ms, config, context, parent_names, parent_results, state";
+
+/// `kind` of a hot row: a claimed step, the claim's next `ready_at`, a completion that
+/// was not recorded.
+const CLAIMED: i32 = 1;
+const NEXT_READY: i32 = 2;
+const NOT_RECORDED: i32 = 3;
+
+fn raw(text: String) -> Result<Box<RawValue>> {
+    RawValue::from_string(text).map_err(|e| Error::internal(format!("stored JSON is invalid: {e}")))
+}
+
+/// Creates a task, its steps, edges and transitions; `None` when a task with the same
+/// idempotency key already exists (the caller reads that one).
+pub async fn create(conn: &mut PgConnection, ctx: &Ctx, task: &NewTask) -> Result<Option<i64>> {
+    let t = &task.template;
+    let n = t.steps.len();
+    let position: HashMap<&str, i32> = t
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i as i32 + 1))
+        .collect();
+    let (mut names, mut handlers, mut pending) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut max_attempts, mut backoff, mut base_ms, mut max_ms, mut jitter) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut timeout_ms, mut priority, mut config) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut parents, mut children) = (Vec::new(), Vec::new());
+    for (i, s) in t.steps.iter().enumerate() {
+        names.push(s.name.as_str());
+        handlers.push(s.handler.as_str());
+        pending.push(s.depends_on.len() as i64);
+        max_attempts.push(i64::from(s.retry.max_attempts));
+        backoff.push(s.retry.backoff.as_str());
+        base_ms.push(s.retry.base_ms as i64);
+        max_ms.push(s.retry.max_ms as i64);
+        jitter.push(s.retry.jitter);
+        timeout_ms.push(s.timeout_s.saturating_mul(1000) as i64);
+        priority.push(i64::from(s.priority) + i64::from(task.priority));
+        config.push(s.config.as_ref().map(Value::to_string));
+        for d in &s.depends_on {
+            parents.push(position[d.as_str()]);
+            children.push(i as i32 + 1);
+        }
+    }
+    let id: Option<i64> = sqlx::query(
+        "SELECT tasker_create_task($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                                   $15, $16, $17, $18, $19, $20, $21, $22)",
+    )
+    .bind(&t.namespace)
+    .bind(&t.name)
+    .bind(&t.version)
+    .bind(&task.context)
+    .bind(&task.idempotency_key)
+    .bind(i64::from(task.priority))
+    .bind(task.now)
+    .bind(names)
+    .bind(handlers)
+    .bind(pending)
+    .bind(max_attempts)
+    .bind(backoff)
+    .bind(base_ms)
+    .bind(max_ms)
+    .bind(jitter)
+    .bind(timeout_ms)
+    .bind(priority)
+    .bind(config)
+    .bind(parents)
+    .bind(children)
+    .bind(ctx.lock_key)
+    .bind(&ctx.channel)
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get(0)?;
+    Ok(id)
+}
+
+/// A fresh claim token: below 2^53, so it survives every JSON reader as a number.
+fn token() -> i64 {
+    fastrand::i64(1..(1i64 << 53))
+}
+
+/// A claim on its own: the completion function with nothing to complete.
+pub async fn claim(conn: &mut PgConnection, ctx: &Ctx, p: &ClaimParams) -> Result<ClaimBatch> {
+    Ok(complete(conn, ctx, &[], Some(p), p.now).await?.1)
+}
+
+/// Records `items` (each by its claim token) and, with `claim`, claims the next batch in
+/// the same transaction. One outcome per item, in order.
+pub async fn complete(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+    items: &[Completion],
+    claim: Option<&ClaimParams>,
+    now: i64,
+) -> Result<(Vec<ItemOutcome>, ClaimBatch)> {
+    // A step reported twice counts once, by its first report.
+    let mut first: HashSet<i64> = HashSet::with_capacity(items.len());
+    let (mut ids, mut tokens, mut results) = (Vec::new(), Vec::new(), Vec::new());
+    for item in items {
+        if first.insert(item.step_id) {
+            ids.push(item.step_id);
+            tokens.push(item.claim_token);
+            results.push(item.result.get());
+        }
+    }
+    let token = token();
+    let (handlers, limit, worker, lease_ms): (&[String], i64, &str, i64) = match claim {
+        Some(p) => (
+            &p.handlers,
+            i64::from(p.limit),
+            &p.worker,
+            p.lease_ms as i64,
+        ),
+        None => (&[], 0, "", 0),
+    };
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {HOT_COLUMNS} FROM tasker_complete_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    )))
+    .bind(ids)
+    .bind(tokens)
+    .bind(results)
+    .bind(now)
+    .bind(handlers)
+    .bind(limit)
+    .bind(token)
+    .bind(worker)
+    .bind(lease_ms)
+    .bind(ctx.lock_key)
+    .bind(&ctx.channel)
+    .fetch_all(&mut *conn)
+    .await?;
+    let (batch, missed) = decode(rows, token)?;
+    let mut reported: HashSet<i64> = HashSet::with_capacity(items.len());
+    let mut missed: HashMap<i64, Option<String>> = missed.into_iter().collect();
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let error = if !reported.insert(item.step_id) {
+            Some(Error::invalid_argument(format!(
+                "step {} appears more than once in the batch; only its first report was considered",
+                item.step_id
+            )))
+        } else {
+            missed
+                .remove(&item.step_id)
+                .map(|state| not_held(item.step_id, state))
+        };
+        out.push(ItemOutcome {
+            step_id: item.step_id,
+            ok: error.is_none(),
+            error,
+        });
+    }
+    Ok((out, batch))
+}
+
+/// Completions that were not recorded: the step and its state now (`None`: no such step).
+type NotRecorded = Vec<(i64, Option<String>)>;
+
+/// Hot rows into the claimed batch (the task context comes once per task, on its first
+/// step's row) and the completions that were not recorded.
+fn decode(rows: Vec<PgRow>, token: i64) -> Result<(ClaimBatch, NotRecorded)> {
+    let mut batch = ClaimBatch::default();
+    let mut missed = Vec::new();
+    let mut contexts: HashMap<i64, Box<RawValue>> = HashMap::new();
+    let token_text = token.to_string();
+    for r in rows {
+        match r.try_get::<i32, _>(0)? {
+            CLAIMED => {
+                let task_id: i64 = r.try_get(2)?;
+                if let Some(context) = r.try_get::<Option<String>, _>(11)? {
+                    contexts.insert(task_id, raw(context)?);
+                }
+                let names: Vec<String> = r.try_get::<Option<_>, _>(12)?.unwrap_or_default();
+                let results: Vec<String> = r.try_get::<Option<_>, _>(13)?.unwrap_or_default();
+                let results = names
+                    .into_iter()
+                    .zip(results)
+                    .map(|(n, v)| Ok((n, raw(v)?)))
+                    .collect::<Result<BTreeMap<_, _>>>()?;
+                let attempts: i64 = r.try_get(5)?;
+                let retry_base: i64 = r.try_get(6)?;
+                batch.steps.push(ClaimedStep {
+                    step_id: r.try_get(1)?,
+                    task_id,
+                    step_name: r.try_get(3)?,
+                    handler: r.try_get(4)?,
+                    claim_token: token_text.clone(),
+                    attempt: attempts - retry_base,
+                    max_attempts: r.try_get(7)?,
+                    lease_expires_at: Ts(r.try_get(8)?),
+                    timeout_ms: r.try_get(9)?,
+                    // Filled in below, from the task's first row.
+                    context: raw("null".into())?,
+                    config: r.try_get::<Option<String>, _>(10)?.map(raw).transpose()?,
+                    results,
+                });
+            }
+            NEXT_READY => batch.next_ready_at = r.try_get(8)?,
+            NOT_RECORDED => missed.push((r.try_get(1)?, r.try_get(14)?)),
+            other => return Err(Error::internal(format!("unknown hot row kind {other}"))),
+        }
+    }
+    for step in &mut batch.steps {
+        step.context = contexts.get(&step.task_id).cloned().ok_or_else(|| {
+            Error::internal(format!(
+                "task {} of a claimed step is missing",
+                step.task_id
+            ))
+        })?;
+    }
+    Ok((batch, missed))
+}
