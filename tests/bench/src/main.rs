@@ -4,12 +4,13 @@
 //!
 //! ```text
 //! tasker-bench [--quick] [--sync normal|full] [--out PATH] [--ffi-bin PATH] [--only a,b]
-//!              [--pg-url URL] [--peer-dir DIR] [--node PATH]
-//! tasker-bench --pg-worker --pg-url URL --schema S --total N --limit L   (child mode)
+//!              [--pg-url URL] [--pg-loops N] [--peer-dir DIR] [--node PATH]
+//! tasker-bench --pg-worker --pg-url URL --schema S --limit L [--pg-loops N]   (child mode)
 //! ```
 //! Benchmarks (`--only`): ffi, latency, steps, dag, commits (SQLite); pg-commits,
 //! pg-latency, pg-steps, pg-4proc, pg-stmts, peer (PostgreSQL, need `--pg-url`; `peer`
-//! also `--peer-dir`).
+//! also `--peer-dir`). `--pg-loops` (default 3) is how many claim loops the one worker
+//! process of `pg-steps` runs at once.
 
 mod commits;
 mod dag;
@@ -36,6 +37,7 @@ struct Args {
     ffi_bin: Option<PathBuf>,
     only: Option<Vec<String>>,
     pg_url: Option<String>,
+    pg_loops: usize,
     peer_dir: Option<PathBuf>,
     node: String,
     worker: Option<WorkerArgs>,
@@ -45,12 +47,11 @@ struct Args {
 #[derive(Default)]
 struct WorkerArgs {
     schema: String,
-    total: u64,
     limit: u32,
 }
 
 const USAGE: &str = "usage: tasker-bench [--quick] [--sync normal|full] [--out PATH] [--ffi-bin PATH]
-                    [--pg-url URL] [--peer-dir DIR] [--node PATH]
+                    [--pg-url URL] [--pg-loops N] [--peer-dir DIR] [--node PATH]
                     [--only ffi,latency,steps,dag,commits,pg-commits,pg-latency,pg-steps,pg-4proc,pg-stmts,peer]";
 
 /// Every benchmark `--only` accepts.
@@ -76,6 +77,7 @@ fn parse_args() -> Res<Args> {
         ffi_bin: None,
         only: None,
         pg_url: None,
+        pg_loops: 3,
         peer_dir: None,
         node: "node".into(),
         worker: None,
@@ -90,15 +92,15 @@ fn parse_args() -> Res<Args> {
             "--ffi-bin" => args.ffi_bin = Some(value("--ffi-bin")?.into()),
             "--only" => args.only = Some(value("--only")?.split(',').map(str::to_owned).collect()),
             "--pg-url" => args.pg_url = Some(value("--pg-url")?),
+            "--pg-loops" => {
+                args.pg_loops = value("--pg-loops")?
+                    .parse()
+                    .map_err(|e| format!("--pg-loops: {e}"))?
+            }
             "--peer-dir" => args.peer_dir = Some(value("--peer-dir")?.into()),
             "--node" => args.node = value("--node")?,
             "--pg-worker" => args.worker = Some(WorkerArgs::default()),
             "--schema" => args.worker.get_or_insert_default().schema = value("--schema")?,
-            "--total" => {
-                args.worker.get_or_insert_default().total = value("--total")?
-                    .parse()
-                    .map_err(|e| format!("--total: {e}"))?
-            }
             "--limit" => {
                 args.worker.get_or_insert_default().limit = value("--limit")?
                     .parse()
@@ -153,7 +155,7 @@ fn run() -> Res<()> {
     let args = parse_args()?;
     if let Some(w) = &args.worker {
         let url = args.pg_url.as_deref().ok_or("--pg-worker needs --pg-url")?;
-        return multiproc::child(url, &w.schema, w.total, w.limit);
+        return multiproc::child(url, &w.schema, w.limit, args.pg_loops);
     }
     let wants = |name: &str| {
         args.only
@@ -216,7 +218,7 @@ fn run() -> Res<()> {
     }
     if wants("steps") {
         eprintln!("steps:");
-        throughput::run(sqlite, if q { 5_000 } else { 20_000 }, 256, &mut r)?;
+        throughput::run(sqlite, if q { 5_000 } else { 20_000 }, 256, 1, &mut r)?;
     }
     if wants("dag") {
         eprintln!("dag:");
@@ -260,12 +262,12 @@ fn postgres(args: &Args, url: &str, r: &mut Results) -> Res<()> {
     }
     if wants("pg-steps") {
         eprintln!("steps (postgres):");
-        throughput::run(Store::Postgres(&pg), steps, 256, r)?;
+        throughput::run(Store::Postgres(&pg), steps, 256, args.pg_loops.max(1), r)?;
     }
     if wants("pg-4proc") {
         eprintln!("steps (postgres, 4 processes):");
         let exe = std::env::current_exe()?;
-        multiproc::run(&pg, &exe, 4, steps, 256, r)?;
+        multiproc::run(&pg, &exe, 4, args.pg_loops.max(1), steps, 256, r)?;
     }
     if wants("pg-stmts") {
         eprintln!("statements per step (postgres):");

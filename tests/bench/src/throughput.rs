@@ -1,12 +1,16 @@
 //! Throughput of independent steps: single-step tasks created beforehand (not timed),
-//! drained by one worker in claim/complete batches, on SQLite or PostgreSQL.
+//! drained by one worker process in claim/complete batches, on SQLite or PostgreSQL.
+//! On PostgreSQL the process runs `loops` claim loops at once (`--pg-loops`): the
+//! server works on one transaction per connection, so a worker keeps several in flight
+//! to use more than one core, as graphile-worker's peer does at concurrency 24. SQLite
+//! has one writer, so one loop.
 
 use std::time::Instant;
 
 use crate::results::Results;
 use crate::util::{self, Db, OpTimes, Res, Store};
 
-pub fn run(store: Store, n: usize, batch: u32, out: &mut Results) -> Res<()> {
+pub fn run(store: Store, n: usize, batch: u32, loops: usize, out: &mut Results) -> Res<()> {
     let db = Db::open(store, "steps")?;
     let t = &db.tasker;
     let name = store.name();
@@ -19,7 +23,7 @@ pub fn run(store: Store, n: usize, batch: u32, out: &mut Results) -> Res<()> {
     let create_s = start.elapsed().as_secs_f64();
     let start = Instant::now();
     let mut times = OpTimes::default();
-    util::drain(t, batch, n, &mut times)?;
+    util::drain_concurrently(t, batch, n, loops, &mut times)?;
     let drain_s = start.elapsed().as_secs_f64();
     let stats = util::call(t, "stats", "{}")?;
     let complete = stats["tasks"]["complete"].as_u64().unwrap_or(0);
@@ -36,10 +40,11 @@ pub fn run(store: Store, n: usize, batch: u32, out: &mut Results) -> Res<()> {
     out.num(&format!("steps_per_s_{name}"), n as f64 / drain_s);
     out.int(&format!("steps_tasks{sfx}"), n as u64);
     out.int(&format!("steps_claim_limit{sfx}"), u64::from(batch));
+    out.int(&format!("steps_loops{sfx}"), loops as u64);
     times.record(&format!("steps{sfx}"), out);
     out.num(&format!("create_tasks_per_s_{name}"), n as f64 / create_s);
     eprintln!(
-        "  steps ({name}): {:.0} steps/s drained ({n} tasks, created at {:.0}/s on {threads} threads)",
+        "  steps ({name}): {:.0} steps/s drained ({n} tasks, {loops} claim loops; created at {:.0}/s on {threads} threads)",
         n as f64 / drain_s,
         n as f64 / create_s
     );

@@ -233,6 +233,73 @@ pub fn drain(t: &Tasker, limit: u32, target: usize, times: &mut OpTimes) -> Res<
     Ok(())
 }
 
+/// `loops` claim loops on as many threads of this process, sharing its engine (one
+/// connection pool), drain together until `target` steps are done: one worker process
+/// that keeps several claim/complete transactions in flight, as a worker with
+/// concurrency does (graphile-worker's peer runs one process at concurrency 24). Each
+/// loop is [`drain`]'s: claim (waiting briefly), then complete-and-claim while it gets
+/// steps. Adds every loop's calls to `times`.
+pub fn drain_concurrently(
+    t: &Tasker,
+    limit: u32,
+    target: usize,
+    loops: usize,
+    times: &mut OpTimes,
+) -> Res<()> {
+    use std::sync::atomic::AtomicUsize;
+    if loops <= 1 {
+        return drain(t, limit, target, times);
+    }
+    let done = AtomicUsize::new(0);
+    let per_loop = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..loops)
+            .map(|_| {
+                let done = &done;
+                s.spawn(move || -> Res<OpTimes> {
+                    let claim_req = claim_request(limit, 100);
+                    let mut times = OpTimes::default();
+                    let mut page: Option<Value> = None;
+                    let mut empty = 0u32;
+                    while done.load(Ordering::Acquire) < target {
+                        let current = match page.take() {
+                            Some(p) => p,
+                            None => claim(t, &claim_req, &mut times)?,
+                        };
+                        let steps = current["steps"]
+                            .as_array()
+                            .map(Vec::as_slice)
+                            .unwrap_or(&[]);
+                        if steps.is_empty() {
+                            // The others hold the last steps; 50 empty waits is a stall.
+                            empty += 1;
+                            if empty >= 50 {
+                                return Err(format!(
+                                    "stalled: {} of {target} steps done, claims find nothing",
+                                    done.load(Ordering::Acquire)
+                                )
+                                .into());
+                            }
+                            continue;
+                        }
+                        empty = 0;
+                        let total = done.fetch_add(steps.len(), Ordering::AcqRel) + steps.len();
+                        page = complete_page(t, steps, total < target, limit, &mut times)?;
+                    }
+                    Ok(times)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| "a draining thread panicked")?)
+            .collect::<Res<Vec<OpTimes>>>()
+    })?;
+    for t in &per_loop {
+        times.add(t);
+    }
+    Ok(())
+}
+
 /// The task's state, from `get_task` (used to verify runs, never timed).
 pub fn task_state(t: &Tasker, task_id: i64) -> Res<String> {
     let v = call(t, "get_task", &json!({ "task_id": task_id }).to_string())?;
