@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use serde_json::{json, Value};
@@ -202,43 +202,14 @@ pub fn claim(t: &Tasker, request: &str, times: &mut OpTimes) -> Res<Value> {
 /// next batch in the same transaction; claim again (waiting) only when that comes back
 /// empty. Runs until `target` steps are done and adds its calls to `times`.
 pub fn drain(t: &Tasker, limit: u32, target: usize, times: &mut OpTimes) -> Res<()> {
-    let claim_req = claim_request(limit, 1000);
-    let mut done = 0usize;
-    let mut empty = 0u32;
-    let mut page: Option<Value> = None;
-    while done < target {
-        let current = match page.take() {
-            Some(p) => p,
-            None => claim(t, &claim_req, times)?,
-        };
-        let steps = current["steps"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        if steps.is_empty() {
-            empty += 1;
-            if empty >= 5 {
-                return Err(
-                    format!("stalled: {done} of {target} steps done, claims find nothing").into(),
-                );
-            }
-            continue;
-        }
-        empty = 0;
-        // Ask for the next batch only while more steps remain to be done.
-        let more = target - done - steps.len() > 0;
-        page = complete_page(t, steps, more, limit, times)?;
-        done += steps.len();
-    }
-    Ok(())
+    drain_loop(t, limit, target, &AtomicUsize::new(0), 1000, 5, times)
 }
 
 /// `loops` claim loops on as many threads of this process, sharing its engine (one
 /// connection pool), drain together until `target` steps are done: one worker process
 /// that keeps several claim/complete transactions in flight, as a worker with
 /// concurrency does (graphile-worker's peer runs one process at concurrency 24). Each
-/// loop is [`drain`]'s: claim (waiting briefly), then complete-and-claim while it gets
-/// steps. Adds every loop's calls to `times`.
+/// loop is [`drain`]'s. Adds every loop's calls to `times`.
 pub fn drain_concurrently(
     t: &Tasker,
     limit: u32,
@@ -246,7 +217,6 @@ pub fn drain_concurrently(
     loops: usize,
     times: &mut OpTimes,
 ) -> Res<()> {
-    use std::sync::atomic::AtomicUsize;
     if loops <= 1 {
         return drain(t, limit, target, times);
     }
@@ -256,35 +226,9 @@ pub fn drain_concurrently(
             .map(|_| {
                 let done = &done;
                 s.spawn(move || -> Res<OpTimes> {
-                    let claim_req = claim_request(limit, 100);
                     let mut times = OpTimes::default();
-                    let mut page: Option<Value> = None;
-                    let mut empty = 0u32;
-                    while done.load(Ordering::Acquire) < target {
-                        let current = match page.take() {
-                            Some(p) => p,
-                            None => claim(t, &claim_req, &mut times)?,
-                        };
-                        let steps = current["steps"]
-                            .as_array()
-                            .map(Vec::as_slice)
-                            .unwrap_or(&[]);
-                        if steps.is_empty() {
-                            // The others hold the last steps; 50 empty waits is a stall.
-                            empty += 1;
-                            if empty >= 50 {
-                                return Err(format!(
-                                    "stalled: {} of {target} steps done, claims find nothing",
-                                    done.load(Ordering::Acquire)
-                                )
-                                .into());
-                            }
-                            continue;
-                        }
-                        empty = 0;
-                        let total = done.fetch_add(steps.len(), Ordering::AcqRel) + steps.len();
-                        page = complete_page(t, steps, total < target, limit, &mut times)?;
-                    }
+                    // Near the end the others hold the last steps: short waits, more of them.
+                    drain_loop(t, limit, target, done, 100, 50, &mut times)?;
                     Ok(times)
                 })
             })
@@ -296,6 +240,47 @@ pub fn drain_concurrently(
     })?;
     for t in &per_loop {
         times.add(t);
+    }
+    Ok(())
+}
+
+/// One claim loop: drains until `done` (shared by every loop) reaches `target`; a claim
+/// waits up to `wait_ms`, and `patience` empty claims in a row is a stall.
+fn drain_loop(
+    t: &Tasker,
+    limit: u32,
+    target: usize,
+    done: &AtomicUsize,
+    wait_ms: u64,
+    patience: u32,
+    times: &mut OpTimes,
+) -> Res<()> {
+    let claim_req = claim_request(limit, wait_ms);
+    let mut empty = 0u32;
+    let mut page: Option<Value> = None;
+    while done.load(Ordering::Acquire) < target {
+        let current = match page.take() {
+            Some(p) => p,
+            None => claim(t, &claim_req, times)?,
+        };
+        let steps = current["steps"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        if steps.is_empty() {
+            empty += 1;
+            if empty >= patience {
+                let done = done.load(Ordering::Acquire);
+                return Err(
+                    format!("stalled: {done} of {target} steps done, claims find nothing").into(),
+                );
+            }
+            continue;
+        }
+        empty = 0;
+        // Ask for the next batch only while more steps remain to be done.
+        let total = done.fetch_add(steps.len(), Ordering::AcqRel) + steps.len();
+        page = complete_page(t, steps, total < target, limit, times)?;
     }
     Ok(())
 }

@@ -179,18 +179,8 @@ impl PgStore {
                 },
                 Err(e) => e,
             };
-            if matches!(e.sqlstate(), Some("40P01" | "40001")) && attempt < RETRIES {
-                attempt += 1;
-                tracing::debug!(attempt, error = %e, "retrying after a deadlock");
-                tokio::time::sleep(Duration::from_millis(
-                    fastrand::u64(1..5) * u64::from(attempt),
-                ))
-                .await;
-            } else if lost_connection(&e) && dead < self.pool_size {
-                // Lost before COMMIT: the transaction died with the connection.
-                dead += 1;
-                tracing::debug!(error = %e, "a pooled connection was dead; retrying on another");
-            } else {
+            // Lost before COMMIT: the transaction died with the connection.
+            if !self.again(&e, &mut attempt, &mut dead).await {
                 return Err(e);
             }
         }
@@ -221,19 +211,31 @@ impl PgStore {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
-            if matches!(e.sqlstate(), Some("40P01" | "40001")) && attempt < RETRIES {
-                attempt += 1;
-                tracing::debug!(attempt, error = %e, "retrying after a deadlock");
-                tokio::time::sleep(Duration::from_millis(
-                    fastrand::u64(1..5) * u64::from(attempt),
-                ))
-                .await;
-            } else if lost_connection(&e) && dead < self.pool_size {
-                dead += 1;
-                tracing::debug!(error = %e, "a pooled connection was dead; repeating the call on another");
-            } else {
+            if !self.again(&e, &mut attempt, &mut dead).await {
                 return Err(e);
             }
+        }
+    }
+
+    /// Whether a failed write is tried again: after a deadlock or serialization failure
+    /// (rolled back; up to `RETRIES` times, after a short random pause), or when the
+    /// connection turned out dead (up to once per pooled connection). The caller knows
+    /// a repeat is safe.
+    async fn again(&self, e: &Error, attempt: &mut u32, dead: &mut u32) -> bool {
+        if matches!(e.sqlstate(), Some("40P01" | "40001")) && *attempt < RETRIES {
+            *attempt += 1;
+            tracing::debug!(attempt = *attempt, error = %e, "retrying after a deadlock");
+            tokio::time::sleep(Duration::from_millis(
+                fastrand::u64(1..5) * u64::from(*attempt),
+            ))
+            .await;
+            true
+        } else if lost_connection(e) && *dead < self.pool_size {
+            *dead += 1;
+            tracing::debug!(error = %e, "a pooled connection was dead; retrying on another");
+            true
+        } else {
+            false
         }
     }
 
