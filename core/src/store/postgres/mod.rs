@@ -154,10 +154,7 @@ impl PgStore {
     where
         F: for<'c> Fn(&'c mut PgConnection, Ctx) -> BoxFut<'c, T>,
     {
-        let ctx = Ctx {
-            lock_key: self.lock_key,
-            channel: self.channel.clone(),
-        };
+        let ctx = self.ctx();
         let mut attempt = 0;
         let mut dead = 0;
         loop {
@@ -199,10 +196,7 @@ impl PgStore {
     where
         F: for<'c> Fn(&'c mut PgConnection, Ctx) -> BoxFut<'c, T>,
     {
-        let ctx = Ctx {
-            lock_key: self.lock_key,
-            channel: self.channel.clone(),
-        };
+        let ctx = self.ctx();
         let mut attempt = 0;
         let mut dead = 0;
         loop {
@@ -214,6 +208,14 @@ impl PgStore {
             if !self.again(&e, &mut attempt, &mut dead).await {
                 return Err(e);
             }
+        }
+    }
+
+    /// What every write needs besides its connection.
+    fn ctx(&self) -> Ctx {
+        Ctx {
+            lock_key: self.lock_key,
+            channel: self.channel.clone(),
         }
     }
 
