@@ -13,6 +13,7 @@
 //! process of `pg-steps` runs at once.
 
 mod commits;
+mod cpu;
 mod dag;
 mod ffi;
 mod latency;

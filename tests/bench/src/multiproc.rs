@@ -1,15 +1,18 @@
 //! Throughput of independent steps with several worker processes on one PostgreSQL
 //! schema, each running as many claim loops as the one process of `pg-steps`: the bench binary runs itself in child mode (`--pg-worker`) once per process.
-//! Each child opens its engine and says `ready`; the clock starts when all are ready and
-//! told to `go`, and stops when the last one exits after finding every task complete.
+//! Each child opens its engine, warms its connections up and says `ready`; the clock
+//! starts when all are ready and told to `go`, and stops at the last step's completion in
+//! any child (wall-clock times, one machine), as the one-process run stops at its last
+//! completion: a child's idle wait before it sees that nothing is left is not counted.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+use crate::cpu::Meter;
 use crate::pg::Pg;
 use crate::results::Results;
 use crate::util::{self, Db, OpTimes, Res, Store};
@@ -67,7 +70,7 @@ pub fn run(
             let _ = w.child.wait();
         }
     }
-    let (secs, per_proc) = result?;
+    let (secs, server_s, per_proc) = result?;
     let stats = util::call(t, "stats", "{}")?;
     let complete = stats["tasks"]["complete"].as_u64().unwrap_or(0);
     drop(db);
@@ -79,54 +82,80 @@ pub fn run(
     let rate = n as f64 / secs;
     out.num(&format!("steps_per_s_postgres_{procs}proc"), rate);
     out.int(&format!("steps_postgres_{procs}proc_loops"), loops as u64);
+    out.num(
+        &format!("steps_server_cpu_us_per_step_postgres_{procs}proc"),
+        server_s * 1e6 / n as f64,
+    );
     let shares: Vec<String> = per_proc.iter().map(u64::to_string).collect();
     out.text(
         &format!("steps_postgres_{procs}proc_shares"),
         &shares.join("/"),
     );
     eprintln!(
-        "  steps ({procs} processes of {loops} claim loops, postgres): {rate:.0} steps/s ({n} tasks, shares {})",
-        shares.join("/")
+        "  steps ({procs} processes of {loops} claim loops, postgres): {rate:.0} steps/s ({n} tasks, shares {}); {:.1} us of postgres CPU per step",
+        shares.join("/"),
+        server_s * 1e6 / n as f64
     );
     Ok(())
 }
 
-fn drive(workers: &mut [Worker], n: usize) -> Res<(f64, Vec<u64>)> {
+/// Starts the workers together; returns the wall seconds until the last completion in
+/// any of them, the server's CPU seconds until they all exited, and each one's count of
+/// steps.
+fn drive(workers: &mut [Worker], n: usize) -> Res<(f64, f64, Vec<u64>)> {
     for w in workers.iter_mut() {
         let l = w.line()?;
         if l != "ready" {
             return Err(format!("a worker process said `{l}`, not ready").into());
         }
     }
-    let start = Instant::now();
+    let start = unix_s();
+    let cpu = Meter::start();
     for w in workers.iter_mut() {
         let stdin = w.child.stdin.as_mut().ok_or("no stdin")?;
         stdin.write_all(b"go\n")?;
         stdin.flush()?;
     }
     let mut per_proc = Vec::with_capacity(workers.len());
+    let mut last = start;
     for w in workers.iter_mut() {
         let l = w.line()?;
         let v: Value = serde_json::from_str(&l)?;
         per_proc.push(v["done"].as_u64().ok_or("a worker reported no count")?);
+        last = last.max(
+            v["last_done_s"]
+                .as_f64()
+                .ok_or("a worker reported no time")?,
+        );
         let status = w.child.wait()?;
         if !status.success() {
             return Err(format!("a worker process failed: {status}").into());
         }
     }
-    let secs = start.elapsed().as_secs_f64();
+    let secs = last - start;
+    let server_s = cpu.stop().server_s;
     let total: u64 = per_proc.iter().sum();
     if total != n as u64 {
         return Err(format!("the processes completed {total} steps, not {n}").into());
     }
-    Ok((secs, per_proc))
+    Ok((secs, server_s, per_proc))
+}
+
+/// Now as seconds since the Unix epoch: the one clock that the harness and its child
+/// processes share.
+fn unix_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Child mode: `loops` claim loops (threads sharing this process's engine) drain the
 /// schema's no-op steps with batched claim + complete-and-claim until every task is
-/// done; print `{"done": steps this process did}`.
+/// done; print `{"done": steps this process did, "last_done_s": when its last
+/// completion returned}`.
 pub fn child(url: &str, schema: &str, limit: u32, loops: usize) -> Res<()> {
     let t = util::open_postgres(url, schema)?;
+    util::warm_up(&t, loops)?;
     let mut stdout = std::io::stdout();
     writeln!(stdout, "ready")?;
     stdout.flush()?;
@@ -136,13 +165,14 @@ pub fn child(url: &str, schema: &str, limit: u32, loops: usize) -> Res<()> {
         let handles: Vec<_> = (0..loops.max(1))
             .map(|_| s.spawn(|| drain_until_complete(&t, limit)))
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().map_err(|_| "a claim loop panicked")?)
-            .sum::<Res<u64>>()
+        handles.into_iter().try_fold((0u64, 0f64), |(n, last), h| {
+            let (done, at) = h.join().map_err(|_| "a claim loop panicked")??;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((n + done, last.max(at)))
+        })
     })?;
     t.close();
-    writeln!(stdout, "{}", json!({ "done": done }))?;
+    let (done, last) = done;
+    writeln!(stdout, "{}", json!({ "done": done, "last_done_s": last }))?;
     stdout.flush()?;
     Ok(())
 }
@@ -150,11 +180,13 @@ pub fn child(url: &str, schema: &str, limit: u32, loops: usize) -> Res<()> {
 /// One claim loop of a child: claim, complete-and-claim while steps come, and when a
 /// claim finds nothing, stop once no task is pending or running (two index reads; the
 /// `stats` call the harness used before scans every table, and a dozen loops calling it
-/// at the end of a run slowed the run it measured). Returns the steps it did.
-fn drain_until_complete(t: &tasker_core::api::Tasker, limit: u32) -> Res<u64> {
+/// at the end of a run slowed the run it measured). Returns the steps it did and when its
+/// last completion returned (0 when it did none).
+fn drain_until_complete(t: &tasker_core::api::Tasker, limit: u32) -> Res<(u64, f64)> {
     let claim = util::claim_request(limit, 100);
     let mut times = OpTimes::default();
     let mut done = 0u64;
+    let mut last = 0f64;
     loop {
         let mut page = util::claim(t, &claim, &mut times)?;
         let mut any = false;
@@ -165,13 +197,15 @@ fn drain_until_complete(t: &tasker_core::api::Tasker, limit: u32) -> Res<u64> {
             }
             any = true;
             done += steps.len() as u64;
-            match util::complete_page(t, steps, true, limit, &mut times)? {
+            let next = util::complete_page(t, steps, true, limit, &mut times)?;
+            last = unix_s();
+            match next {
                 Some(next) => page = next,
                 None => break,
             }
         }
         if !any && unfinished(t, "pending")? == 0 && unfinished(t, "running")? == 0 {
-            return Ok(done);
+            return Ok((done, last));
         }
     }
 }

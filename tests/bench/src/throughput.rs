@@ -7,6 +7,7 @@
 
 use std::time::Instant;
 
+use crate::cpu::Meter;
 use crate::results::Results;
 use crate::util::{self, Db, OpTimes, Res, Store};
 
@@ -21,10 +22,13 @@ pub fn run(store: Store, n: usize, batch: u32, loops: usize, out: &mut Results) 
     let threads = if name == "sqlite" { 1 } else { 4 };
     util::create_many(t, &req, n, threads)?;
     let create_s = start.elapsed().as_secs_f64();
+    util::warm_up(t, loops)?;
     let start = Instant::now();
+    let cpu = Meter::start();
     let mut times = OpTimes::default();
     util::drain_concurrently(t, batch, n, loops, &mut times)?;
     let drain_s = start.elapsed().as_secs_f64();
+    let used = cpu.stop();
     let stats = util::call(t, "stats", "{}")?;
     let complete = stats["tasks"]["complete"].as_u64().unwrap_or(0);
     drop(db);
@@ -42,11 +46,24 @@ pub fn run(store: Store, n: usize, batch: u32, loops: usize, out: &mut Results) 
     out.int(&format!("steps_claim_limit{sfx}"), u64::from(batch));
     out.int(&format!("steps_loops{sfx}"), loops as u64);
     times.record(&format!("steps{sfx}"), out);
+    // CPU per step: steadier than steps/s on a shared VM (see cpu.rs).
+    out.num(
+        &format!("steps_client_cpu_us_per_step_{name}"),
+        used.own_s * 1e6 / n as f64,
+    );
+    if name != "sqlite" {
+        out.num(
+            &format!("steps_server_cpu_us_per_step_{name}"),
+            used.server_s * 1e6 / n as f64,
+        );
+    }
     out.num(&format!("create_tasks_per_s_{name}"), n as f64 / create_s);
     eprintln!(
-        "  steps ({name}): {:.0} steps/s drained ({n} tasks, {loops} claim loops; created at {:.0}/s on {threads} threads)",
+        "  steps ({name}): {:.0} steps/s drained ({n} tasks, {loops} claim loops; created at {:.0}/s on {threads} threads); CPU per step: {:.1} us here, {:.1} us in postgres processes",
         n as f64 / drain_s,
-        n as f64 / create_s
+        n as f64 / create_s,
+        used.own_s * 1e6 / n as f64,
+        used.server_s * 1e6 / n as f64,
     );
     Ok(())
 }

@@ -285,6 +285,30 @@ fn drain_loop(
     Ok(())
 }
 
+/// Before a timed run: `loops` threads claim at once, a few times, for a handler no step
+/// has, so the pool has a connection per loop and each connection has prepared and
+/// planned the claim (on PostgreSQL, compiled the function) before the clock starts, as
+/// in a worker process that has been running for a while.
+pub fn warm_up(t: &Tasker, loops: usize) -> Res<()> {
+    let request =
+        r#"{"handlers":["tasker-bench-warm-up"],"limit":1,"wait_ms":0,"worker_id":"bench"}"#;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..loops.max(1))
+            .map(|_| {
+                s.spawn(move || -> Res<()> {
+                    for _ in 0..20 {
+                        call(t, "claim", request)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().map_err(|_| "a warm-up thread panicked")?)
+    })
+}
+
 /// The task's state, from `get_task` (used to verify runs, never timed).
 pub fn task_state(t: &Tasker, task_id: i64) -> Res<String> {
     let v = call(t, "get_task", &json!({ "task_id": task_id }).to_string())?;
