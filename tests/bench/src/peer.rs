@@ -55,8 +55,19 @@ pub fn run(
         "peer_graphile_worker_add_jobs_per_s",
         fast["add_jobs_per_s"].as_f64().unwrap_or(f64::NAN),
     );
+    let cpu = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    out.num(
+        "peer_graphile_worker_server_cpu_us_per_job",
+        cpu(&fast, "server_cpu_us_per_job"),
+    );
+    out.num(
+        "peer_graphile_worker_client_cpu_us_per_job",
+        cpu(&fast, "client_cpu_us_per_job"),
+    );
     eprintln!(
-        "  graphile-worker (local queue, batched completion): {rate:.0} jobs/s ({jobs} jobs)"
+        "  graphile-worker (local queue, batched completion): {rate:.0} jobs/s ({jobs} jobs); CPU per job: {:.1} us in node, {:.1} us in postgres processes",
+        cpu(&fast, "client_cpu_us_per_job"),
+        cpu(&fast, "server_cpu_us_per_job"),
     );
     let default = one(node, dir, pg, default_jobs, "default")?;
     let rate = default["jobs_per_s"].as_f64().unwrap_or(f64::NAN);

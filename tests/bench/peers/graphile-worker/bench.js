@@ -8,10 +8,43 @@
 // `fast` is the configuration graphile-worker's performance page documents as its
 // fastest (local queue of 500, batched completion and failure with delay 0, pool of 25);
 // `default` leaves those at their defaults. Prints one JSON line; drops the schema.
+// Also reports the CPU time per job over the burn-down: this process's, and the server's
+// (every `postgres` process on this machine, read as tests/bench/src/cpu.rs does).
 "use strict";
 
+const fs = require("fs");
 const { run, makeWorkerUtils, Logger } = require("graphile-worker");
 const { Pool } = require("pg");
+
+// CPU ticks (1/100 s) of every process named `postgres`: utime + stime + the reaped
+// children's cutime + cstime (a backend that exits lives on in the postmaster's).
+// NaN where /proc cannot be read.
+function serverTicks() {
+  let total = 0;
+  let seen = false;
+  let pids;
+  try {
+    pids = fs.readdirSync("/proc").filter((p) => /^[0-9]+$/.test(p));
+  } catch (e) {
+    return NaN;
+  }
+  for (const pid of pids) {
+    let stat;
+    try {
+      stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    } catch (e) {
+      continue; // exited since the listing
+    }
+    const open = stat.indexOf("(");
+    const close = stat.lastIndexOf(")");
+    if (stat.slice(open + 1, close) !== "postgres") continue;
+    const f = stat.slice(close + 1).trim().split(/\s+/);
+    // f[0] is field 3: utime, stime, cutime, cstime are fields 14 to 17.
+    total += Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]);
+    seen = true;
+  }
+  return seen ? total : NaN;
+}
 
 const CONCURRENCY = 24;
 
@@ -55,6 +88,8 @@ async function main() {
       },
     };
     t = process.hrtime.bigint();
+    const ticks = serverTicks();
+    const own = process.cpuUsage();
     const runner = await run({
       connectionString: url,
       schema,
@@ -74,6 +109,9 @@ async function main() {
       await new Promise((r) => setTimeout(r, 2));
     }
     const runS = Number(process.hrtime.bigint() - t) / 1e9;
+    const serverS = (serverTicks() - ticks) / 100;
+    const ownUsage = process.cpuUsage(own);
+    const ownS = (ownUsage.user + ownUsage.system) / 1e6;
     await runner.stop();
     result = {
       mode,
@@ -83,6 +121,8 @@ async function main() {
       jobs_per_s: jobs / runS,
       run_s: runS,
       add_jobs_per_s: jobs / addS,
+      server_cpu_us_per_job: (serverS * 1e6) / jobs,
+      client_cpu_us_per_job: (ownS * 1e6) / jobs,
       tls,
       version: require("graphile-worker/package.json").version,
       node_version: process.version,
