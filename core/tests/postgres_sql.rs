@@ -1,6 +1,7 @@
 //! The analytics SQL of migrations/postgres/0002_analytics.sql, queried directly the way
 //! an operator would from psql, must agree with what `get_task`, `explain_task` and
-//! `stats` report. PostgreSQL only: run with `TASKER_TEST_STORE=postgres`.
+//! `stats` report; and the creation function of migration 0005 must be safe to repeat.
+//! PostgreSQL only: run with `TASKER_TEST_STORE=postgres`.
 
 mod common;
 
@@ -180,4 +181,91 @@ fn tasker_now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+/// Calls 0005's `tasker_create_task` for a one-step task with id `id` and `key`.
+async fn create_with_id(
+    c: &mut sqlx::PgConnection,
+    schema: &str,
+    id: i64,
+    key: Option<&str>,
+) -> Option<i64> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT \"{schema}\".tasker_create_task($1, 'sql', 'one', '1.0.0', '{{}}', $2, 0, 0,
+             ARRAY['a'], ARRAY['h'], ARRAY[0::bigint], ARRAY[3::bigint], ARRAY['exponential'],
+             ARRAY[10::bigint], ARRAY[100::bigint], ARRAY[0::float8], ARRAY[1000::bigint],
+             ARRAY[0::bigint], ARRAY[NULL::text], ARRAY[]::int[], ARRAY[]::int[], 0, 'tasker_test')"
+    )))
+    .bind(id)
+    .bind(key)
+    .fetch_one(c)
+    .await
+    .unwrap()
+}
+
+#[test]
+fn a_repeated_creation_with_a_reserved_id_makes_one_task() {
+    if skip() {
+        return;
+    }
+    let db = open(json!({}));
+    let schema = db.schema.clone().unwrap();
+    let count = |table: &str, id: i64| -> i64 {
+        let (schema, table) = (schema.clone(), table.to_owned());
+        with_conn(async move |c| {
+            let column = if table == "tasker_tasks" {
+                "id"
+            } else {
+                "task_id"
+            };
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM \"{schema}\".{table} WHERE {column} = $1"
+            )))
+            .bind(id)
+            .fetch_one(c)
+            .await
+            .unwrap()
+        })
+    };
+    let (ids, first, again, keyed, same_key, old_signature) = with_conn(async |c| {
+        let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT \"{schema}\".tasker_reserve_task_ids(3)"
+        )))
+        .fetch_all(&mut *c)
+        .await
+        .unwrap();
+        let first = create_with_id(c, &schema, ids[0], None).await;
+        // The repeat a lost answer causes: the same id again.
+        let again = create_with_id(c, &schema, ids[0], None).await;
+        let keyed = create_with_id(c, &schema, ids[1], Some("k")).await;
+        let same_key = create_with_id(c, &schema, ids[2], Some("k")).await;
+        // 0004's signature, as a worker of the previous version calls it.
+        let old: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT \"{schema}\".tasker_create_task('sql', 'one', '1.0.0', '{{}}', NULL, 0, 0,
+                 ARRAY['a'], ARRAY['h'], ARRAY[0::bigint], ARRAY[3::bigint], ARRAY['exponential'],
+                 ARRAY[10::bigint], ARRAY[100::bigint], ARRAY[0::float8], ARRAY[1000::bigint],
+                 ARRAY[0::bigint], ARRAY[NULL::text], ARRAY[]::int[], ARRAY[]::int[], 0, 'tasker_test')"
+        )))
+        .fetch_one(&mut *c)
+        .await
+        .unwrap();
+        (ids, first, again, keyed, same_key, old)
+    });
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "reserved ids ascend: {ids:?}"
+    );
+    assert_eq!((first, again), (Some(ids[0]), Some(ids[0])));
+    assert_eq!(count("tasker_tasks", ids[0]), 1);
+    assert_eq!(count("tasker_steps", ids[0]), 1);
+    // One transition for the task, one for its step: the repeat wrote none.
+    assert_eq!(count("tasker_transitions", ids[0]), 2);
+    assert_eq!(keyed, Some(ids[1]));
+    assert_eq!(same_key, None, "a taken idempotency key makes no task");
+    assert_eq!(count("tasker_tasks", ids[2]), 0);
+    let old = old_signature.expect("the old signature creates a task");
+    assert!(old > ids[2], "its id comes from the same sequence: {old}");
+    // The engine reads what the SQL made.
+    let task = db.call("get_task", json!({ "task_id": ids[0] }));
+    assert_eq!(task["task"]["state"], "pending");
 }

@@ -42,14 +42,15 @@ fn handlers_run_concurrently_up_to_the_limit() {
 
 #[test]
 fn heartbeats_keep_a_long_handler_s_lease() {
-    // A 300 ms lease and a 50 ms sweep: without heartbeats the step would be taken back
-    // during the 1 s handler and its result refused.
-    let db = open(json!({ "lease_ms": 300, "sweep_interval_ms": 50 }));
+    // A 600 ms lease and a 50 ms sweep: without heartbeats the step would be taken back
+    // during the 1.5 s handler and its result refused. (With a 300 ms lease, beats every
+    // 100 ms left too little slack on a loaded 2-core machine: once the lease ran out.)
+    let db = open(json!({ "lease_ms": 600, "sweep_interval_ms": 50 }));
     db.register(template("one", &[("a", &[])], fast_retry(3)));
     let id = db.create("one", json!({}));
     let stats = Worker::new(&db.tasker, "w")
         .handle("a", |_| {
-            std::thread::sleep(Duration::from_millis(1000));
+            std::thread::sleep(Duration::from_millis(1500));
             Ok(json!("slow but alive"))
         })
         .run_until_idle()

@@ -30,9 +30,16 @@ fn raw(text: String) -> Result<Box<RawValue>> {
     RawValue::from_string(text).map_err(|e| Error::internal(format!("stored JSON is invalid: {e}")))
 }
 
-/// Creates a task, its steps, edges and transitions; `None` when a task with the same
-/// idempotency key already exists (the caller reads that one).
-pub async fn create(conn: &mut PgConnection, ctx: &Ctx, task: &NewTask) -> Result<Option<i64>> {
+/// Creates task `task_id` (reserved by the caller), its steps, edges and transitions;
+/// `Some(task_id)` also when a repeat of this call finds that the first one committed;
+/// `None` when a task with the same idempotency key already exists (the caller reads
+/// that one).
+pub async fn create(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+    task_id: i64,
+    task: &NewTask,
+) -> Result<Option<i64>> {
     let t = &task.template;
     let n = t.steps.len();
     let position: HashMap<&str, i32> = t
@@ -78,8 +85,9 @@ pub async fn create(conn: &mut PgConnection, ctx: &Ctx, task: &NewTask) -> Resul
     }
     let id: Option<i64> = sqlx::query(
         "SELECT tasker_create_task($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-                                   $15, $16, $17, $18, $19, $20, $21, $22)",
+                                   $15, $16, $17, $18, $19, $20, $21, $22, $23)",
     )
+    .bind(task_id)
     .bind(&t.namespace)
     .bind(&t.name)
     .bind(&t.version)

@@ -28,6 +28,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "hot_path",
         include_str!("../../../../migrations/postgres/0004_hot_path.sql"),
     ),
+    (
+        5,
+        "task_ids",
+        include_str!("../../../../migrations/postgres/0005_task_ids.sql"),
+    ),
 ];
 
 pub async fn run(conn: &mut PgConnection, lock_key: i64) -> Result<u32> {

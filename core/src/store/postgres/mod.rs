@@ -37,7 +37,18 @@ pub struct PgStore {
     /// The pool's settings, named in its timeout error.
     pool_size: u32,
     acquire_timeout_ms: u64,
+    /// Task ids reserved from the server for this process's next creations, ascending
+    /// (see [`TASK_ID_BLOCK`]).
+    task_ids: std::sync::Mutex<std::collections::VecDeque<i64>>,
 }
+
+/// How many task ids one reservation takes (`tasker_reserve_task_ids`, migration 0005).
+/// A creation carries its own id, which is what makes it safe to repeat after a lost
+/// connection, so even creations without an idempotency key are one round trip; one
+/// more round trip per block refills it. Small, because ids of different processes
+/// interleave by blocks (ids follow creation order within a process, and within a
+/// block's span across processes), and ids left in a block at exit are never used.
+const TASK_ID_BLOCK: i32 = 16;
 
 /// How every write transaction starts (one round trip: a simple query may hold several
 /// statements). The hot-path statements are large CTEs that take longer to plan than to
@@ -128,6 +139,7 @@ impl PgStore {
             listen_pool,
             pool_size: config.postgres_pool_size.max(1),
             acquire_timeout_ms: config.acquire_timeout_ms,
+            task_ids: Default::default(),
         })
     }
 
@@ -209,6 +221,40 @@ impl PgStore {
                 return Err(e);
             }
         }
+    }
+
+    /// The id for the next task this process creates: from the reserved block, refilled
+    /// with one round trip when empty. Reserving changes only the sequence, so it is
+    /// repeated on another connection like a read.
+    async fn reserve_task_id(&self) -> Result<i64> {
+        let next = self
+            .task_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front();
+        if let Some(id) = next {
+            return Ok(id);
+        }
+        let block: Vec<i64> = self
+            .read(|c| {
+                Box::pin(async move {
+                    Ok(sqlx::query_scalar("SELECT tasker_reserve_task_ids($1)")
+                        .bind(TASK_ID_BLOCK)
+                        .fetch_all(c)
+                        .await?)
+                })
+            })
+            .await?;
+        let mut block = block.into_iter();
+        let first = block
+            .next()
+            .ok_or_else(|| Error::internal("tasker_reserve_task_ids returned no id"))?;
+        // Another thread may have refilled meanwhile: both blocks are kept, in order.
+        let mut ids = self.task_ids.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<i64> = ids.drain(..).chain(block).collect();
+        all.sort_unstable();
+        ids.extend(all);
+        Ok(first)
     }
 
     /// What every write needs besides its connection.
@@ -383,22 +429,16 @@ impl Store for PgStore {
     fn create_task(&self, task: NewTask) -> BoxFut<'_, CreatedTask> {
         Box::pin(async move {
             let task = std::sync::Arc::new(task);
-            // Without an idempotency key a repeated creation would make a second task, so
-            // it runs inside BEGIN: a dead connection shows at BEGIN, before any of the
-            // task was sent, and only then is it tried on another.
-            let id = if task.idempotency_key.is_some() {
-                self.autocommit(|c, ctx| {
+            // The task's id is reserved before the call and sent with it, so a repeat
+            // after a lost connection finds the task the first call made instead of
+            // making a second one (migration 0005): one round trip, key or no key.
+            let task_id = self.reserve_task_id().await?;
+            let id = self
+                .autocommit(|c, ctx| {
                     let task = task.clone();
-                    Box::pin(async move { hot::create(c, &ctx, &task).await })
+                    Box::pin(async move { hot::create(c, &ctx, task_id, &task).await })
                 })
-                .await?
-            } else {
-                self.write(|c, ctx| {
-                    let task = task.clone();
-                    Box::pin(async move { hot::create(c, &ctx, &task).await })
-                })
-                .await?
-            };
+                .await?;
             match id {
                 Some(task_id) => Ok(CreatedTask {
                     task_id,
