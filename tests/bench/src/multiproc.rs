@@ -33,6 +33,9 @@ impl Worker {
     }
 }
 
+/// Records `steps_per_s_postgres_<procs>proc<suffix>` and its companions; `suffix`
+/// tells apart runs of the same process count with other loop counts.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     pg: &Pg,
     exe: &Path,
@@ -40,6 +43,7 @@ pub fn run(
     loops: usize,
     n: usize,
     batch: u32,
+    suffix: &str,
     out: &mut Results,
 ) -> Res<()> {
     let db = Db::open(Store::Postgres(pg), "steps4p")?;
@@ -80,15 +84,18 @@ pub fn run(
         );
     }
     let rate = n as f64 / secs;
-    out.num(&format!("steps_per_s_postgres_{procs}proc"), rate);
-    out.int(&format!("steps_postgres_{procs}proc_loops"), loops as u64);
+    out.num(&format!("steps_per_s_postgres_{procs}proc{suffix}"), rate);
+    out.int(
+        &format!("steps_postgres_{procs}proc{suffix}_loops"),
+        loops as u64,
+    );
     out.num(
-        &format!("steps_server_cpu_us_per_step_postgres_{procs}proc"),
+        &format!("steps_server_cpu_us_per_step_postgres_{procs}proc{suffix}"),
         server_s * 1e6 / n as f64,
     );
     let shares: Vec<String> = per_proc.iter().map(u64::to_string).collect();
     out.text(
-        &format!("steps_postgres_{procs}proc_shares"),
+        &format!("steps_postgres_{procs}proc{suffix}_shares"),
         &shares.join("/"),
     );
     eprintln!(
