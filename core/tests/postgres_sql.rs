@@ -183,6 +183,13 @@ fn tasker_now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// The arguments of `tasker_create_task` after `p_now`, for one step `a` of handler `h`
+/// with no edges: the same in 0004's signature and 0005's.
+const ONE_STEP: &str = "ARRAY['a'], ARRAY['h'], ARRAY[0::bigint], ARRAY[3::bigint],
+    ARRAY['exponential'], ARRAY[10::bigint], ARRAY[100::bigint], ARRAY[0::float8],
+    ARRAY[1000::bigint], ARRAY[0::bigint], ARRAY[NULL::text], ARRAY[]::int[], ARRAY[]::int[],
+    0, 'tasker_test'";
+
 /// Calls 0005's `tasker_create_task` for a one-step task with id `id` and `key`.
 async fn create_with_id(
     c: &mut sqlx::PgConnection,
@@ -191,10 +198,7 @@ async fn create_with_id(
     key: Option<&str>,
 ) -> Option<i64> {
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT \"{schema}\".tasker_create_task($1, 'sql', 'one', '1.0.0', '{{}}', $2, 0, 0,
-             ARRAY['a'], ARRAY['h'], ARRAY[0::bigint], ARRAY[3::bigint], ARRAY['exponential'],
-             ARRAY[10::bigint], ARRAY[100::bigint], ARRAY[0::float8], ARRAY[1000::bigint],
-             ARRAY[0::bigint], ARRAY[NULL::text], ARRAY[]::int[], ARRAY[]::int[], 0, 'tasker_test')"
+        "SELECT \"{schema}\".tasker_create_task($1, 'sql', 'one', '1.0.0', '{{}}', $2, 0, 0, {ONE_STEP})"
     )))
     .bind(id)
     .bind(key)
@@ -241,10 +245,7 @@ fn a_repeated_creation_with_a_reserved_id_makes_one_task() {
         let same_key = create_with_id(c, &schema, ids[2], Some("k")).await;
         // 0004's signature, as a worker of the previous version calls it.
         let old: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT \"{schema}\".tasker_create_task('sql', 'one', '1.0.0', '{{}}', NULL, 0, 0,
-                 ARRAY['a'], ARRAY['h'], ARRAY[0::bigint], ARRAY[3::bigint], ARRAY['exponential'],
-                 ARRAY[10::bigint], ARRAY[100::bigint], ARRAY[0::float8], ARRAY[1000::bigint],
-                 ARRAY[0::bigint], ARRAY[NULL::text], ARRAY[]::int[], ARRAY[]::int[], 0, 'tasker_test')"
+            "SELECT \"{schema}\".tasker_create_task('sql', 'one', '1.0.0', '{{}}', NULL, 0, 0, {ONE_STEP})"
         )))
         .fetch_one(&mut *c)
         .await
