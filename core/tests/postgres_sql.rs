@@ -183,12 +183,17 @@ fn tasker_now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// The arguments of `tasker_create_task` after `p_now`, for one step `a` of handler `h`
-/// with no edges: the same in 0004's signature and 0005's.
+/// The arguments of `tasker_create_task` after `p_now` up to the lock key, for one step
+/// `a` of handler `h` with no edges: the same in 0004's signature and 0005's.
 const ONE_STEP: &str = "ARRAY['a'], ARRAY['h'], ARRAY[0::bigint], ARRAY[3::bigint],
     ARRAY['exponential'], ARRAY[10::bigint], ARRAY[100::bigint], ARRAY[0::float8],
-    ARRAY[1000::bigint], ARRAY[0::bigint], ARRAY[NULL::text], ARRAY[]::int[], ARRAY[]::int[],
-    0, 'tasker_test'";
+    ARRAY[1000::bigint], ARRAY[0::bigint], ARRAY[NULL::text], ARRAY[]::int[], ARRAY[]::int[]";
+
+/// The last two arguments of every hot-path function: the event-order lock's key and
+/// the NOTIFY channel, as the engine passes them for `schema`.
+fn lock_args(schema: &str) -> String {
+    format!("{}, 'tasker_{schema}'", event_lock_key(schema))
+}
 
 /// Calls 0005's `tasker_create_task` for a one-step task with id `id` and `key`.
 async fn create_with_id(
@@ -198,7 +203,8 @@ async fn create_with_id(
     key: Option<&str>,
 ) -> Option<i64> {
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT \"{schema}\".tasker_create_task($1, 'sql', 'one', '1.0.0', '{{}}', $2, 0, 0, {ONE_STEP})"
+        "SELECT \"{schema}\".tasker_create_task($1, 'sql', 'one', '1.0.0', '{{}}', $2, 0, 0, {ONE_STEP}, {})",
+        lock_args(schema)
     )))
     .bind(id)
     .bind(key)
@@ -245,7 +251,8 @@ fn a_repeated_creation_with_a_reserved_id_makes_one_task() {
         let same_key = create_with_id(c, &schema, ids[2], Some("k")).await;
         // 0004's signature, as a worker of the previous version calls it.
         let old: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT \"{schema}\".tasker_create_task('sql', 'one', '1.0.0', '{{}}', NULL, 0, 0, {ONE_STEP})"
+            "SELECT \"{schema}\".tasker_create_task('sql', 'one', '1.0.0', '{{}}', NULL, 0, 0, {ONE_STEP}, {})",
+            lock_args(&schema)
         )))
         .fetch_one(&mut *c)
         .await
@@ -269,4 +276,123 @@ fn a_repeated_creation_with_a_reserved_id_makes_one_task() {
     // The engine reads what the SQL made.
     let task = db.call("get_task", json!({ "task_id": ids[0] }));
     assert_eq!(task["task"]["state"], "pending");
+}
+
+/// The event-order lock's key, as the store derives it from its schema name (FNV-1a,
+/// `key_of` in store/postgres/mod.rs). Were the two to differ, the test below would
+/// fail, not pass: the engine's readers would not wait for the writer held open here.
+fn event_lock_key(schema: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in schema.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
+
+/// Migration 0006: writers hold the event-order lock shared, so a creation commits while
+/// another is still open; readers take it exclusive, so `events` and the "from now"
+/// cursor of `stats` wait for the open one instead of returning past its rows (which
+/// commit later with smaller ids, and a cursor would have skipped them).
+#[test]
+fn event_readers_wait_for_writers_in_flight_and_writers_wait_for_no_one() {
+    if skip() {
+        return;
+    }
+    let db = open(json!({}));
+    let schema = db.schema.clone().unwrap();
+    let key = event_lock_key(&schema);
+    let since = db.call("stats", json!({}))["last_event_id"]
+        .as_i64()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = postgres_url();
+    let (a, ids) = rt.block_on(async {
+        let mut a = sqlx::PgConnection::connect(&url).await.unwrap();
+        let mut b = sqlx::PgConnection::connect(&url).await.unwrap();
+        let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT \"{schema}\".tasker_reserve_task_ids(2)"
+        )))
+        .fetch_all(&mut a)
+        .await
+        .unwrap();
+        // A: a creation left open, holding its transition ids and the lock.
+        sqlx::raw_sql("BEGIN").execute(&mut a).await.unwrap();
+        assert_eq!(
+            create_with_id(&mut a, &schema, ids[0], None).await,
+            Some(ids[0])
+        );
+        // B commits meanwhile. Were writers serialized it would wait for A: the lock
+        // timeout makes that an error rather than a hang.
+        sqlx::raw_sql("SET lock_timeout = '10s'")
+            .execute(&mut b)
+            .await
+            .unwrap();
+        let second: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT \"{schema}\".tasker_create_task($1, 'sql', 'one', '1.0.0', '{{}}', NULL, 0, 0, {ONE_STEP}, {})",
+            lock_args(&schema)
+        )))
+        .bind(ids[1])
+        .fetch_one(&mut b)
+        .await
+        .expect("a writer must not wait for another writer's commit");
+        assert_eq!(second, Some(ids[1]));
+        (a, ids)
+    });
+    let (events, stats) = std::thread::scope(|s| {
+        let events = s.spawn(|| db.call("events", json!({ "since": since, "limit": 100 })));
+        let stats = s.spawn(|| db.call("stats", json!({})));
+        // `a` moves in: should an assertion fail, dropping it ends A's transaction and
+        // lets the readers (which the scope joins) finish.
+        let running = (&events, &stats);
+        rt.block_on(async move {
+            let mut a = a;
+            let mut watch = sqlx::PgConnection::connect(&url).await.unwrap();
+            // Both readers queue for the lock A holds (exclusive requests on this key).
+            let mut waiting = 0i64;
+            for _ in 0..1_500 {
+                waiting = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+                       AND mode = 'ExclusiveLock' AND objsubid = 1
+                       AND classid::bigint = ($1 >> 32) & 4294967295
+                       AND objid::bigint = $1 & 4294967295",
+                )
+                .bind(key)
+                .fetch_one(&mut watch)
+                .await
+                .unwrap();
+                if waiting == 2 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            assert_eq!(waiting, 2, "both readers wait for the writer in flight");
+            assert!(!running.0.is_finished() && !running.1.is_finished());
+            sqlx::raw_sql("COMMIT").execute(&mut a).await.unwrap();
+        });
+        (events.join().unwrap(), stats.join().unwrap())
+    });
+    let got: Vec<(i64, i64, String)> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_i64().unwrap(),
+                e["task_id"].as_i64().unwrap(),
+                e["event"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let tasks: Vec<i64> = got.iter().map(|g| g.1).collect();
+    // A drew its ids first and committed last; the reader returns them all the same, in
+    // id order, before B's.
+    assert_eq!(tasks, vec![ids[0], ids[0], ids[1], ids[1]], "{got:?}");
+    assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "{got:?}");
+    assert_eq!(got[0].2, "task.created");
+    assert_eq!(events["next_cursor"].as_i64(), Some(got[3].0));
+    assert_eq!(stats["last_event_id"].as_i64(), Some(got[3].0));
 }

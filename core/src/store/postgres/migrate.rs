@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "task_ids",
         include_str!("../../../../migrations/postgres/0005_task_ids.sql"),
     ),
+    (
+        6,
+        "event_order",
+        include_str!("../../../../migrations/postgres/0006_event_order.sql"),
+    ),
 ];
 
 pub async fn run(conn: &mut PgConnection, lock_key: i64) -> Result<u32> {

@@ -27,7 +27,9 @@ mod write;
 
 pub struct PgStore {
     pool: PgPool,
-    /// The advisory lock that orders transition ids, and the NOTIFY channel: both
+    /// The advisory lock that keeps event cursors from skipping a row (writers hold it
+    /// shared, readers take it exclusive for an instant: migration 0006), and the
+    /// NOTIFY channel: both
     /// per schema, so separate installations in one server do not interfere.
     lock_key: i64,
     channel: String,
@@ -557,15 +559,18 @@ impl Store for PgStore {
     }
 
     fn stats(&self, now: i64, window_ms: i64) -> BoxFut<'_, Stats> {
-        Box::pin(self.read(move |c| Box::pin(reads::stats(c, now, window_ms))))
+        let key = self.lock_key;
+        Box::pin(self.read(move |c| Box::pin(reads::stats(c, now, window_ms, key))))
     }
 
     fn events(&self, since: i64, limit: u32, task_id: Option<i64>) -> BoxFut<'_, Vec<Event>> {
-        Box::pin(self.read(move |c| Box::pin(reads::events(c, since, limit, task_id))))
+        let key = self.lock_key;
+        Box::pin(self.read(move |c| Box::pin(reads::events(c, since, limit, task_id, key))))
     }
 
     fn last_event_id(&self) -> BoxFut<'_, i64> {
-        Box::pin(self.read(|c| Box::pin(reads::last_event_id(c))))
+        let key = self.lock_key;
+        Box::pin(self.read(move |c| Box::pin(reads::last_event_id(c, key))))
     }
 
     fn close(&self) -> BoxFut<'_, ()> {

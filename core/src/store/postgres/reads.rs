@@ -207,7 +207,8 @@ pub async fn list_tasks(conn: &mut PgConnection, f: &TaskFilter) -> Result<Vec<T
     rows.iter().map(summary_from).collect()
 }
 
-/// The document `tasker_stats()` (migrations/postgres/0002_analytics.sql) returns.
+/// The document `tasker_stats()` (migrations/postgres/0002_analytics.sql) returns. Its
+/// `last_event_id` is not used: see [`stats`].
 #[derive(serde::Deserialize)]
 struct StatsDoc {
     tasks: BTreeMap<String, i64>,
@@ -216,7 +217,6 @@ struct StatsDoc {
     finished: Vec<Finished>,
     slowest_steps: Vec<SlowStepDoc>,
     slowest_tasks: Vec<SlowTaskDoc>,
-    last_event_id: i64,
 }
 
 #[derive(serde::Deserialize)]
@@ -244,7 +244,15 @@ struct SlowTaskDoc {
 }
 
 /// One round trip: the server computes every figure in `tasker_stats()`.
-pub async fn stats(conn: &mut PgConnection, now: i64, window_ms: i64) -> Result<Stats> {
+pub async fn stats(
+    conn: &mut PgConnection,
+    now: i64,
+    window_ms: i64,
+    lock_key: i64,
+) -> Result<Stats> {
+    // `tasker_stats` reads `max(id)`, which a writer still in flight may undercut; the
+    // cursor for "from now on" comes from the horizon instead, read first.
+    let last_event_id = last_event_id(&mut *conn, lock_key).await?;
     let doc: String = sqlx::query("SELECT tasker_stats($1, $2)::text")
         .bind(now)
         .bind(window_ms)
@@ -296,24 +304,28 @@ pub async fn stats(conn: &mut PgConnection, now: i64, window_ms: i64) -> Result<
                 duration_ms: t.duration_ms,
             })
             .collect(),
-        last_event_id: doc.last_event_id,
+        last_event_id,
     })
 }
 
+/// Events after `since` up to the horizon (`tasker_events`, migration 0006): waits for
+/// writers in flight, so the cursor never passes a row that commits later.
 pub async fn events(
     conn: &mut PgConnection,
     since: i64,
     limit: u32,
     task_id: Option<i64>,
+    lock_key: i64,
 ) -> Result<Vec<Event>> {
     let rows = sqlx::query(
         "SELECT id, task_id, step_id, step_name, from_state, to_state, at, attempt, worker, reason, details
-         FROM tasker_transitions WHERE id > $1 AND ($2::bigint IS NULL OR task_id = $2) ORDER BY id LIMIT $3",
+         FROM tasker_events($1, $2, $3, $4)",
     )
     .bind(since)
     .bind(task_id)
     .bind(i64::from(limit))
-    .fetch_all(conn)
+    .bind(lock_key)
+    .fetch_all(&mut *conn)
     .await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
@@ -343,11 +355,11 @@ pub async fn events(
     Ok(out)
 }
 
-pub async fn last_event_id(conn: &mut PgConnection) -> Result<i64> {
-    Ok(
-        sqlx::query("SELECT COALESCE(MAX(id), 0)::bigint FROM tasker_transitions")
-            .fetch_one(conn)
-            .await?
-            .try_get(0)?,
-    )
+/// The newest event id that is safe as a "from now on" cursor (`tasker_last_event_id`).
+pub async fn last_event_id(conn: &mut PgConnection, lock_key: i64) -> Result<i64> {
+    Ok(sqlx::query("SELECT tasker_last_event_id($1)")
+        .bind(lock_key)
+        .fetch_one(conn)
+        .await?
+        .try_get(0)?)
 }

@@ -13,11 +13,11 @@ use crate::error::Result;
 use crate::model::events::reason;
 use crate::store::shared::{bump, Deltas, FailedStep, Tr};
 
-/// Writes transition rows. Runs last in every transaction: it takes the advisory lock
-/// that makes transition ids commit in order (so event readers never skip a row) and
-/// sends the NOTIFY that wakes waiters in every process at commit. One statement: the
-/// lock is a CTE every inserted row is joined with, so it is held before the first id
-/// is drawn from the sequence.
+/// Writes transition rows. Runs last in every transaction: it takes the event-order
+/// advisory lock in shared mode, which an event reader waits for before it trusts the
+/// ids below the sequence's value (migration 0006), and sends the NOTIFY that wakes
+/// waiters in every process at commit. One statement: the lock is a CTE every inserted
+/// row is joined with, so it is held before the first id is drawn from the sequence.
 pub async fn insert_transitions(
     conn: &mut PgConnection,
     ctx: &Ctx,
@@ -48,7 +48,7 @@ pub async fn insert_transitions(
         details.push(r.details.clone());
     }
     sqlx::query(
-        "WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock($11), pg_notify($12, ''))
+        "WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($11), pg_notify($12, ''))
          INSERT INTO tasker_transitions
             (task_id, step_id, step_name, from_state, to_state, at, attempt, worker, reason, details)
          SELECT u.task_id, u.step_id, u.step_name, u.from_state, u.to_state, $10, u.attempt, u.worker, u.reason, u.details
