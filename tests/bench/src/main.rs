@@ -24,6 +24,7 @@ mod results;
 mod stmts;
 mod throughput;
 mod util;
+mod writers;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -256,6 +257,7 @@ fn postgres(args: &Args, url: &str, r: &mut Results) -> Res<()> {
     if wants("pg-commits") {
         eprintln!("commits (postgres):");
         pg.commits(if q { 1.0 } else { 2.0 }, r)?;
+        writers::run(&pg, 8, if q { 1.0 } else { 2.0 }, r)?;
     }
     if wants("pg-latency") {
         eprintln!("latency (postgres):");
@@ -275,6 +277,11 @@ fn postgres(args: &Args, url: &str, r: &mut Results) -> Res<()> {
             // handlers on threads): fewer claimers skipping each other's locked rows.
             multiproc::run(&pg, &exe, 4, 1, steps, 256, "_1loop", r)?;
         }
+        // Small batches, as workers whose handlers are slow claim them: a transaction per
+        // few steps, so this rate is bounded by how many transactions the processes
+        // together can commit (what the event-order lock once serialized).
+        let small = if q { 1_000 } else { 4_000 };
+        multiproc::run(&pg, &exe, 4, loops, small, 4, "_batch4", r)?;
     }
     if wants("pg-stmts") {
         eprintln!("statements per step (postgres):");
