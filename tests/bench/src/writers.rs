@@ -57,7 +57,7 @@ fn rate(pg: &Pg, clients: usize, seconds: f64, sql: impl Fn(usize) -> String) ->
         .enable_all()
         .build()?;
     let limit = Duration::from_secs_f64(seconds);
-    let counts = rt.block_on(async {
+    let (total, elapsed) = rt.block_on(async {
         let mut conns = Vec::with_capacity(clients);
         for _ in 0..clients {
             conns.push(PgConnection::connect(&pg.url).await?);
@@ -88,6 +88,5 @@ fn rate(pg: &Pg, clients: usize, seconds: f64, sql: impl Fn(usize) -> String) ->
         }
         Res::Ok((total, start.elapsed().as_secs_f64()))
     })?;
-    let (total, elapsed) = counts;
     Ok(total as f64 / elapsed)
 }
