@@ -442,3 +442,37 @@ export const EVENT_NAMES: readonly EventName[];
 export const STOP_REASONS: readonly StopReason[];
 /** The version of tasker-core this addon was built with. */
 export const version: string;
+
+declare const tasker: {
+  Tasker: typeof Tasker;
+  Worker: typeof Worker;
+  Step: typeof Step;
+  TaskerError: typeof TaskerError;
+  InvalidJsonError: typeof InvalidJsonError;
+  InvalidUtf8Error: typeof InvalidUtf8Error;
+  InvalidArgumentError: typeof InvalidArgumentError;
+  UnknownOperationError: typeof UnknownOperationError;
+  InvalidTemplateError: typeof InvalidTemplateError;
+  SchemaViolationError: typeof SchemaViolationError;
+  NotFoundError: typeof NotFoundError;
+  ConflictError: typeof ConflictError;
+  LeaseLostError: typeof LeaseLostError;
+  InvalidStateError: typeof InvalidStateError;
+  TooLargeError: typeof TooLargeError;
+  UnavailableError: typeof UnavailableError;
+  DatabaseError: typeof DatabaseError;
+  ClosedError: typeof ClosedError;
+  InternalError: typeof InternalError;
+  ERROR_CLASSES: typeof ERROR_CLASSES;
+  ERROR_CODES: typeof ERROR_CODES;
+  HandlerError: typeof HandlerError;
+  PermanentError: typeof PermanentError;
+  RetryableError: typeof RetryableError;
+  TASK_STATES: typeof TASK_STATES;
+  STEP_STATES: typeof STEP_STATES;
+  EVENT_NAMES: typeof EVENT_NAMES;
+  STOP_REASONS: typeof STOP_REASONS;
+  version: string;
+};
+/** The whole package as one object (the CommonJS `module.exports`). */
+export default tasker;

@@ -49,3 +49,5 @@ module.exports = {
   /** The version of the engine (tasker-core) this addon was built with. */
   version: native.version(),
 };
+// `import tasker from 'tasker'` (TypeScript's CommonJS interop) gets the same object.
+module.exports.default = module.exports;
