@@ -3,7 +3,7 @@
 //! after); the results are a flat JSON object of named numbers.
 //!
 //! ```text
-//! tasker-bench [--quick] [--sync normal|full] [--out PATH] [--ffi-bin PATH] [--only a,b]
+//! tasker-bench [--quick] [--sync normal|full] [--out PATH] [--ffi-bin PATH] [--c-worker-bin PATH] [--only a,b]
 //!              [--pg-url URL] [--pg-loops N] [--peer-dir DIR] [--node PATH]
 //! tasker-bench --pg-worker --pg-url URL --schema S --limit L [--pg-loops N]   (child mode)
 //! ```
@@ -37,6 +37,7 @@ struct Args {
     sync: String,
     out: PathBuf,
     ffi_bin: Option<PathBuf>,
+    c_worker_bin: Option<PathBuf>,
     only: Option<Vec<String>>,
     pg_url: Option<String>,
     pg_loops: usize,
@@ -52,7 +53,7 @@ struct WorkerArgs {
     limit: u32,
 }
 
-const USAGE: &str = "usage: tasker-bench [--quick] [--sync normal|full] [--out PATH] [--ffi-bin PATH]
+const USAGE: &str = "usage: tasker-bench [--quick] [--sync normal|full] [--out PATH] [--ffi-bin PATH] [--c-worker-bin PATH]
                     [--pg-url URL] [--pg-loops N] [--peer-dir DIR] [--node PATH]
                     [--only ffi,latency,steps,dag,commits,pg-commits,pg-latency,pg-steps,pg-4proc,pg-stmts,peer]";
 
@@ -77,6 +78,7 @@ fn parse_args() -> Res<Args> {
         sync: "normal".into(),
         out: PathBuf::from("target/bench/results.json"),
         ffi_bin: None,
+        c_worker_bin: None,
         only: None,
         pg_url: None,
         pg_loops: 3,
@@ -92,6 +94,7 @@ fn parse_args() -> Res<Args> {
             "--sync" => args.sync = value("--sync")?,
             "--out" => args.out = value("--out")?.into(),
             "--ffi-bin" => args.ffi_bin = Some(value("--ffi-bin")?.into()),
+            "--c-worker-bin" => args.c_worker_bin = Some(value("--c-worker-bin")?.into()),
             "--only" => args.only = Some(value("--only")?.split(',').map(str::to_owned).collect()),
             "--pg-url" => args.pg_url = Some(value("--pg-url")?),
             "--pg-loops" => {
@@ -220,7 +223,20 @@ fn run() -> Res<()> {
     }
     if wants("steps") {
         eprintln!("steps:");
-        throughput::run(sqlite, if q { 5_000 } else { 20_000 }, 256, 1, &mut r)?;
+        let n = if q { 5_000 } else { 20_000 };
+        throughput::run(sqlite, n, 256, 1, &mut r)?;
+        match &args.c_worker_bin {
+            Some(bin) => {
+                ffi::c_worker(bin, sync, n, &mut r)?;
+                if let (Some(c), Some(rust)) = (
+                    r.get("steps_per_s_c_worker_sqlite"),
+                    r.get("steps_per_s_sqlite"),
+                ) {
+                    r.num("c_worker_over_rust_sqlite", c / rust);
+                }
+            }
+            None => eprintln!("  C worker: skipped (no --c-worker-bin)"),
+        }
     }
     if wants("dag") {
         eprintln!("dag:");
