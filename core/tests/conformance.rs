@@ -744,7 +744,13 @@ impl Run<'_> {
             };
             let result = eval(expr, &scope).map_err(|e| format!("step {name} claim {n}: {e}"))?;
             if self.session.is_some() {
-                self.report(&name, n, &outcome, json!({"step_id": step_id, "result": result}), "completed")?;
+                self.report(
+                    &name,
+                    n,
+                    &outcome,
+                    json!({"step_id": step_id, "result": result}),
+                    "completed",
+                )?;
                 return self.fire_after(&name, n, "reported");
             }
             self.c
@@ -761,7 +767,13 @@ impl Run<'_> {
             }
             let started = Instant::now();
             if self.session.is_some() {
-                self.report(&name, n, &outcome, json!({"step_id": step_id, "error": doc}), "failed")?;
+                self.report(
+                    &name,
+                    n,
+                    &outcome,
+                    json!({"step_id": step_id, "error": doc}),
+                    "failed",
+                )?;
             } else {
                 self.c
                     .checked(
@@ -774,10 +786,25 @@ impl Run<'_> {
             if let Some(ms) = doc.get("retry_after_ms").and_then(Value::as_u64) {
                 self.not_before.insert(name.clone(), (started, ms));
             }
-        } else if let Some(why) = outcome.get("invalid_result").filter(|_| self.session.is_some()) {
-            self.report(&name, n, &outcome, json!({"step_id": step_id, "invalid_result": why}), "failed")?;
+        } else if let Some(why) = outcome
+            .get("invalid_result")
+            .filter(|_| self.session.is_some())
+        {
+            self.report(
+                &name,
+                n,
+                &outcome,
+                json!({"step_id": step_id, "invalid_result": why}),
+                "failed",
+            )?;
         } else if outcome.get("release").is_some() && self.session.is_some() {
-            self.report(&name, n, &outcome, json!({"step_id": step_id, "release": true}), "released")?;
+            self.report(
+                &name,
+                n,
+                &outcome,
+                json!({"step_id": step_id, "release": true}),
+                "released",
+            )?;
         } else if outcome.get("hold").is_some() && self.session.is_none() {
             self.held
                 .push(Instant::now() + Duration::from_millis(self.lease_ms + 30));
@@ -793,9 +820,10 @@ impl Run<'_> {
     /// subset), else have the `outcome` `default`.
     fn report(&self, name: &str, n: usize, outcome: &Value, item: Value, default: &str) -> R<()> {
         let w = self.session.as_deref().unwrap_or_default();
-        let resp = self
-            .c
-            .ok("worker_report", &json!({"worker_id": w, "outcomes": [item]}))?;
+        let resp = self.c.ok(
+            "worker_report",
+            &json!({"worker_id": w, "outcomes": [item]}),
+        )?;
         let got = &resp["results"][0];
         let want = outcome
             .get("expect_report")

@@ -51,6 +51,8 @@ struct Args {
 struct WorkerArgs {
     schema: String,
     limit: u32,
+    /// Drive worker sessions instead of claim/complete (`--sessions`).
+    sessions: bool,
 }
 
 const USAGE: &str = "usage: tasker-bench [--quick] [--sync normal|full] [--out PATH] [--ffi-bin PATH] [--c-worker-bin PATH]
@@ -106,6 +108,7 @@ fn parse_args() -> Res<Args> {
             "--node" => args.node = value("--node")?,
             "--pg-worker" => args.worker = Some(WorkerArgs::default()),
             "--schema" => args.worker.get_or_insert_default().schema = value("--schema")?,
+            "--sessions" => args.worker.get_or_insert_default().sessions = true,
             "--limit" => {
                 args.worker.get_or_insert_default().limit = value("--limit")?
                     .parse()
@@ -160,7 +163,7 @@ fn run() -> Res<()> {
     let args = parse_args()?;
     if let Some(w) = &args.worker {
         let url = args.pg_url.as_deref().ok_or("--pg-worker needs --pg-url")?;
-        return multiproc::child(url, &w.schema, w.limit, args.pg_loops);
+        return multiproc::child(url, &w.schema, w.limit, args.pg_loops, w.sessions);
     }
     let wants = |name: &str| {
         args.only
@@ -287,17 +290,19 @@ fn postgres(args: &Args, url: &str, r: &mut Results) -> Res<()> {
         eprintln!("steps (postgres, 4 processes):");
         let exe = std::env::current_exe()?;
         let loops = args.pg_loops.max(1);
-        multiproc::run(&pg, &exe, 4, loops, steps, 256, "", r)?;
+        multiproc::run(&pg, &exe, 4, loops, steps, 256, "", false, r)?;
+        // The same four processes through worker sessions (the worker runtime).
+        multiproc::run(&pg, &exe, 4, loops, steps, 256, "_sessions", true, r)?;
         if loops > 1 {
             // One claim loop per process, as the engine's own workers run (one claimer,
             // handlers on threads): fewer claimers skipping each other's locked rows.
-            multiproc::run(&pg, &exe, 4, 1, steps, 256, "_1loop", r)?;
+            multiproc::run(&pg, &exe, 4, 1, steps, 256, "_1loop", false, r)?;
         }
         // Small batches, as workers whose handlers are slow claim them: a transaction per
         // few steps, so this rate is bounded by how many transactions the processes
         // together can commit (what the event-order lock once serialized).
         let small = if q { 1_000 } else { 4_000 };
-        multiproc::run(&pg, &exe, 4, loops, small, 4, "_batch4", r)?;
+        multiproc::run(&pg, &exe, 4, loops, small, 4, "_batch4", false, r)?;
     }
     if wants("pg-stmts") {
         eprintln!("statements per step (postgres):");
