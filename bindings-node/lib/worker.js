@@ -14,16 +14,47 @@ const check = require('./check');
 
 // How long one `worker_next` waits for work while the worker has nothing to run.
 const IDLE_WAIT_MS = 1000;
-// While handlers run: how long before the driver also asks core for stop signals and
-// more work, and how long that request waits.
+// While handlers run: how long one runs before the driver also asks core for stop
+// signals, and how long that request waits for one.
 const WATCH_AFTER_MS = 20;
 const WATCH_WAIT_MS = 200;
 // Outcomes are reported once every claimed step has started, or after this long.
 const FLUSH_AFTER_MS = 20;
 
+/**
+ * One run of a handler: its start time and its stop signal. The AbortController is
+ * made when the handler first reads `step.signal` (most never do), already aborted
+ * if a stop came before.
+ */
+class Run {
+  constructor() {
+    this.startedAt = Date.now();
+    this.ctl = null;
+    this.reason = null;
+  }
+
+  get signal() {
+    if (this.ctl === null) {
+      this.ctl = new AbortController();
+      if (this.reason !== null) this.ctl.abort(new StopSignal(this.reason));
+    }
+    return this.ctl.signal;
+  }
+
+  abort(reason) {
+    if (this.reason !== null) return;
+    this.reason = reason;
+    if (this.ctl !== null) this.ctl.abort(new StopSignal(reason));
+  }
+}
+
 /** What a handler receives: one claimed step. */
 class Step {
-  constructor(raw, signal) {
+  /**
+   * @param {object} raw the step as `worker_next` hands it out
+   * @param {AbortSignal | Run} [stop] its stop signal (a fresh one when omitted)
+   */
+  constructor(raw, stop) {
     /** @type {number} */ this.stepId = raw.step_id;
     /** @type {number} */ this.taskId = raw.task_id;
     /** @type {string} */ this.stepName = raw.step_name;
@@ -36,18 +67,22 @@ class Step {
     /** The step's config (environment overrides applied), or null. */
     this.config = raw.config ?? null;
     /** Parent results by step name. */ this.results = raw.results || {};
-    /**
-     * Aborted when the run should stop: its task was cancelled (`reason`
-     * `'cancelled'`), its timeout passed (`'timeout'`), its lease was lost
-     * (`'lease_lost'`), or the worker stopped past its grace period (`'stopped'`).
-     * @type {AbortSignal}
-     */
-    this.signal = signal;
+    Object.defineProperty(this, '_stop', { value: stop || new Run(), enumerable: false });
+  }
+
+  /**
+   * Aborted when the run should stop: its task was cancelled (`reason.code`
+   * `'cancelled'`), its timeout passed (`'timeout'`), its lease was lost
+   * (`'lease_lost'`), or the worker stopped past its grace period (`'stopped'`).
+   * @type {AbortSignal}
+   */
+  get signal() {
+    return this._stop instanceof AbortSignal ? this._stop : this._stop.signal;
   }
 
   /** True once `signal` was aborted. */
   get cancelled() {
-    return this.signal.aborted;
+    return this._stop instanceof AbortSignal ? this._stop.aborted : this._stop.reason !== null;
   }
 
   toString() {
@@ -269,6 +304,7 @@ class Worker extends EventEmitter {
     if (this.name !== undefined) req.name = this.name;
     this._reset();
     this._stopping = null;
+    native.captureLogs();
     const session = await call(native.openSession(this.tasker.native, JSON.stringify(req)));
     const opened = JSON.parse(session.opened);
     this.batch = opened.batch;
@@ -287,7 +323,6 @@ class Worker extends EventEmitter {
   }
 
   _drainLogs() {
-    if (typeof native.drainLogs !== 'function') return;
     for (const r of native.drainLogs(256)) this._log(r);
   }
 
@@ -313,9 +348,9 @@ class Worker extends EventEmitter {
   /** Applies a page of `worker_next` / `worker_report`: stop signals, new steps. */
   _apply(page) {
     for (const s of page.stop || []) {
-      const ctl = this._running.get(s.step_id);
-      if (ctl) {
-        ctl.abort(new StopSignal(s.reason));
+      const run = this._running.get(s.step_id);
+      if (run) {
+        run.abort(s.reason);
         continue;
       }
       // Claimed but not started: never run it (core already took it back or will).
@@ -341,22 +376,25 @@ class Worker extends EventEmitter {
   }
 
   async _run(raw) {
-    const ctl = new AbortController();
-    this._running.set(raw.step_id, ctl);
+    const run = new Run();
+    this._running.set(raw.step_id, run);
     const fn = this.handlers.get(raw.handler);
     let outcome;
     try {
       if (!fn) throw new PermanentError(`this worker has no handler named \`${raw.handler}\``);
-      const result = await fn(new Step(raw, ctl.signal));
+      const result = await fn(new Step(raw, run));
       outcome = encodeResult(raw.step_id, result);
     } catch (e) {
       outcome = encodeFailure(raw.step_id, e);
     }
     // Abandoned after stop's grace period: the session is closed, core released it.
-    if (this._running.get(raw.step_id) !== ctl) return;
+    if (this._running.get(raw.step_id) !== run) return;
     this._running.delete(raw.step_id);
     this._push(outcome);
-    this._wakeSettled();
+    // The next claimed step starts at once, without a turn of the driver's loop, which
+    // wakes once the claimed steps have all started (its timers cover the rest).
+    this._startHandlers();
+    if (this._queue.length === 0 || this._stopping) this._wakeSettled();
   }
 
   _takeOutcomes() {
@@ -371,6 +409,16 @@ class Worker extends EventEmitter {
     return Date.now() - this._firstOutcomeAt >= FLUSH_AFTER_MS;
   }
 
+  /** When the driver must look up even if no handler settles (ms since the epoch). */
+  _deadline() {
+    let at = Infinity;
+    if (!this._watch) {
+      for (const run of this._running.values()) at = Math.min(at, run.startedAt + WATCH_AFTER_MS);
+    }
+    if (this._outcomes.length && this._queue.length) at = Math.min(at, this._firstOutcomeAt + FLUSH_AFTER_MS);
+    return at;
+  }
+
   async _drive(untilIdle) {
     const session = this._session;
     let failure = null;
@@ -378,54 +426,54 @@ class Worker extends EventEmitter {
       for (;;) {
         if (this._stopping) break;
         this._startHandlers();
-        const busy = this._running.size > 0 || this._queue.length > 0;
         if (this._flushDue()) {
+          // Report, and claim what there is room for in the same round trip. A watch
+          // in flight claims nothing (max 0), so the two never claim the same room.
           const outcomes = this._takeOutcomes();
-          let page;
-          if (this._watch) {
-            // A watch is waiting in core: report alone, it claims meanwhile.
-            page = JSON.parse(await call(session.report(outcomes)));
-          } else {
-            const busyNow = this._running.size > 0 || this._queue.length > 0;
-            const room = this._room();
-            const wait = busyNow || untilIdle ? 0 : IDLE_WAIT_MS;
-            page = JSON.parse(await call(session.report(outcomes, room, wait)));
-          }
+          const busy = this._running.size > 0 || this._queue.length > 0;
+          const waits = !busy && !untilIdle && !this._watch;
+          const room = this._room();
+          const reply = waits ? session.reportWaiting(outcomes, room, IDLE_WAIT_MS) : session.report(outcomes, room);
+          const page = JSON.parse(await call(reply));
           this._apply(page);
           if (untilIdle && page.idle && this._held() === 0 && !this._watch) break;
           continue;
         }
+        const busy = this._running.size > 0 || this._queue.length > 0;
         if (!busy && !this._watch) {
           // Nothing to run: wait for work (in core, woken by notification).
-          const wait = untilIdle ? 0 : IDLE_WAIT_MS;
-          let page = JSON.parse(await call(session.next(this._room(), wait)));
+          const room = this._room();
+          let page = JSON.parse(await call(untilIdle ? session.next(room) : session.nextWaiting(room, IDLE_WAIT_MS)));
           if (untilIdle && !page.idle && !(page.steps || []).length && !(page.stop || []).length) {
             // A retry of these handlers is scheduled: wait for it.
-            page = JSON.parse(await call(session.next(this._room(), IDLE_WAIT_MS)));
+            page = JSON.parse(await call(session.nextWaiting(this._room(), IDLE_WAIT_MS)));
           }
           this._apply(page);
           if (untilIdle && page.idle && this._held() === 0) break;
           continue;
         }
-        // Handlers are running: wait for one to settle; after a moment also ask core
-        // for stop signals and more work (one request at a time).
-        const settled = this._settled();
-        if (!this._watch) {
-          const first = await Promise.race([settled.then(() => true), sleep(WATCH_AFTER_MS).then(() => false)]);
-          if (first || this._stopping) continue;
-          if (this._flushDue() || this._running.size === 0) continue;
-          this._watch = call(session.next(this._room(), WATCH_WAIT_MS)).then(
+        // Handlers are running. Once one has run WATCH_AFTER_MS, a watch asks core for
+        // stop signals (max 0: it claims nothing; claims ride on the reports).
+        if (!this._watch && this._running.size > 0 && Date.now() >= this._deadline() && !this._flushDue()) {
+          this._watch = call(session.nextWaiting(0, WATCH_WAIT_MS)).then(
             (text) => ({ page: JSON.parse(text) }),
             (error) => ({ error }),
           );
         }
-        const watch = this._watch;
-        const r = await Promise.race([settled.then(() => null), watch]);
-        if (r === null) {
-          if (this._flushDue()) continue;
-          // Wait for more to settle or the watch to return, whichever comes first.
-          continue;
+        const waits = [this._settled().then(() => null)];
+        let timer = null;
+        const at = this._deadline();
+        if (at !== Infinity) {
+          waits.push(
+            new Promise((resolve) => {
+              timer = setTimeout(() => resolve(null), Math.max(0, at - Date.now()));
+            }),
+          );
         }
+        if (this._watch) waits.push(this._watch);
+        const r = await Promise.race(waits);
+        if (timer) clearTimeout(timer);
+        if (r === null) continue;
         this._watch = null;
         if (r.error) throw r.error;
         this._apply(r.page);
@@ -466,12 +514,12 @@ class Worker extends EventEmitter {
         if (this._watch) waits.push(this._watch.then(() => (this._watch = null)));
         await Promise.race(waits);
       }
-      closed = await closing;
+      closed = JSON.parse(await closing);
     } catch (e) {
       failure = failure || e;
     }
     // Past the grace period: the runs still going are told to stop; core released them.
-    for (const ctl of this._running.values()) ctl.abort(new StopSignal('stopped'));
+    for (const run of this._running.values()) run.abort('stopped');
     this._running.clear();
     if (this._watch) await this._watch;
     this._drainLogs();
@@ -484,4 +532,4 @@ class Worker extends EventEmitter {
   }
 }
 
-module.exports = { Worker, Step, StopSignal };
+module.exports = { Worker, Step, StopSignal, Run };

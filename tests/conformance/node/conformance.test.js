@@ -1,7 +1,8 @@
 'use strict';
 // The cross-language conformance vectors (tests/conformance/*.json, format in its
 // README.md) run through the Node.js package: every call goes through `tasker.Tasker`
-// (claims with `claim`, reports with `complete_step` / `fail_step` / `heartbeat`),
+// (claims with `claim`, reports with `complete_step` / `fail_step` / `heartbeat`, or,
+// for `"via": "worker_session"` vectors, `worker_next` and `worker_report`),
 // each claim is handed to a JavaScript handler as a `tasker.Step` that computes the
 // scripted outcome from the step's `context`, `results`, `config` and `attempt`, and
 // expected errors are matched on the error class and its `code`, `message` and
@@ -139,6 +140,8 @@ class Run {
     this.actions = v.actions || [];
     this.fired = this.actions.map(() => false);
     this.notBefore = new Map();
+    // With "via": "worker_session": the session the run claims and reports through.
+    this.session = null;
   }
 
   async call(what, fn) {
@@ -183,6 +186,12 @@ class Run {
       return;
     }
     await this.call('register_template', () => t.registerTemplate(tpl));
+    if (v.via === 'worker_session') {
+      const opened = await this.call('worker_open', () =>
+        t.call('worker_open', { handlers: this.handlers, batch: 1, name: 'conformance' }),
+      );
+      this.session = opened.worker_id;
+    }
 
     const create = { context: v.context === undefined ? {} : v.context, version: tpl.version };
     if ('priority' in v) create.priority = v.priority;
@@ -315,6 +324,14 @@ class Run {
   }
 
   async claim(waitMs) {
+    if (this.session !== null) {
+      const req = { worker_id: this.session, max: 1 };
+      if (waitMs) req.wait_ms = waitMs;
+      const page = await this.call('worker_next', () => this.t.call('worker_next', req));
+      const steps = page.steps.map((raw) => ({ raw, step: new Step(raw, new AbortController().signal) }));
+      // A session that is not idle but got nothing has a retry scheduled.
+      return [steps, steps.length || page.idle ? null : 'scheduled'];
+    }
     const req = { handlers: this.handlers, limit: 1, worker_id: 'conformance' };
     if (waitMs) req.wait_ms = waitMs;
     const page = await this.call('claim', () => this.t.call('claim', req));
@@ -365,6 +382,26 @@ class Run {
     return outcome;
   }
 
+  /** `worker_report` with the scripted outcome; its result must match `expect_report`
+   * (a subset), else have the outcome the kind implies. */
+  async report(name, n, step, outcome) {
+    let item;
+    let dflt;
+    if ('complete' in outcome) [item, dflt] = [{ step_id: step.stepId, result: outcome.complete }, 'completed'];
+    else if ('fail' in outcome) {
+      [item, dflt] = [{ step_id: step.stepId, error: { message: 'scripted failure', ...outcome.fail } }, 'failed'];
+    } else if ('invalid_result' in outcome) {
+      [item, dflt] = [{ step_id: step.stepId, invalid_result: outcome.invalid_result }, 'failed'];
+    } else if ('release' in outcome) [item, dflt] = [{ step_id: step.stepId, release: true }, 'released'];
+    else throw new VectorFailure(`step ${name} claim ${n}: bad outcome for a worker session ${JSON.stringify(outcome)}`);
+    const resp = await this.call('worker_report', () => this.t.call('worker_report', { worker_id: this.session, outcomes: [item] }));
+    const got = resp.results[0];
+    const want = outcome.expect_report || { outcome: dflt };
+    if (!jsonSubset(want, got)) {
+      throw new VectorFailure(`step ${name} claim ${n}: worker_report gave ${JSON.stringify(got)}, expected ${JSON.stringify(want)}`);
+    }
+  }
+
   async handle({ raw, step }) {
     const name = step.stepName;
     if (step.taskId !== this.taskId) throw new VectorFailure(`claimed a step of another task: ${step}`);
@@ -385,7 +422,9 @@ class Run {
     }
     await this.fireAfter(name, n, 'claimed');
     const expectError = outcome.expect_error;
-    if ('complete' in outcome) {
+    if (this.session !== null) {
+      await this.report(name, n, step, outcome);
+    } else if ('complete' in outcome) {
       await this.checked(expectError, 'complete_step', () =>
         this.t.call('complete_step', { step_id: step.stepId, claim_token: raw.claim_token, result: outcome.complete }),
       );
