@@ -20,6 +20,11 @@ const WATCH_AFTER_MS = 20;
 const WATCH_WAIT_MS = 200;
 // Outcomes are reported once every claimed step has started, or after this long.
 const FLUSH_AFTER_MS = 20;
+// Reports in flight at once (each also claims the next steps it has room for), and the
+// fewest outcomes a report is split down to: a large batch is reported (and refilled)
+// in up to this many overlapping round trips.
+const MAX_IN_FLIGHT = 4;
+const MIN_REPORT = 64;
 
 /**
  * One run of a handler: its start time and its stop signal. The AbortController is
@@ -218,6 +223,12 @@ class Worker extends EventEmitter {
     this._firstOutcomeAt = 0;
     this._watch = null;
     this._settledWaiters = [];
+    // Reports in flight: their outcomes, the steps they may claim, their promises.
+    this._reporting = 0;
+    this._claiming = 0;
+    this._calls = new Set();
+    this._failure = null;
+    this._lastIdle = false;
   }
 
   /**
@@ -327,11 +338,11 @@ class Worker extends EventEmitter {
   }
 
   _held() {
-    return this._queue.length + this._running.size + this._outcomes.length;
+    return this._queue.length + this._running.size + this._outcomes.length + this._reporting;
   }
 
   _room() {
-    return Math.max(0, this.batch - this._held());
+    return Math.max(0, this.batch - this._held() - this._claiming);
   }
 
   _wakeSettled() {
@@ -361,6 +372,7 @@ class Worker extends EventEmitter {
       }
     }
     for (const raw of page.steps || []) this._queue.push(raw);
+    if (page.idle !== undefined) this._lastIdle = page.idle;
     this._drainLogs();
   }
 
@@ -397,10 +409,43 @@ class Worker extends EventEmitter {
     if (this._queue.length === 0 || this._stopping) this._wakeSettled();
   }
 
-  _takeOutcomes() {
-    const text = `[${this._outcomes.join(',')}]`;
-    this._outcomes = [];
+  _takeOutcomes(n = this._outcomes.length) {
+    const text = `[${this._outcomes.slice(0, n).join(',')}]`;
+    this._outcomes = this._outcomes.slice(n);
+    if (this._outcomes.length) this._firstOutcomeAt = Date.now();
     return text;
+  }
+
+  /**
+   * Sends the finished outcomes in up to MAX_IN_FLIGHT reports without waiting for
+   * them; each claims the next steps there is room for. Their answers start handlers
+   * as they arrive.
+   */
+  _report(session) {
+    const free = MAX_IN_FLIGHT - this._calls.size;
+    const size = Math.max(MIN_REPORT, Math.ceil(this._outcomes.length / free));
+    while (this._outcomes.length && this._calls.size < MAX_IN_FLIGHT) {
+      const count = Math.min(size, this._outcomes.length);
+      const outcomes = this._takeOutcomes(count);
+      const room = this._room();
+      this._reporting += count;
+      this._claiming += room;
+      const p = call(session.report(outcomes, room))
+        .then(
+          (text) => this._apply(JSON.parse(text)),
+          (e) => {
+            this._failure = this._failure || e;
+          },
+        )
+        .finally(() => {
+          this._reporting -= count;
+          this._claiming -= room;
+          this._calls.delete(p);
+          this._startHandlers();
+          this._wakeSettled();
+        });
+      this._calls.add(p);
+    }
   }
 
   _flushDue() {
@@ -424,24 +469,24 @@ class Worker extends EventEmitter {
     let failure = null;
     try {
       for (;;) {
+        if (this._failure) throw this._failure;
         if (this._stopping) break;
         this._startHandlers();
-        if (this._flushDue()) {
-          // Report, and claim what there is room for in the same round trip. A watch
-          // in flight claims nothing (max 0), so the two never claim the same room.
-          const outcomes = this._takeOutcomes();
-          const busy = this._running.size > 0 || this._queue.length > 0;
-          const waits = !busy && !untilIdle && !this._watch;
-          const room = this._room();
-          const reply = waits ? session.reportWaiting(outcomes, room, IDLE_WAIT_MS) : session.report(outcomes, room);
-          const page = JSON.parse(await call(reply));
-          this._apply(page);
-          if (untilIdle && page.idle && this._held() === 0 && !this._watch) break;
+        const busy = this._running.size > 0 || this._queue.length > 0;
+        if (this._flushDue() && this._calls.size < MAX_IN_FLIGHT) {
+          if (!busy && !untilIdle && !this._watch && this._calls.size === 0) {
+            // Nothing else to do: report, and wait in core for the next work.
+            const outcomes = this._takeOutcomes();
+            const room = this._room();
+            this._apply(JSON.parse(await call(session.reportWaiting(outcomes, room, IDLE_WAIT_MS))));
+          } else {
+            this._report(session);
+          }
           continue;
         }
-        const busy = this._running.size > 0 || this._queue.length > 0;
-        if (!busy && !this._watch) {
-          // Nothing to run: wait for work (in core, woken by notification).
+        if (!busy && this._calls.size === 0 && !this._watch && !this._outcomes.length) {
+          if (untilIdle && this._lastIdle) break;
+          // Nothing to run: ask for work (waiting in core, woken by notification).
           const room = this._room();
           let page = JSON.parse(await call(untilIdle ? session.next(room) : session.nextWaiting(room, IDLE_WAIT_MS)));
           if (untilIdle && !page.idle && !(page.steps || []).length && !(page.stop || []).length) {
@@ -449,11 +494,11 @@ class Worker extends EventEmitter {
             page = JSON.parse(await call(session.nextWaiting(this._room(), IDLE_WAIT_MS)));
           }
           this._apply(page);
-          if (untilIdle && page.idle && this._held() === 0) break;
           continue;
         }
-        // Handlers are running. Once one has run WATCH_AFTER_MS, a watch asks core for
-        // stop signals (max 0: it claims nothing; claims ride on the reports).
+        // Handlers are running or reports are in flight. Once a handler has run
+        // WATCH_AFTER_MS, a watch asks core for stop signals (max 0: it claims nothing;
+        // claims ride on the reports).
         if (!this._watch && this._running.size > 0 && Date.now() >= this._deadline() && !this._flushDue()) {
           this._watch = call(session.nextWaiting(0, WATCH_WAIT_MS)).then(
             (text) => ({ page: JSON.parse(text) }),
@@ -490,6 +535,9 @@ class Worker extends EventEmitter {
     closing.catch(() => {});
     let closed = null;
     try {
+      // The reports in flight land first (what they claim is handed back below).
+      while (this._calls.size) await Promise.all([...this._calls]);
+      failure = failure || this._failure;
       // Claimed but never started: hand back.
       for (const raw of this._queue.splice(0)) this._push(JSON.stringify({ step_id: raw.step_id, release: true }));
       let done = false;
