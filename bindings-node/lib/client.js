@@ -156,7 +156,7 @@ class Tasker {
   async ping() {
     // Core answers `ping` from memory (no database, no wait), so it runs on this thread.
     try {
-      return parse(this._h.callInline('ping', ''));
+      return parse(this._h.ping());
     } catch (e) {
       throw fromNative(e);
     }

@@ -9,9 +9,6 @@ use tasker_core::api::Tasker;
 
 use crate::errors::to_napi;
 
-/// Operations core answers without the database or any wait (see `callInline`).
-pub const INLINE_OPS: &[&str] = &["ping"];
-
 /// An open engine handle (see `Tasker` in `lib/client.js` for the documented API).
 #[napi]
 pub struct Handle {
@@ -104,18 +101,11 @@ impl Handle {
         self.inner.call_async(&op, &request).await.map_err(to_napi)
     }
 
-    /// Runs an operation that core answers from memory, without the database (only
-    /// `ping`), on the calling thread; returns the JSON response text. Any other
-    /// operation is refused: they run off the JavaScript thread (`call`).
+    /// `ping`, which core answers from memory without the database or any wait, run
+    /// on the calling thread; returns the JSON response text.
     #[napi]
-    pub fn call_inline(&self, op: String, request: String) -> Result<String> {
-        if !INLINE_OPS.contains(&op.as_str()) {
-            return Err(napi::Error::new(
-                napi::Status::InvalidArg,
-                format!("`{op}` touches the database: use call()"),
-            ));
-        }
-        self.inner.call(&op, &request).map_err(to_napi)
+    pub fn ping(&self) -> Result<String> {
+        self.inner.call("ping", "").map_err(to_napi)
     }
 
     /// Closes the handle (idempotent); later calls reject with a `closed` error.

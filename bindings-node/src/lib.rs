@@ -4,7 +4,7 @@
 //! blocking `Tasker::call` for quick operations, and operations that may wait
 //! (`worker_next`, `events` with `wait_ms`) are awaited on Tasker's own runtime
 //! (`Tasker::call_async`) so a long wait holds no pool thread. `ping`, which core
-//! answers without touching the database, runs on the calling thread (`callInline`). Requests and responses
+//! answers without touching the database, runs on the calling thread (`Handle.ping`). Requests and responses
 //! cross as JSON text; the JavaScript half (`lib/`) parses them, adds the documented
 //! API, the error classes and the worker.
 
