@@ -9,7 +9,7 @@
 const { EventEmitter } = require('node:events');
 const native = require('./native');
 const { Tasker } = require('./client');
-const { fromNative, PermanentError, RetryableError } = require('./errors');
+const { fromNative, NotFoundError, PermanentError, RetryableError } = require('./errors');
 const check = require('./check');
 
 // How long one `worker_next` waits for work while the worker has nothing to run.
@@ -524,7 +524,8 @@ class Worker extends EventEmitter {
         this._apply(r.page);
       }
     } catch (e) {
-      failure = e;
+      // stop() closed the session while a request was on its way: not a failure.
+      if (!(this._stopping && e instanceof NotFoundError)) failure = e;
     }
     return this._finish(session, failure);
   }
@@ -537,7 +538,7 @@ class Worker extends EventEmitter {
     try {
       // The reports in flight land first (what they claim is handed back below).
       while (this._calls.size) await Promise.all([...this._calls]);
-      failure = failure || this._failure;
+      if (!(this._stopping && this._failure instanceof NotFoundError)) failure = failure || this._failure;
       // Claimed but never started: hand back.
       for (const raw of this._queue.splice(0)) this._push(JSON.stringify({ step_id: raw.step_id, release: true }));
       let done = false;
@@ -564,8 +565,10 @@ class Worker extends EventEmitter {
       }
       closed = JSON.parse(await closing);
     } catch (e) {
-      failure = failure || e;
+      // A report that reached core after stop()'s close: its step was released.
+      if (!(this._stopping && e instanceof NotFoundError)) failure = failure || e;
     }
+    if (closed === null && !failure) closed = JSON.parse(await closing);
     // Past the grace period: the runs still going are told to stop; core released them.
     for (const run of this._running.values()) run.abort('stopped');
     this._running.clear();
