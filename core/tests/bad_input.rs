@@ -809,3 +809,21 @@ fn a_wait_in_flight_ends_with_closed_when_its_handle_closes() {
         assert!(db.tasker.call("ping", "{}").is_ok());
     }
 }
+
+#[test]
+fn a_subscription_with_a_bad_cursor_or_event_name_is_refused_at_once() {
+    let db = open(json!({}));
+    let e = db.tasker.subscribe(-1, None, |_| {}).err().unwrap();
+    assert_eq!(e.code, ErrorCode::InvalidArgument);
+    assert!(
+        e.message
+            .starts_with("since: expected an integer between 0 and"),
+        "{e}"
+    );
+    let e = db
+        .tasker
+        .subscribe(0, Some(vec!["step.exploded".into()]), |_| {})
+        .err()
+        .unwrap();
+    assert_eq!(e.message, "unknown event type `step.exploded`");
+}
