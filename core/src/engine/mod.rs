@@ -499,10 +499,11 @@ impl Engine {
     ) -> Result<(Vec<ItemOutcome>, ClaimBatch)> {
         self.check_open()?;
         for item in &items {
-            self.check_payload(
-                &format!("result of step {}", item.step_id),
-                item.result.get().len(),
-            )?;
+            let what = format!("result of step {}", item.step_id);
+            self.check_payload(&what, item.result.get().len())?;
+            // Also for callers that reach the engine without the request validator (the
+            // worker sessions): no stored result may be unreadable.
+            crate::api::validate::check_payload(&what, &item.result, self.config.max_json_depth)?;
         }
         let now = now_ms();
         let params = match next {
@@ -527,6 +528,16 @@ impl Engine {
         failure: StepFailure,
     ) -> Result<FailOutcome> {
         self.check_open()?;
+        let depth = crate::api::validate::value_depth(&failure.document);
+        if depth > self.config.max_json_depth {
+            return Err(field_error(
+                "error",
+                format!(
+                    "nested {depth} levels deep; at most {} levels are accepted (max_json_depth)",
+                    self.config.max_json_depth
+                ),
+            ));
+        }
         let error_json = failure.document.to_string();
         self.check_payload(&format!("error of step {step_id}"), error_json.len())?;
         let out = self
@@ -602,6 +613,9 @@ impl Engine {
         reason: Option<String>,
     ) -> Result<StepChange> {
         self.check_open()?;
+        if let Some(r) = &result {
+            crate::api::validate::check_payload("result", r, self.config.max_json_depth)?;
+        }
         let result = result.map(|r| r.get().to_owned());
         if let Some(r) = &result {
             self.check_payload("result", r.len())?;
