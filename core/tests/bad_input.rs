@@ -827,3 +827,50 @@ fn a_subscription_with_a_bad_cursor_or_event_name_is_refused_at_once() {
         .unwrap();
     assert_eq!(e.message, "unknown event type `step.exploded`");
 }
+
+/// Runs SQL on the test's own database, as an older engine (or an operator) could have.
+fn raw_sql(db: &Db, sql: &str) {
+    match &db.schema {
+        None => {
+            let path = db.url.trim_start_matches("sqlite://");
+            let c = rusqlite::Connection::open(path).unwrap();
+            c.execute_batch(sql).unwrap();
+        }
+        Some(schema) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use sqlx::Connection;
+                let mut c = sqlx::PgConnection::connect(&postgres_url()).await.unwrap();
+                let sql = format!("SET search_path TO \"{schema}\"; {sql}");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+            });
+        }
+    }
+}
+
+#[test]
+fn steps_stored_with_an_overflowed_timeout_are_claimable_after_the_migration() {
+    let db = open(json!({}));
+    db.register(template("one", &[("a", &[])], fast_retry(1)));
+    let id = db.create("one", json!({}));
+    // What an older engine stored for `timeout_s: 10^16` (10^19 ms wrapped to i64), and
+    // an unapplied bounded-timeouts migration.
+    let version = if db.schema.is_some() { 7 } else { 2 };
+    raw_sql(
+        &db,
+        &format!(
+            "UPDATE tasker_steps SET timeout_ms = -8446744073709551616 WHERE task_id = {id};
+             DELETE FROM tasker_migrations WHERE version = {version};"
+        ),
+    );
+    assert_eq!(db.call("migrate", json!({}))["applied"], 1);
+    let steps = db.claim(&["a", "other"], 10, 60_000);
+    assert_eq!(steps.len(), 1);
+    assert_eq!(steps[0]["timeout_ms"], 2_592_000_000_i64);
+}
