@@ -91,7 +91,15 @@ fn snapshot(t: &Tasker) -> Value {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| call("get_task", json!({ "task_id": s["id"] })))
+        .map(|s| {
+            let mut t = call("get_task", json!({ "task_id": s["id"] }));
+            // Worker sessions renew their leases in the background: not a change a
+            // request made.
+            for step in t["task"]["steps"].as_array_mut().unwrap() {
+                step.as_object_mut().unwrap().remove("lease_expires_at");
+            }
+            t
+        })
         .collect();
     let templates: Vec<Value> = ["p", "q"]
         .iter()
@@ -223,6 +231,21 @@ fn base(op: &str) -> Vec<(String, String)> {
         "list_tasks" => f(&[("state", "\"running\""), ("namespace", "\"t\""), ("name", "\"p\""), ("limit", "10"), ("cursor", "3")]),
         "stats" => f(&[("window_ms", "1000")]),
         "events" => f(&[("since", "0"), ("limit", "5"), ("wait_ms", "0"), ("task_id", "1"), ("types", "[\"step.ready\"]")]),
+        "worker_open" => f(&[
+            ("handlers", "[\"h2\",\"hq\"]"),
+            ("concurrency", "2"),
+            ("batch", "2"),
+            ("lease_ms", "600000"),
+            ("name", "\"w\""),
+        ]),
+        "worker_next" => f(&[("worker_id", "<wid>"), ("max", "1"), ("wait_ms", "0")]),
+        "worker_report" => f(&[
+            ("worker_id", "<wid>"),
+            ("outcomes", "[{\"step_id\":4,\"result\":{\"r\":1}},{\"step_id\":5,\"error\":{\"message\":\"m\"}},{\"step_id\":6,\"release\":true}]"),
+            ("next", "{\"max\":1,\"wait_ms\":0}"),
+        ]),
+        "worker_close" => f(&[("worker_id", "<wid>"), ("grace_ms", "0")]),
+        "worker_stats" => f(&[("worker_id", "<wid>")]),
         _ => Vec::new(),
     }
 }
@@ -279,7 +302,7 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 /// The request text of a case on a store whose live claim token is `token`.
-fn request_text(c: &Case, token: &str) -> String {
+fn request_text(c: &Case, token: &str, wid: &str) -> String {
     if let Some(w) = &c.whole {
         return w.clone();
     }
@@ -322,6 +345,7 @@ fn request_text(c: &Case, token: &str) -> String {
                 "{}:{}",
                 json!(k),
                 v.replace("<token>", &json!(token).to_string())
+                    .replace("<wid>", &json!(wid).to_string())
             )
         })
         .collect();
@@ -331,6 +355,8 @@ fn request_text(c: &Case, token: &str) -> String {
 struct Store {
     db: Db,
     token: String,
+    /// A worker session opened at the start (`worker_*` requests name it).
+    wid: String,
 }
 
 impl Store {
@@ -341,12 +367,19 @@ impl Store {
             open_sqlite(settings())
         };
         let token = seed(&db);
-        Store { db, token }
+        let wid = db.call(
+            "worker_open",
+            json!({"handlers": ["h2"], "lease_ms": 600000, "name": "seed"}),
+        )["worker_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        Store { db, token, wid }
     }
 
     /// Runs one case, checking the per-store properties; returns its code (`None`: ok).
     fn run(&self, c: &Case) -> std::result::Result<Option<ErrorCode>, TestCaseError> {
-        let text = request_text(c, &self.token);
+        let text = request_text(c, &self.token, &self.wid);
         let before = snapshot(&self.db.tasker);
         let out = self.db.tasker.call(&c.op, &text);
         // Strictness: a request that is not an object, or that carries an unknown field,
@@ -475,7 +508,7 @@ fn hostile_requests_get_documented_codes_the_same_on_both_stores() {
                     b,
                     "{} {}: PostgreSQL and SQLite answer differently",
                     c.op,
-                    request_text(&c, "<token>")
+                    request_text(&c, "<token>", "<wid>")
                 );
             }
         }
@@ -550,6 +583,8 @@ fn requests_must_be_objects() {
     for (op, req) in [
         ("cancel_task", "[1]"),
         ("get_task", "[1]"),
+        ("worker_open", "[[\"h\"]]"),
+        ("worker_stats", "[\"w1\"]"),
         ("list_tasks", "[]"),
         ("stats", "[]"),
         ("events", "[]"),
@@ -763,6 +798,11 @@ fn wrong_types_name_the_field_the_range_and_the_value() {
             json!({"task_id": 1, "why": "x"}),
             "unknown field `why` (expected one of: task_id, reason)",
         ),
+        ("worker_open", json!({"handlers": ["h"], "lease_ms": "ten"}), r#"lease_ms: expected an integer between 10 and 86400000, got "ten""#),
+        ("worker_open", json!({"handlers": ["h\u{0}"]}), "handlers[0]: expected a string of 1-256 bytes, got a string containing a NUL character (\\u0000)"),
+        ("worker_report", json!({"worker_id": "w1", "outcomes": 5}), "outcomes: expected an array of at most 10000 objects, got 5"),
+        ("worker_report", json!({"worker_id": "w1", "outcomes": [{"step_id": 0, "release": true}]}), "outcomes[0].step_id: expected an integer between 1 and 9007199254740991, got 0"),
+        ("worker_next", json!({"worker_id": "w1", "wait_ms": -1}), "wait_ms: expected an integer between 0 and 2592000000, got -1"),
     ] {
         let e = db.call_err(op, req.clone());
         assert_eq!(e.code, ErrorCode::InvalidArgument, "{op} {req}: {e}");

@@ -20,6 +20,7 @@ pub mod host;
 pub mod ops;
 mod subscription;
 pub mod validate;
+mod worker_ops;
 
 pub use subscription::Subscription;
 

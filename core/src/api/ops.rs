@@ -1,6 +1,8 @@
 //! The JSON operations: request shapes, validation of raw input, dispatch to the engine
 //! and response shapes. `docs/api.md` documents each; a test runs its examples.
 
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -35,6 +37,11 @@ pub const OPERATIONS: &[&str] = &[
     "events",
     "sweep",
     "migrate",
+    "worker_open",
+    "worker_next",
+    "worker_report",
+    "worker_close",
+    "worker_stats",
 ];
 
 /// Parses JSON, telling malformed JSON (`invalid_json`) from well-formed JSON of the
@@ -63,7 +70,7 @@ pub const MAX_BATCH_ITEMS: usize = 10_000;
 
 /// Runs operation `op` with JSON `request` and returns the JSON response. Every request
 /// is checked by [`validate`](super::validate) before the engine (and any SQL) runs.
-pub async fn dispatch(engine: &Engine, op: &str, request: &str) -> Result<String> {
+pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<String> {
     let config = engine.config();
     if request.len() > config.max_request_bytes {
         return Err(Error::new(
@@ -355,6 +362,9 @@ pub async fn dispatch(engine: &Engine, op: &str, request: &str) -> Result<String
             f.finish(&[])?;
             json!({ "applied": engine.migrate().await? })
         }
+        "worker_open" | "worker_next" | "worker_report" | "worker_close" | "worker_stats" => {
+            return super::worker_ops::dispatch(engine, op, f).await
+        }
         other => {
             return Err(Error::internal(format!(
                 "operation `{other}` is listed but not dispatched"
@@ -502,7 +512,7 @@ fn internal(e: serde_json::Error) -> Error {
     Error::internal(format!("response could not be serialized: {e}"))
 }
 
-fn to_string<T: serde::Serialize>(v: &T) -> Result<String> {
+pub(crate) fn to_string<T: serde::Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(internal)
 }
 
