@@ -83,6 +83,29 @@ fn due_in(session: &Session, now: i64, out: &mut Vec<Due>) -> i64 {
     next
 }
 
+/// Records a timed-out attempt as failed (kind `timeout`), then raises the stop
+/// signal, so whoever hears the stop sees the failure.
+async fn time_out(engine: &Engine, session: &Session, step_id: i64, token: i64, timeout_ms: i64) {
+    match engine
+        .fail_step(step_id, token, failure::timed_out(timeout_ms))
+        .await
+    {
+        Ok(out) => {
+            session.state().counts.failed += 1;
+            tracing::warn!(target: "tasker::worker", worker = %session.name, step_id,
+                state = %out.state, attempt = out.attempt, kind = "timeout",
+                "step attempt failed: ran past its timeout");
+        }
+        // The sweep took it back first (also a failed attempt).
+        Err(e) if e.code == ErrorCode::LeaseLost => {}
+        Err(e) => {
+            tracing::warn!(target: "tasker::worker", step_id, error = %e,
+                "could not record a timeout; the lease sweep will take the step back");
+        }
+    }
+    session.stop(step_id, StopReason::Timeout);
+}
+
 /// Runs until the engine closes.
 pub async fn run(engine: Arc<Engine>) {
     let workers = &engine.workers;
@@ -126,6 +149,14 @@ pub async fn run(engine: Arc<Engine>) {
                             }
                             Err(e) if e.code == ErrorCode::Closed => return,
                             Err(e) => match stop_reason(&e) {
+                                Some(StopReason::Timeout) => {
+                                    let timeout_ms = session
+                                        .state()
+                                        .held
+                                        .get(&step_id)
+                                        .map_or(0, |h| h.timeout_ms);
+                                    time_out(&engine, &session, step_id, token, timeout_ms).await;
+                                }
                                 Some(reason) => {
                                     session.stop(step_id, reason);
                                 }
@@ -141,25 +172,7 @@ pub async fn run(engine: Arc<Engine>) {
                         step_id,
                         token,
                         timeout_ms,
-                    } => {
-                        // Recorded first, so whoever hears the stop sees the failed attempt.
-                        let f = failure::timed_out(timeout_ms);
-                        match engine.fail_step(step_id, token, f).await {
-                            Ok(out) => {
-                                session.state().counts.failed += 1;
-                                tracing::warn!(target: "tasker::worker", worker = %session.name,
-                                    step_id, state = %out.state, attempt = out.attempt,
-                                    kind = "timeout", "step attempt failed: ran past its timeout");
-                            }
-                            // The sweep took it back first (also a failed attempt).
-                            Err(e) if e.code == ErrorCode::LeaseLost => {}
-                            Err(e) => {
-                                tracing::warn!(target: "tasker::worker", step_id, error = %e,
-                                    "could not record a timeout; the lease sweep will take the step back");
-                            }
-                        }
-                        session.stop(step_id, StopReason::Timeout);
-                    }
+                    } => time_out(&engine, &session, step_id, token, timeout_ms).await,
                 }
             }
         }
