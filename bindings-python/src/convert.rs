@@ -148,28 +148,41 @@ fn type_name(obj: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// Deepest response this module reads. The engine refuses values nested deeper than its
+/// `max_json_depth` (at most 100), but values stored by older versions may be nested up
+/// to serde_json's 128 levels, and a response adds a few levels around them: this guard
+/// replaces serde_json's limit so every stored value reads back, while still bounding the
+/// recursion (and the stack) of the parse.
+const DECODE_DEPTH: u32 = 512;
+
 /// Parses JSON text into Python objects.
 pub fn decode<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let value = PySeed(py)
+    de.disable_recursion_limit();
+    let value = PySeed(py, 0)
         .deserialize(&mut de)
         .and_then(|v| de.end().map(|_| v))
         .map_err(|e| PyValueError::new_err(format!("invalid JSON from the engine: {e}")))?;
     Ok(value)
 }
 
-/// Builds Python objects while serde_json parses.
-pub struct PySeed<'py>(pub Python<'py>);
+/// Builds Python objects while serde_json parses; the second field is the nesting depth.
+pub struct PySeed<'py>(pub Python<'py>, pub u32);
 
 impl<'de, 'py> DeserializeSeed<'de> for PySeed<'py> {
     type Value = Bound<'py, PyAny>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(PyVisitor(self.0))
+        if self.1 > DECODE_DEPTH {
+            return Err(serde::de::Error::custom(format!(
+                "nested more than {DECODE_DEPTH} levels deep"
+            )));
+        }
+        d.deserialize_any(PyVisitor(self.0, self.1))
     }
 }
 
-struct PyVisitor<'py>(Python<'py>);
+struct PyVisitor<'py>(Python<'py>, u32);
 
 fn py_err<E: serde::de::Error>(e: PyErr) -> E {
     E::custom(e.to_string())
@@ -216,7 +229,7 @@ impl<'de, 'py> Visitor<'de> for PyVisitor<'py> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let list = PyList::empty(self.0);
-        while let Some(v) = seq.next_element_seed(PySeed(self.0))? {
+        while let Some(v) = seq.next_element_seed(PySeed(self.0, self.1 + 1))? {
             list.append(v).map_err(py_err)?;
         }
         Ok(list.into_any())
@@ -225,7 +238,7 @@ impl<'de, 'py> Visitor<'de> for PyVisitor<'py> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let dict = PyDict::new(self.0);
         while let Some(k) = map.next_key_seed(KeySeed(self.0))? {
-            let v = map.next_value_seed(PySeed(self.0))?;
+            let v = map.next_value_seed(PySeed(self.0, self.1 + 1))?;
             dict.set_item(k, v).map_err(py_err)?;
         }
         Ok(dict.into_any())

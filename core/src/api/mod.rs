@@ -13,11 +13,13 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use serde_json::Value;
 
 use crate::config::Config;
+use crate::engine::{CloseSignal, CALLER};
 use crate::error::{Error, ErrorCode, Result};
 
 pub mod host;
 pub mod ops;
 mod subscription;
+pub mod validate;
 mod worker_ops;
 
 pub use subscription::Subscription;
@@ -34,6 +36,8 @@ struct HandleInner {
     config: Config,
     host: RwLock<Option<Arc<EngineHost>>>,
     closed: AtomicBool,
+    /// Fired by `close()`: ends this handle's calls that are waiting.
+    signal: Arc<CloseSignal>,
 }
 
 impl std::fmt::Debug for Tasker {
@@ -66,6 +70,7 @@ impl Tasker {
                 config,
                 host: RwLock::new(Some(host)),
                 closed: AtomicBool::new(false),
+                signal: Arc::new(CloseSignal::default()),
             }),
         })
     }
@@ -109,8 +114,10 @@ impl Tasker {
                 "Tasker::call blocks and cannot run inside an async runtime; use call_async",
             ));
         }
-        host.runtime
-            .block_on(ops::dispatch(&host.engine, op, request))
+        host.runtime.block_on(CALLER.scope(
+            self.inner.signal.clone(),
+            ops::dispatch(&host.engine, op, request),
+        ))
     }
 
     /// Runs one operation on the handle's runtime and resolves with its response.
@@ -124,8 +131,10 @@ impl Tasker {
             let engine = host.engine.clone();
             let op = op.to_owned();
             let request = request.to_owned();
-            host.runtime
-                .spawn(async move { ops::dispatch(&engine, &op, &request).await })
+            let signal = self.inner.signal.clone();
+            host.runtime.spawn(CALLER.scope(signal, async move {
+                ops::dispatch(&engine, &op, &request).await
+            }))
         });
         async move {
             match prepared {
@@ -158,6 +167,7 @@ impl Tasker {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.inner.signal.close();
         let host = self
             .inner
             .host

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
@@ -12,6 +11,8 @@ use crate::engine::{Claim, CreateTask, Engine, StepFailure};
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::template::{self, TemplateDoc};
 use crate::store::{Completion, StepRef, TaskFilter};
+
+use super::validate::{self, Fields, MAX_ID, MAX_PRIORITY, MAX_TEXT_BYTES};
 
 /// Every operation name, in documentation order.
 pub const OPERATIONS: &[&str] = &[
@@ -64,15 +65,20 @@ pub fn parse_json<T: DeserializeOwned>(text: &str) -> Result<T> {
     })
 }
 
-/// Runs operation `op` with JSON `request` and returns the JSON response.
+/// Largest number of items one `complete_steps` request may report.
+pub const MAX_BATCH_ITEMS: usize = 10_000;
+
+/// Runs operation `op` with JSON `request` and returns the JSON response. Every request
+/// is checked by [`validate`](super::validate) before the engine (and any SQL) runs.
 pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<String> {
-    if request.len() > engine.config().max_request_bytes {
+    let config = engine.config();
+    if request.len() > config.max_request_bytes {
         return Err(Error::new(
             ErrorCode::TooLarge,
             format!(
                 "request is {} bytes; the limit is {} (max_request_bytes)",
                 request.len(),
-                engine.config().max_request_bytes
+                config.max_request_bytes
             ),
         ));
     }
@@ -81,68 +87,100 @@ pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<S
     } else {
         request
     };
+    if !OPERATIONS.contains(&op) {
+        return Err(Error::new(
+            ErrorCode::UnknownOperation,
+            format!("unknown operation `{op}`"),
+        )
+        .with_details(json!({ "operations": OPERATIONS })));
+    }
+    let mut f = Fields::parse_request(request, config.max_json_depth)?;
     let response = match op {
         "ping" => {
-            let _: Empty = parse_json(request)?;
+            f.finish(&[])?;
             return Ok(format!(r#"{{"ok":true,"version":"{}"}}"#, crate::VERSION));
         }
-        "register_template" => register_template(engine, parse_json(request)?).await?,
+        "register_template" => {
+            let source = TemplateSource::take(&mut f, config.max_request_bytes)?;
+            let replace = f.bool("replace")?.unwrap_or(false);
+            f.finish(&["template", "yaml", "path", "replace"])?;
+            let path = source.path.clone();
+            let (t, changed) = engine
+                .register_template(source.load()?, replace)
+                .await
+                .map_err(|e| name_file(e, path.as_deref()))?;
+            let mut summary = t.summary();
+            summary.insert("registered".into(), json!(changed));
+            Value::Object(summary)
+        }
         "validate_template" => {
-            let r: TemplateSource = parse_json(request)?;
-            let path = r.path.clone();
+            let source = TemplateSource::take(&mut f, config.max_request_bytes)?;
+            f.finish(&["template", "yaml", "path"])?;
+            let path = source.path.clone();
             let t = engine
-                .validate_template(r.load()?)
+                .validate_template(source.load()?)
                 .map_err(|e| name_file(e, path.as_deref()))?;
             json!({ "valid": true, "template": t.to_value() })
         }
         "get_template" => {
-            let r: GetTemplate = parse_json(request)?;
+            let namespace = f.req_string("namespace", 1, IDENT_MAX)?;
+            let name = f.req_string("name", 1, IDENT_MAX)?;
+            let version = f.string("version", 1, IDENT_MAX)?;
+            f.finish(&["namespace", "name", "version"])?;
             let c = engine
-                .find_template(&r.namespace, &r.name, r.version.as_deref())
+                .find_template(&namespace, &name, version.as_deref())
                 .await?;
             json!({ "template": c.template.to_value() })
         }
         "create_task" => {
-            let r: CreateTaskReq = parse_json(request)?;
+            let namespace = f.req_string("namespace", 1, IDENT_MAX)?;
+            let name = f.req_string("name", 1, IDENT_MAX)?;
+            let version = f.string("version", 1, IDENT_MAX)?;
+            let context = f.payload("context")?;
+            let idempotency_key = f.string("idempotency_key", 1, 256)?;
+            let priority = f.int("priority", -MAX_PRIORITY, MAX_PRIORITY)?;
+            f.finish(&[
+                "namespace",
+                "name",
+                "version",
+                "context",
+                "idempotency_key",
+                "priority",
+            ])?;
             let created = engine
                 .create_task(CreateTask {
-                    namespace: r.namespace,
-                    name: r.name,
-                    version: r.version,
-                    context: r.context,
-                    idempotency_key: r.idempotency_key,
-                    priority: r.priority.unwrap_or(0),
+                    namespace,
+                    name,
+                    version,
+                    context,
+                    idempotency_key,
+                    priority: priority.unwrap_or(0) as i32,
                 })
                 .await?;
             return to_string(&created);
         }
         "claim" => {
-            let r: ClaimReq = parse_json(request)?;
-            let batch = engine
-                .claim(Claim {
-                    handlers: r.handlers,
-                    limit: r.limit.unwrap_or(1),
-                    wait_ms: r.wait_ms.unwrap_or(0),
-                    worker: r.worker_id.unwrap_or_else(|| "anonymous".into()),
-                    lease_ms: r.lease_ms,
-                })
-                .await?;
+            let claim = claim_fields(&mut f, config, true)?;
+            f.finish(CLAIM_FIELDS)?;
+            let batch = engine.claim(claim).await?;
             return to_string(&ClaimResponse {
                 steps: &batch.steps,
                 next_ready_at: batch.next_ready_at.map(crate::store::Ts),
             });
         }
         "heartbeat" => {
-            let r: HeartbeatReq = parse_json(request)?;
-            let at = engine
-                .heartbeat(r.step_id, token(&r.claim_token)?, r.lease_ms)
-                .await?;
-            json!({ "step_id": r.step_id, "lease_expires_at": crate::time::rfc3339(at) })
+            let step_id = f.req_id("step_id")?;
+            let claim_token = token_field(&mut f)?;
+            let lease_ms = f.duration_ms("lease_ms", 1)?;
+            f.finish(&["step_id", "claim_token", "lease_ms"])?;
+            let at = engine.heartbeat(step_id, claim_token, lease_ms).await?;
+            json!({ "step_id": step_id, "lease_expires_at": crate::time::rfc3339(at) })
         }
         "complete_step" => {
-            let r: CompletionReq = parse_json(request)?;
-            let step_id = r.step_id;
-            let mut out = engine.complete_steps(vec![r.into_completion()?]).await?;
+            let completion = completion_fields(&mut f)?;
+            f.finish(COMPLETION_FIELDS)?;
+            let step_id = completion.step_id;
+            let mut out = engine.complete_steps(vec![completion]).await?;
             match out.pop() {
                 Some(o) if o.ok => json!({ "step_id": step_id, "ok": true }),
                 Some(o) => {
@@ -154,19 +192,29 @@ pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<S
             }
         }
         "complete_steps" => {
-            let r: CompleteStepsReq = parse_json(request)?;
-            let items = r
-                .items
+            let Some(items) = f.objects("items", MAX_BATCH_ITEMS)? else {
+                return Err(validate::field_error(
+                    "items",
+                    format!("missing (expected an array of at most {MAX_BATCH_ITEMS} objects)"),
+                ));
+            };
+            let items = items
                 .into_iter()
-                .map(CompletionReq::into_completion)
+                .map(|mut item| {
+                    let c = completion_fields(&mut item)?;
+                    item.finish(COMPLETION_FIELDS)?;
+                    Ok(c)
+                })
                 .collect::<Result<Vec<_>>>()?;
-            let next = r.claim.map(|c| Claim {
-                handlers: c.handlers,
-                limit: c.limit.unwrap_or(1),
-                wait_ms: 0,
-                worker: c.worker_id.unwrap_or_else(|| "anonymous".into()),
-                lease_ms: c.lease_ms,
-            });
+            let next = match f.object("claim")? {
+                Some(mut c) => {
+                    let claim = claim_fields(&mut c, config, false)?;
+                    c.finish(&["handlers", "limit", "worker_id", "lease_ms"])?;
+                    Some(claim)
+                }
+                None => None,
+            };
+            f.finish(&["items", "claim"])?;
             let wants_next = next.is_some();
             let (out, batch) = engine.complete_and_claim(items, next).await?;
             if wants_next {
@@ -178,60 +226,77 @@ pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<S
             json!({ "results": out })
         }
         "fail_step" => {
-            let r: FailReq = parse_json(request)?;
-            let failure = r.error.into_failure()?;
-            let out = engine
-                .fail_step(r.step_id, token(&r.claim_token)?, failure)
-                .await?;
+            let step_id = f.req_id("step_id")?;
+            let claim_token = token_field(&mut f)?;
+            let failure = match f.error_document("error")? {
+                Some(doc) => failure_fields(doc)?,
+                None => {
+                    return Err(validate::field_error(
+                        "error",
+                        "missing (expected an object with a `message` string)",
+                    ))
+                }
+            };
+            f.finish(&["step_id", "claim_token", "error"])?;
+            let out = engine.fail_step(step_id, claim_token, failure).await?;
             return to_string(&out);
         }
         "release_step" => {
-            let r: ReleaseReq = parse_json(request)?;
+            let step_id = f.req_id("step_id")?;
+            let claim_token = token_field(&mut f)?;
+            let delay_ms = f.duration_ms("delay_ms", 0)?;
+            let reason = f.string("reason", 0, MAX_TEXT_BYTES)?;
+            f.finish(&["step_id", "claim_token", "delay_ms", "reason"])?;
             let at = engine
-                .release_step(
-                    r.step_id,
-                    token(&r.claim_token)?,
-                    r.delay_ms.unwrap_or(0),
-                    r.reason,
-                )
+                .release_step(step_id, claim_token, delay_ms.unwrap_or(0), reason)
                 .await?;
-            json!({ "step_id": r.step_id, "state": "ready", "ready_at": crate::time::rfc3339(at) })
+            json!({ "step_id": step_id, "state": "ready", "ready_at": crate::time::rfc3339(at) })
         }
         "cancel_task" => {
-            let r: CancelReq = parse_json(request)?;
-            return to_string(&engine.cancel_task(r.task_id, r.reason).await?);
+            let task_id = f.req_id("task_id")?;
+            let reason = f.string("reason", 0, MAX_TEXT_BYTES)?;
+            f.finish(&["task_id", "reason"])?;
+            return to_string(&engine.cancel_task(task_id, reason).await?);
         }
         "retry_step" => {
-            let r: StepTarget = parse_json(request)?;
-            return to_string(&engine.retry_step(r.into_ref()?).await?);
+            let target = step_target(&mut f)?;
+            f.finish(&["step_id", "task_id", "step_name"])?;
+            return to_string(&engine.retry_step(target).await?);
         }
         "resolve_step" => {
-            let r: ResolveReq = parse_json(request)?;
-            let target = StepTarget {
-                step_id: r.step_id,
-                task_id: r.task_id,
-                step_name: r.step_name,
-            };
-            return to_string(
-                &engine
-                    .resolve_step(target.into_ref()?, r.result, r.reason)
-                    .await?,
-            );
+            let target = step_target(&mut f)?;
+            let result = f.payload_or_null("result")?;
+            let reason = f.string("reason", 0, MAX_TEXT_BYTES)?;
+            f.finish(&["step_id", "task_id", "step_name", "result", "reason"])?;
+            return to_string(&engine.resolve_step(target, result, reason).await?);
         }
         "get_task" => {
-            let r: TaskIdReq = parse_json(request)?;
-            let view = engine.get_task(r.task_id).await?;
+            let task_id = f.req_id("task_id")?;
+            f.finish(&["task_id"])?;
+            let view = engine.get_task(task_id).await?;
             return to_string(&TaskResponse { task: &view });
         }
         "list_tasks" => {
-            let r: ListReq = parse_json(request)?;
-            let limit = r.limit.unwrap_or(engine.config().list_page_default);
+            let state = f.string("state", 1, IDENT_MAX)?;
+            if let Some(s) = &state {
+                if crate::model::state::TaskState::parse(s).is_none() {
+                    return Err(Error::invalid_argument(format!("unknown task state `{s}`"))
+                        .with_details(json!({ "field": "state" })));
+                }
+            }
+            let namespace = f.string("namespace", 1, IDENT_MAX)?;
+            let name = f.string("name", 1, IDENT_MAX)?;
+            let limit = f
+                .limit("limit", config.list_page_max, "list_page_max")?
+                .unwrap_or(config.list_page_default);
+            let cursor = f.id("cursor")?;
+            f.finish(&["state", "namespace", "name", "limit", "cursor"])?;
             let tasks = engine
                 .list_tasks(TaskFilter {
-                    state: r.state,
-                    namespace: r.namespace,
-                    name: r.name,
-                    before_id: r.cursor,
+                    state,
+                    namespace,
+                    name,
+                    before_id: cursor,
                     limit,
                 })
                 .await?;
@@ -246,32 +311,42 @@ pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<S
             });
         }
         "explain_task" => {
-            let r: TaskIdReq = parse_json(request)?;
-            return to_string(&engine.explain_task(r.task_id).await?);
+            let task_id = f.req_id("task_id")?;
+            f.finish(&["task_id"])?;
+            return to_string(&engine.explain_task(task_id).await?);
         }
         "stats" => {
-            let r: StatsReq = parse_json(request)?;
-            return to_string(&engine.stats(r.window_ms).await?);
+            let window_ms = f.int("window_ms", 1, MAX_ID)?;
+            f.finish(&["window_ms"])?;
+            return to_string(&engine.stats(window_ms.map(|w| w as u64)).await?);
         }
         "events" => {
-            let r: EventsReq = parse_json(request)?;
-            if let Some(types) = &r.types {
+            let since = f.int("since", 0, MAX_ID)?;
+            let limit = f
+                .limit("limit", config.event_page_max, "event_page_max")?
+                .unwrap_or(config.event_page_default);
+            let wait_ms = f.duration_ms("wait_ms", 0)?;
+            let task_id = f.id("task_id")?;
+            let types = f.strings("types", (0, 64), (1, 64))?;
+            if let Some(types) = &types {
                 if let Some(bad) = types
                     .iter()
                     .find(|t| !crate::model::events::ALL.contains(&t.as_str()))
                 {
-                    return Err(Error::invalid_argument(format!(
-                        "unknown event type `{bad}`"
-                    )));
+                    return Err(
+                        Error::invalid_argument(format!("unknown event type `{bad}`"))
+                            .with_details(json!({ "field": "types" })),
+                    );
                 }
             }
+            f.finish(&["since", "limit", "wait_ms", "task_id", "types"])?;
             let (events, next) = engine
                 .events(
-                    r.since.unwrap_or(0),
-                    r.limit.unwrap_or(engine.config().event_page_default),
-                    r.wait_ms.unwrap_or(0),
-                    r.task_id,
-                    r.types.as_deref(),
+                    since.unwrap_or(0),
+                    limit,
+                    wait_ms.unwrap_or(0),
+                    task_id,
+                    types.as_deref(),
                 )
                 .await?;
             return to_string(&EventsResponse {
@@ -280,25 +355,136 @@ pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<S
             });
         }
         "sweep" => {
-            let _: Empty = parse_json(request)?;
+            f.finish(&[])?;
             json!({ "expired": engine.sweep().await? })
         }
         "migrate" => {
-            let _: Empty = parse_json(request)?;
+            f.finish(&[])?;
             json!({ "applied": engine.migrate().await? })
         }
         "worker_open" | "worker_next" | "worker_report" | "worker_close" | "worker_stats" => {
-            return super::worker_ops::dispatch(engine, op, request).await
+            return super::worker_ops::dispatch(engine, op, f).await
         }
         other => {
-            return Err(Error::new(
-                ErrorCode::UnknownOperation,
-                format!("unknown operation `{other}`"),
-            )
-            .with_details(json!({ "operations": OPERATIONS })))
+            return Err(Error::internal(format!(
+                "operation `{other}` is listed but not dispatched"
+            )))
         }
     };
     to_string(&response)
+}
+
+/// Longest namespace, template name, version or step name (as in templates).
+const IDENT_MAX: usize = 128;
+/// Longest handler name (as in templates).
+const HANDLER_MAX: usize = 256;
+
+const CLAIM_FIELDS: &[&str] = &["handlers", "limit", "wait_ms", "worker_id", "lease_ms"];
+const COMPLETION_FIELDS: &[&str] = &["step_id", "claim_token", "result"];
+
+/// The fields of a claim (`claim`, and `complete_steps.claim` without `wait_ms`).
+fn claim_fields(f: &mut Fields, config: &crate::config::Config, wait: bool) -> Result<Claim> {
+    let Some(handlers) = f.strings(
+        "handlers",
+        (1, crate::engine::MAX_CLAIM_HANDLERS),
+        (1, HANDLER_MAX),
+    )?
+    else {
+        return Err(validate::field_error(
+            &f.path("handlers"),
+            format!(
+                "missing (expected an array of 1 to {} handler names)",
+                crate::engine::MAX_CLAIM_HANDLERS
+            ),
+        ));
+    };
+    let limit = f.limit("limit", config.claim_limit_max, "claim_limit_max")?;
+    let wait_ms = if wait {
+        f.duration_ms("wait_ms", 0)?
+    } else {
+        None
+    };
+    let worker = f.string("worker_id", 1, HANDLER_MAX)?;
+    let lease_ms = f.duration_ms("lease_ms", 1)?;
+    Ok(Claim {
+        handlers,
+        limit: limit.unwrap_or(1),
+        wait_ms: wait_ms.unwrap_or(0),
+        worker: worker.unwrap_or_else(|| "anonymous".into()),
+        lease_ms,
+    })
+}
+
+/// A claim token: the decimal text of a token this engine issued.
+fn token_field(f: &mut Fields) -> Result<i64> {
+    let path = f.path("claim_token");
+    let Some(raw) = f.take_raw("claim_token") else {
+        return Err(validate::field_error(
+            &path,
+            "missing (expected the string a claim returned)",
+        ));
+    };
+    let s = validate::check_string(&path, &raw, 0, 64)?;
+    token(&s)
+}
+
+fn completion_fields(f: &mut Fields) -> Result<Completion> {
+    let step_id = f.req_id("step_id")?;
+    let claim_token = token_field(f)?;
+    let result = match f.payload_or_null("result")? {
+        Some(r) => r,
+        None => RawValue::from_string("null".into()).map_err(internal)?,
+    };
+    Ok(Completion {
+        step_id,
+        claim_token,
+        result,
+    })
+}
+
+/// A handler's failure: `message` is required; `kind` names the error class;
+/// `retryable` defaults to true; anything else (`details`, `backtrace`) is stored.
+pub(crate) fn failure_fields(mut doc: Fields) -> Result<StepFailure> {
+    let message = doc.req_string("message", 0, usize::MAX)?;
+    let kind = doc
+        .string("kind", 0, HANDLER_MAX)?
+        .unwrap_or_else(|| "error".into());
+    let retryable = doc.bool("retryable")?.unwrap_or(true);
+    let retry_after_ms = doc.duration_ms("retry_after_ms", 0)?;
+    let mut document = serde_json::Map::new();
+    for (k, raw) in doc.into_rest() {
+        let v: Value = serde_json::from_str(raw.get()).map_err(|e| {
+            validate::field_error(&format!("error.{k}"), format!("not a JSON value: {e}"))
+        })?;
+        document.insert(k, v);
+    }
+    document.insert("message".into(), json!(message));
+    document.insert("kind".into(), json!(kind));
+    document.insert("retryable".into(), json!(retryable));
+    if let Some(ms) = retry_after_ms {
+        document.insert("retry_after_ms".into(), json!(ms));
+    }
+    Ok(StepFailure {
+        message,
+        kind,
+        retryable,
+        retry_after_ms,
+        document: Value::Object(document),
+    })
+}
+
+/// A step named by `step_id`, or by `task_id` and `step_name`.
+fn step_target(f: &mut Fields) -> Result<StepRef> {
+    let step_id = f.id("step_id")?;
+    let task_id = f.id("task_id")?;
+    let step_name = f.string("step_name", 1, IDENT_MAX)?;
+    match (step_id, task_id, step_name) {
+        (Some(id), None, None) => Ok(StepRef::Id(id)),
+        (None, Some(task_id), Some(step_name)) => Ok(StepRef::Named { task_id, step_name }),
+        _ => Err(Error::invalid_argument(
+            "name the step by `step_id`, or by `task_id` and `step_name`",
+        )),
+    }
 }
 
 // Responses that carry stored payloads (contexts, results, configs, error documents) are
@@ -338,23 +524,27 @@ fn token(s: &str) -> Result<i64> {
     })
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Empty {}
-
 /// Where a template comes from: a JSON object, YAML/JSON text, or a file path.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct TemplateSource {
-    #[serde(default)]
     template: Option<Value>,
-    #[serde(default)]
     yaml: Option<String>,
-    #[serde(default)]
     path: Option<String>,
 }
 
+/// Levels a template adds around the payloads it holds
+/// (`environments.<env>.steps[i].config`).
+const TEMPLATE_ENVELOPE_DEPTH: usize = 5;
+
 impl TemplateSource {
+    fn take(f: &mut Fields, max_text: usize) -> Result<TemplateSource> {
+        let depth = f.max_depth() + TEMPLATE_ENVELOPE_DEPTH;
+        Ok(TemplateSource {
+            template: f.value("template", depth)?,
+            yaml: f.string("yaml", 0, max_text)?,
+            path: f.string("path", 1, 4096)?,
+        })
+    }
+
     fn load(self) -> Result<TemplateDoc> {
         match (self.template, self.yaml, self.path) {
             (Some(v), None, None) => template::parse_value(v),
@@ -375,26 +565,6 @@ impl TemplateSource {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RegisterReq {
-    #[serde(flatten)]
-    source: TemplateSourceFields,
-    #[serde(default)]
-    replace: bool,
-}
-
-/// `TemplateSource` without `deny_unknown_fields` (flatten does not support it).
-#[derive(Deserialize)]
-struct TemplateSourceFields {
-    #[serde(default)]
-    template: Option<Value>,
-    #[serde(default)]
-    yaml: Option<String>,
-    #[serde(default)]
-    path: Option<String>,
-}
-
 /// Names the template file in an error about its content (the parser already does).
 fn name_file(mut e: Error, path: Option<&str>) -> Error {
     if let Some(p) = path {
@@ -405,60 +575,6 @@ fn name_file(mut e: Error, path: Option<&str>) -> Error {
     e
 }
 
-async fn register_template(engine: &Engine, r: RegisterReq) -> Result<Value> {
-    let path = r.source.path.clone();
-    let source = TemplateSource {
-        template: r.source.template,
-        yaml: r.source.yaml,
-        path: r.source.path,
-    };
-    let (t, changed) = engine
-        .register_template(source.load()?, r.replace)
-        .await
-        .map_err(|e| name_file(e, path.as_deref()))?;
-    let mut summary = t.summary();
-    summary.insert("registered".into(), json!(changed));
-    Ok(Value::Object(summary))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GetTemplate {
-    namespace: String,
-    name: String,
-    #[serde(default)]
-    version: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateTaskReq {
-    namespace: String,
-    name: String,
-    #[serde(default)]
-    version: Option<String>,
-    #[serde(default)]
-    context: Option<Box<RawValue>>,
-    #[serde(default)]
-    idempotency_key: Option<String>,
-    #[serde(default)]
-    priority: Option<i32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ClaimReq {
-    handlers: Vec<String>,
-    #[serde(default)]
-    limit: Option<u32>,
-    #[serde(default)]
-    wait_ms: Option<u64>,
-    #[serde(default)]
-    worker_id: Option<String>,
-    #[serde(default)]
-    lease_ms: Option<u64>,
-}
-
 #[derive(serde::Serialize)]
 struct ClaimResponse<'a> {
     steps: &'a [crate::store::ClaimedStep],
@@ -467,205 +583,8 @@ struct ClaimResponse<'a> {
     next_ready_at: Option<crate::store::Ts>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HeartbeatReq {
-    step_id: i64,
-    claim_token: String,
-    #[serde(default)]
-    lease_ms: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CompletionReq {
-    step_id: i64,
-    claim_token: String,
-    #[serde(default)]
-    result: Option<Box<RawValue>>,
-}
-
-impl CompletionReq {
-    fn into_completion(self) -> Result<Completion> {
-        Ok(Completion {
-            step_id: self.step_id,
-            claim_token: token(&self.claim_token)?,
-            result: match self.result {
-                Some(r) => r,
-                None => RawValue::from_string("null".into()).map_err(internal)?,
-            },
-        })
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CompleteStepsReq {
-    items: Vec<CompletionReq>,
-    /// Claim the next batch in the same transaction (never waits).
-    #[serde(default)]
-    claim: Option<NextClaimReq>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NextClaimReq {
-    handlers: Vec<String>,
-    #[serde(default)]
-    limit: Option<u32>,
-    #[serde(default)]
-    worker_id: Option<String>,
-    #[serde(default)]
-    lease_ms: Option<u64>,
-}
-
 #[derive(serde::Serialize)]
 struct CompleteAndClaimResponse<'a> {
     results: &'a [crate::store::ItemOutcome],
     steps: &'a [crate::store::ClaimedStep],
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FailReq {
-    step_id: i64,
-    claim_token: String,
-    error: ErrorDoc,
-}
-
-/// A handler's failure: `message` is required; `kind` names the error class;
-/// `retryable` defaults to true; anything else (`details`, `backtrace`) is stored.
-#[derive(Deserialize)]
-pub(crate) struct ErrorDoc {
-    message: String,
-    #[serde(default)]
-    kind: Option<String>,
-    #[serde(default)]
-    retryable: Option<bool>,
-    #[serde(default)]
-    retry_after_ms: Option<u64>,
-    #[serde(flatten)]
-    rest: serde_json::Map<String, Value>,
-}
-
-impl ErrorDoc {
-    pub(crate) fn into_failure(self) -> Result<StepFailure> {
-        let kind = self.kind.unwrap_or_else(|| "error".into());
-        let retryable = self.retryable.unwrap_or(true);
-        let mut document = self.rest;
-        document.insert("message".into(), json!(self.message));
-        document.insert("kind".into(), json!(kind));
-        document.insert("retryable".into(), json!(retryable));
-        if let Some(ms) = self.retry_after_ms {
-            document.insert("retry_after_ms".into(), json!(ms));
-        }
-        Ok(StepFailure {
-            message: self.message,
-            kind,
-            retryable,
-            retry_after_ms: self.retry_after_ms,
-            document: Value::Object(document),
-        })
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReleaseReq {
-    step_id: i64,
-    claim_token: String,
-    #[serde(default)]
-    delay_ms: Option<u64>,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CancelReq {
-    task_id: i64,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StepTarget {
-    #[serde(default)]
-    step_id: Option<i64>,
-    #[serde(default)]
-    task_id: Option<i64>,
-    #[serde(default)]
-    step_name: Option<String>,
-}
-
-impl StepTarget {
-    fn into_ref(self) -> Result<StepRef> {
-        match (self.step_id, self.task_id, self.step_name) {
-            (Some(id), None, None) => Ok(StepRef::Id(id)),
-            (None, Some(task_id), Some(step_name)) => Ok(StepRef::Named { task_id, step_name }),
-            _ => Err(Error::invalid_argument(
-                "name the step by `step_id`, or by `task_id` and `step_name`",
-            )),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResolveReq {
-    #[serde(default)]
-    step_id: Option<i64>,
-    #[serde(default)]
-    task_id: Option<i64>,
-    #[serde(default)]
-    step_name: Option<String>,
-    #[serde(default)]
-    result: Option<Box<RawValue>>,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TaskIdReq {
-    task_id: i64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListReq {
-    #[serde(default)]
-    state: Option<String>,
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    limit: Option<u32>,
-    #[serde(default)]
-    cursor: Option<i64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StatsReq {
-    /// The throughput window (default `stats_window_ms`).
-    #[serde(default)]
-    window_ms: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventsReq {
-    #[serde(default)]
-    since: Option<i64>,
-    #[serde(default)]
-    limit: Option<u32>,
-    #[serde(default)]
-    wait_ms: Option<u64>,
-    #[serde(default)]
-    task_id: Option<i64>,
-    #[serde(default)]
-    types: Option<Vec<String>>,
 }

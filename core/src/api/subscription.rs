@@ -27,6 +27,27 @@ impl Subscription {
         F: FnMut(&Value) + Send + 'static,
     {
         tasker.host()?;
+        // The request every read makes is checked once here: a bad cursor or event name
+        // is the caller's error now, not a read failing forever in the background.
+        if !(0..=super::validate::MAX_ID).contains(&since) {
+            return Err(super::validate::field_error(
+                "since",
+                format!(
+                    "expected an integer between 0 and {}, got {since}",
+                    super::validate::MAX_ID
+                ),
+            ));
+        }
+        if let Some(bad) = types
+            .iter()
+            .flatten()
+            .find(|t| !crate::model::events::ALL.contains(&t.as_str()))
+        {
+            return Err(
+                crate::Error::invalid_argument(format!("unknown event type `{bad}`"))
+                    .with_details(json!({ "field": "types" })),
+            );
+        }
         // One read waits this long for new events before re-checking the stop flag.
         let wait_ms = tasker.config().claim_poll_ms;
         let page = tasker.config().event_page_max;

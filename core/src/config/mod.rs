@@ -62,6 +62,10 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Largest context, step result, step config or error detail, in bytes.
     pub max_payload_bytes: usize,
+    /// Deepest nesting of arrays and objects in any JSON value the engine stores or
+    /// validates (a context, a result, an error document, a step config, an input
+    /// schema), 1 to 100.
+    pub max_json_depth: usize,
     /// Most steps one template may have.
     pub max_steps_per_task: usize,
     /// Most events one `events` read returns.
@@ -106,6 +110,7 @@ impl Default for Config {
             wait_ms_max: 60_000,
             max_request_bytes: 16 * 1024 * 1024,
             max_payload_bytes: 1024 * 1024,
+            max_json_depth: 64,
             max_steps_per_task: 100_000,
             event_page_max: 1_000,
             list_page_max: 1_000,
@@ -188,8 +193,10 @@ impl Config {
         overrides.remove("env");
         overlay(&mut merged, overrides, "open")?;
 
-        let config: Config = serde_json::from_value(Value::Object(merged))
-            .map_err(|e| Error::invalid_argument(format!("invalid configuration: {e}")))?;
+        let config: Config = match serde_json::from_value(Value::Object(merged.clone())) {
+            Ok(c) => c,
+            Err(e) => return Err(name_bad_setting(&merged, e)),
+        };
         config.validate()?;
         Ok(config)
     }
@@ -229,11 +236,103 @@ impl Config {
                 "list_page_default and event_page_default must be between 1 and their *_max",
             ));
         }
+        let day_ms = 24 * 3600 * 1000;
+        let max_ms = 30 * day_ms;
+        let ranges: [(&str, u64, u64, u64); 13] = [
+            ("lease_ms", 1, max_ms, self.lease_ms),
+            ("sweep_interval_ms", 1, day_ms, self.sweep_interval_ms),
+            ("claim_poll_ms", 1, day_ms, self.claim_poll_ms),
+            ("wait_ms_max", 0, max_ms, self.wait_ms_max),
+            (
+                "sqlite_busy_timeout_ms",
+                0,
+                day_ms,
+                self.sqlite_busy_timeout_ms,
+            ),
+            (
+                "postgres_statement_timeout_ms",
+                0,
+                day_ms,
+                self.postgres_statement_timeout_ms,
+            ),
+            ("acquire_timeout_ms", 0, day_ms, self.acquire_timeout_ms),
+            (
+                "stats_window_ms",
+                1,
+                crate::api::validate::MAX_ID as u64,
+                self.stats_window_ms,
+            ),
+            (
+                "default_timeout_s",
+                1,
+                crate::model::template::MAX_TIMEOUT_S,
+                self.default_timeout_s,
+            ),
+            (
+                "max_json_depth",
+                1,
+                crate::api::validate::MAX_JSON_DEPTH_LIMIT as u64,
+                self.max_json_depth as u64,
+            ),
+            (
+                "claim_limit_max",
+                1,
+                100_000,
+                u64::from(self.claim_limit_max),
+            ),
+            ("event_page_max", 1, 100_000, u64::from(self.event_page_max)),
+            ("list_page_max", 1, 100_000, u64::from(self.list_page_max)),
+        ];
+        for (key, min, max, got) in ranges {
+            if got < min || got > max {
+                return Err(out_of_range(key, min, max, got));
+            }
+        }
         self.default_retry
             .validate()
             .map_err(|m| Error::invalid_argument(format!("default_retry: {m}")))?;
         Ok(())
     }
+}
+
+/// Names the setting a failed configuration read tripped on: each value is tried alone
+/// over the defaults, and the first that fails is reported with its type and value.
+fn name_bad_setting(merged: &Map<String, Value>, whole: serde_json::Error) -> Error {
+    let defaults = match serde_json::to_value(Config::default()) {
+        Ok(Value::Object(m)) => m,
+        _ => return Error::invalid_argument(format!("invalid configuration: {whole}")),
+    };
+    for (key, value) in merged {
+        let mut one = defaults.clone();
+        one.insert(key.clone(), value.clone());
+        if let Err(e) = serde_json::from_value::<Config>(Value::Object(one)) {
+            let expected = match defaults.get(key) {
+                Some(Value::Number(_)) => "a non-negative integer".to_owned(),
+                Some(Value::Bool(_)) => "true or false".to_owned(),
+                Some(Value::String(_)) => "a string".to_owned(),
+                _ => format!("a valid value ({e})"),
+            };
+            let mut given = value.to_string();
+            if given.len() > 40 {
+                let mut end = 40;
+                while !given.is_char_boundary(end) {
+                    end -= 1;
+                }
+                given = format!("{}...", &given[..end]);
+            }
+            return Error::invalid_argument(format!("{key}: expected {expected}, got {given}"))
+                .with_details(serde_json::json!({ "field": key }));
+        }
+    }
+    Error::invalid_argument(format!("invalid configuration: {whole}"))
+}
+
+/// A setting out of its range.
+fn out_of_range(key: &str, min: u64, max: u64, got: u64) -> Error {
+    Error::invalid_argument(format!(
+        "{key}: expected an integer between {min} and {max}, got {got}"
+    ))
+    .with_details(serde_json::json!({ "field": key }))
 }
 
 fn read_yaml_file(path: &Path) -> Result<Map<String, Value>> {

@@ -3,6 +3,7 @@
 //! polling, the background lease sweep, and readiness explanations.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -10,9 +11,10 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::api::validate::{check_str, field_error, MAX_DURATION_MS};
 use crate::config::Config;
 use crate::error::{Error, ErrorCode, Result};
-use crate::model::template::{Template, TemplateDoc, TemplateLimits};
+use crate::model::template::{Template, TemplateDoc, TemplateLimits, MAX_PRIORITY, MAX_TIMEOUT_S};
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::*;
@@ -87,6 +89,31 @@ fn set_levels(view: &mut TaskView) {
             .unwrap_or(0);
         levels.insert(step.name.clone(), step.level);
     }
+}
+
+/// A handle's close signal. The API runs each call with its handle's signal in
+/// [`CALLER`], and the operations that wait (`claim`, `events`) end with `closed` when
+/// it fires instead of finishing their wait.
+#[derive(Default, Debug)]
+pub struct CloseSignal {
+    closed: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl CloseSignal {
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+tokio::task_local! {
+    /// The close signal of the handle the running call came through.
+    pub static CALLER: Arc<CloseSignal>;
 }
 
 /// Largest number of handler names one claim may list.
@@ -171,6 +198,7 @@ impl Engine {
             default_retry: self.config.default_retry,
             default_timeout_s: self.config.default_timeout_s,
             max_steps: self.config.max_steps_per_task,
+            max_json_depth: self.config.max_json_depth,
         }
     }
 
@@ -220,7 +248,14 @@ impl Engine {
         Ok((compiled, changed))
     }
 
-    fn compile(&self, template: Template) -> Result<Arc<Compiled>> {
+    fn compile(&self, mut template: Template) -> Result<Arc<Compiled>> {
+        // Templates validated by an older version may hold values now out of range (a
+        // timeout of 10^16 s overflowed the stores' integers): hold them to the bounds
+        // a template is validated against today, so every claim of their steps works.
+        for step in &mut template.steps {
+            step.timeout_s = step.timeout_s.clamp(1, MAX_TIMEOUT_S);
+            step.priority = step.priority.clamp(-MAX_PRIORITY, MAX_PRIORITY);
+        }
         let validator = match &template.input_schema {
             Some(schema) => Some(jsonschema::validator_for(schema).map_err(|e| {
                 Error::invalid_template(
@@ -333,8 +368,17 @@ impl Engine {
             .unwrap_or_else(|| "{}".into());
         self.check_payload("context", context.len())?;
         if let Some(validator) = &compiled.validator {
-            let value: Value =
-                serde_json::from_str(&context).map_err(|e| Error::internal(e.to_string()))?;
+            // The request validator held the context to max_json_depth and sound
+            // Unicode, so it reads back; a context given through the Rust API is checked
+            // the same way here.
+            crate::api::validate::check_payload(
+                "context",
+                &RawValue::from_string(context.clone())
+                    .map_err(|e| field_error("context", format!("not JSON: {e}")))?,
+                self.config.max_json_depth,
+            )?;
+            let value: Value = serde_json::from_str(&context)
+                .map_err(|e| field_error("context", format!("not readable JSON: {e}")))?;
             let problems: Vec<Value> = validator
                 .iter_errors(&value)
                 .take(20)
@@ -386,6 +430,10 @@ impl Engine {
                 self.config.claim_limit_max
             )));
         }
+        for (i, h) in req.handlers.iter().enumerate() {
+            check_str(&format!("handlers[{i}]"), h, 1, 256)?;
+        }
+        check_str("worker_id", &req.worker, 0, 256)?;
         let mut handlers = req.handlers;
         handlers.sort();
         handlers.dedup();
@@ -393,7 +441,10 @@ impl Engine {
             handlers,
             limit: req.limit,
             worker: req.worker,
-            lease_ms: req.lease_ms.unwrap_or(self.config.lease_ms).max(1),
+            lease_ms: req
+                .lease_ms
+                .unwrap_or(self.config.lease_ms)
+                .clamp(1, MAX_DURATION_MS as u64),
             now: 0,
         })
     }
@@ -425,7 +476,7 @@ impl Engine {
             if let Some(at) = batch.next_ready_at {
                 nap = nap.min(Duration::from_millis((at - now).max(0) as u64 + 1));
             }
-            let _ = tokio::time::timeout(nap, notified).await;
+            self.nap(nap, notified).await?;
         }
     }
 
@@ -461,7 +512,9 @@ impl Engine {
             .heartbeat(
                 step_id,
                 token,
-                lease_ms.unwrap_or(self.config.lease_ms).max(1),
+                lease_ms
+                    .unwrap_or(self.config.lease_ms)
+                    .clamp(1, MAX_DURATION_MS as u64),
                 now_ms(),
             )
             .await
@@ -480,10 +533,11 @@ impl Engine {
     ) -> Result<(Vec<ItemOutcome>, ClaimBatch)> {
         self.check_open()?;
         for item in &items {
-            self.check_payload(
-                &format!("result of step {}", item.step_id),
-                item.result.get().len(),
-            )?;
+            let what = format!("result of step {}", item.step_id);
+            self.check_payload(&what, item.result.get().len())?;
+            // Also for callers that reach the engine without the request validator (the
+            // worker sessions): no stored result may be unreadable.
+            crate::api::validate::check_payload(&what, &item.result, self.config.max_json_depth)?;
         }
         let now = now_ms();
         let params = match next {
@@ -508,6 +562,16 @@ impl Engine {
         failure: StepFailure,
     ) -> Result<FailOutcome> {
         self.check_open()?;
+        let depth = crate::api::validate::value_depth(&failure.document);
+        if depth > self.config.max_json_depth {
+            return Err(field_error(
+                "error",
+                format!(
+                    "nested {depth} levels deep; at most {} levels are accepted (max_json_depth)",
+                    self.config.max_json_depth
+                ),
+            ));
+        }
         let error_json = failure.document.to_string();
         self.check_payload(&format!("error of step {step_id}"), error_json.len())?;
         let out = self
@@ -588,6 +652,9 @@ impl Engine {
         reason: Option<String>,
     ) -> Result<StepChange> {
         self.check_open()?;
+        if let Some(r) = &result {
+            crate::api::validate::check_payload("result", r, self.config.max_json_depth)?;
+        }
         let result = result.map(|r| r.get().to_owned());
         if let Some(r) = &result {
             self.check_payload("result", r.len())?;
@@ -684,8 +751,54 @@ impl Engine {
                 return Ok((got, cursor));
             }
             let nap = left.min(Duration::from_millis(self.config.claim_poll_ms));
-            let _ = tokio::time::timeout(nap, notified).await;
+            self.nap(nap, notified).await?;
         }
+    }
+
+    /// One sleep of a waiting operation: until `wake` fires or `nap` passes. Fails with
+    /// `closed` when the engine, or the handle the call came through (see [`CALLER`]),
+    /// is closed meanwhile, so a wait in flight ends at `close()`.
+    pub async fn nap(
+        &self,
+        nap: Duration,
+        wake: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    ) -> Result<()> {
+        let caller = CALLER.try_with(Arc::clone).ok();
+        let closed_err = || {
+            Error::new(
+                ErrorCode::Closed,
+                "the handle was closed while this call waited",
+            )
+        };
+        match caller {
+            None => {
+                let _ = tokio::time::timeout(nap, wake).await;
+            }
+            Some(c) => {
+                let closing = c.notify.notified();
+                tokio::pin!(closing);
+                closing.as_mut().enable();
+                if c.is_closed() {
+                    return Err(closed_err());
+                }
+                let sleep = tokio::time::timeout(nap, wake);
+                tokio::pin!(sleep);
+                // Whichever comes first: the wake-up (or the nap's end), or the close.
+                std::future::poll_fn(|cx| {
+                    use std::task::Poll;
+                    if sleep.as_mut().poll(cx).is_ready() || closing.as_mut().poll(cx).is_ready() {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending
+                    }
+                })
+                .await;
+                if c.is_closed() {
+                    return Err(closed_err());
+                }
+            }
+        }
+        self.check_open()
     }
 
     pub async fn last_event_id(&self) -> Result<i64> {

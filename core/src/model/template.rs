@@ -113,12 +113,20 @@ pub struct StepSpec {
     pub config: Option<Value>,
 }
 
+/// Longest step timeout, in seconds (30 days): a timeout in milliseconds added to any
+/// time stays far inside every integer type a store uses.
+pub const MAX_TIMEOUT_S: u64 = 30 * 24 * 3600;
+/// Largest absolute step priority (the task's priority is added to it).
+pub const MAX_PRIORITY: i32 = 1_000_000;
+
 /// Defaults and limits that come from the engine configuration.
 #[derive(Debug, Clone)]
 pub struct TemplateLimits {
     pub default_retry: RetryPolicy,
     pub default_timeout_s: u64,
     pub max_steps: usize,
+    /// Deepest nesting of `input_schema` and of each step `config` (`max_json_depth`).
+    pub max_json_depth: usize,
 }
 
 impl Default for TemplateLimits {
@@ -127,6 +135,7 @@ impl Default for TemplateLimits {
             default_retry: RetryPolicy::default(),
             default_timeout_s: 300,
             max_steps: 100_000,
+            max_json_depth: 64,
         }
     }
 }
@@ -234,6 +243,36 @@ impl TemplateDoc {
                 json!({ "limit": limits.max_steps }),
             ));
         }
+        let too_deep = |what: String, v: &Value, details: Value| -> Result<()> {
+            let depth = crate::api::validate::value_depth(v);
+            if depth > limits.max_json_depth {
+                return Err(Error::invalid_template(
+                    "too_deep",
+                    format!(
+                        "{what} is nested {depth} levels deep; at most {} levels are accepted (max_json_depth)",
+                        limits.max_json_depth
+                    ),
+                    details,
+                ));
+            }
+            Ok(())
+        };
+        if let Some(schema) = &input_schema {
+            too_deep(
+                "input_schema".into(),
+                schema,
+                json!({ "field": "input_schema" }),
+            )?;
+        }
+        for s in &steps {
+            if let Some(c) = &s.config {
+                too_deep(
+                    format!("step `{}` config", s.name),
+                    c,
+                    json!({ "step": s.name }),
+                )?;
+            }
+        }
         if let Some(schema) = &input_schema {
             if let Err(e) = jsonschema::validator_for(schema) {
                 return Err(Error::invalid_template(
@@ -266,10 +305,13 @@ impl TemplateDoc {
                     json!({ "step": s.name }),
                 ));
             }
-            if s.handler.is_empty() || s.handler.len() > 256 {
+            if s.handler.is_empty() || s.handler.len() > 256 || s.handler.contains('\0') {
                 return Err(Error::invalid_template(
                     "bad_handler",
-                    format!("step `{}` needs a handler name of 1-256 characters", s.name),
+                    format!(
+                        "step `{}` needs a handler name of 1-256 characters without NUL",
+                        s.name
+                    ),
                     json!({ "step": s.name }),
                 ));
             }
@@ -326,10 +368,24 @@ impl TemplateDoc {
                 None => base_retry,
             };
             let timeout_s = s.timeout_s.unwrap_or(base_timeout);
-            if timeout_s == 0 {
+            if timeout_s == 0 || timeout_s > MAX_TIMEOUT_S {
                 return Err(Error::invalid_template(
                     "bad_timeout",
-                    format!("step `{}` timeout_s must be positive", s.name),
+                    format!(
+                        "step `{}` timeout_s must be between 1 and {MAX_TIMEOUT_S} (30 days), got {timeout_s}",
+                        s.name
+                    ),
+                    json!({ "step": s.name }),
+                ));
+            }
+            let priority = s.priority.unwrap_or(base_priority);
+            if !(-MAX_PRIORITY..=MAX_PRIORITY).contains(&priority) {
+                return Err(Error::invalid_template(
+                    "bad_priority",
+                    format!(
+                        "step `{}` priority must be between -{MAX_PRIORITY} and {MAX_PRIORITY}, got {priority}",
+                        s.name
+                    ),
                     json!({ "step": s.name }),
                 ));
             }
@@ -340,7 +396,7 @@ impl TemplateDoc {
                 depends_on: s.depends_on.clone(),
                 retry,
                 timeout_s,
-                priority: s.priority.unwrap_or(base_priority),
+                priority,
                 config: s.config.clone(),
             });
         }

@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "event_order",
         include_str!("../../../../migrations/postgres/0006_event_order.sql"),
     ),
+    (
+        7,
+        "bounded_timeouts",
+        include_str!("../../../../migrations/postgres/0007_bounded_timeouts.sql"),
+    ),
 ];
 
 pub async fn run(conn: &mut PgConnection, lock_key: i64) -> Result<u32> {

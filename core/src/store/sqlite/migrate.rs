@@ -5,11 +5,18 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use crate::error::Result;
 
 /// `(version, name, sql)`, in order. Never edit an applied migration: add a new one.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../../../migrations/sqlite/0001_init.sql"),
-)];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "bounded_timeouts",
+        include_str!("../../../../migrations/sqlite/0002_bounded_timeouts.sql"),
+    ),
+];
 
 pub fn run(conn: &mut Connection) -> Result<u32> {
     conn.execute_batch(
