@@ -407,3 +407,49 @@ fn session_requests_are_checked() {
     let e = db.call_err("worker_next", json!({ "worker_id": w, "bogus": 1 }));
     assert_eq!(e.code, ErrorCode::InvalidArgument);
 }
+
+#[test]
+fn a_waiting_worker_next_ends_with_closed_when_its_handle_closes() {
+    let db = open(json!({}));
+    db.register(template("one", &[("a", &[])], fast_retry(3)));
+    // A second handle on the same database shares the engine; closing it ends the
+    // calls made through it, not the engine.
+    let mut config = json!({ "database_url": db.url });
+    if let Some(schema) = &db.schema {
+        config["postgres_schema"] = json!(schema);
+    }
+    let other = tasker_core::api::Tasker::open(&config.to_string()).unwrap();
+    let opened: Value = serde_json::from_str(
+        &other
+            .call("worker_open", &json!({ "handlers": ["a"] }).to_string())
+            .unwrap(),
+    )
+    .unwrap();
+    let w = opened["worker_id"].as_str().unwrap().to_owned();
+    let waiting = other.clone();
+    let started = Instant::now();
+    let waiter = std::thread::spawn(move || {
+        waiting.call(
+            "worker_next",
+            &json!({ "worker_id": w, "max": 1, "wait_ms": 20_000 }).to_string(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    other.close();
+    let e = waiter
+        .join()
+        .unwrap()
+        .expect_err("the wait returned normally after close");
+    assert_eq!(e.code, ErrorCode::Closed, "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "ended by the close, not the wait"
+    );
+    // The engine stays open for the other handle.
+    assert_eq!(next_idle(&db), json!(true));
+}
+
+fn next_idle(db: &Db) -> Value {
+    let w = session(db, &["a"], json!({}));
+    next(db, &w, 1, 0)["idle"].clone()
+}

@@ -109,6 +109,28 @@ impl CloseSignal {
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
+
+    /// Resolves once the handle closes.
+    pub async fn wait(&self) {
+        loop {
+            let n = self.notify.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            n.await;
+        }
+    }
+}
+
+/// Resolves when the handle the running call came through closes (never, outside a
+/// call made through a handle).
+pub async fn caller_closed() {
+    match CALLER.try_with(Arc::clone) {
+        Ok(c) => c.wait().await,
+        Err(_) => std::future::pending().await,
+    }
 }
 
 tokio::task_local! {

@@ -184,6 +184,13 @@ where
     }
 }
 
+fn closed_while_waiting() -> Error {
+    Error::new(
+        ErrorCode::Closed,
+        "the handle was closed while this call waited",
+    )
+}
+
 fn bad(field: &str, message: String) -> Error {
     Error::invalid_argument(format!("{field}: {message}"))
         .with_details(serde_json::json!({ "field": field }))
@@ -433,7 +440,10 @@ impl Sessions {
                         ..Page::default()
                     });
                 }
-                let _ = tokio::time::timeout_at(deadline, woken).await;
+                tokio::select! {
+                    _ = tokio::time::timeout_at(deadline, woken) => {}
+                    _ = crate::engine::caller_closed() => return Err(closed_while_waiting()),
+                }
             }
         }
         let key = GroupKey {
@@ -454,6 +464,8 @@ impl Sessions {
                 tokio::select! {
                     r = &mut rx => break r.unwrap_or_else(|_| Ok(ClaimBatch::default())),
                     _ = &mut woken => continue,
+                    // The demand is dropped; a step claimed for it is handed back.
+                    _ = crate::engine::caller_closed() => return Err(closed_while_waiting()),
                 }
             }
             // A stop signal or close: stop waiting, but keep what was claimed for us.
@@ -725,7 +737,11 @@ impl Sessions {
             if s.state().held.is_empty() || Instant::now() >= deadline {
                 break;
             }
-            let _ = tokio::time::timeout_at(deadline, woken).await;
+            tokio::select! {
+                _ = tokio::time::timeout_at(deadline, woken) => {}
+                // Closing the handle ends the grace: what is left is released now.
+                _ = crate::engine::caller_closed() => break,
+            }
         }
         let rest: Vec<(i64, i64)> = {
             let mut st = s.state();
