@@ -80,6 +80,23 @@ module Tasker
       new(*row)
     end
 
+    # A step from a Hash with the fields of a claimed step (String or Symbol keys;
+    # "context", "config" and "results" as Ruby data), as the low-level +claim+ returns
+    # it. Handy to call a handler in a unit test:
+    #
+    #   step = Tasker::Step.from_h(step_id: 1, task_id: 1, step_name: "charge",
+    #                              handler: "charge", context: { "order_id" => 42 })
+    #   ChargeCard.call(step)
+    def self.from_h(hash)
+      h = hash.transform_keys(&:to_s)
+      step = new(h["step_id"], h["task_id"], h["step_name"], h["handler"] || h["step_name"], h.fetch("attempt", 1),
+                 h.fetch("max_attempts", 1), h["timeout_ms"], h["lease_expires_at"])
+      step.instance_variable_set(:@context, h["context"])
+      step.instance_variable_set(:@config, h["config"])
+      step.instance_variable_set(:@results, h.fetch("results", {}) || {})
+      step
+    end
+
     def initialize(step_id, task_id, step_name, handler, attempt, max_attempts, timeout_ms,
                    lease_expires_at, context_json = nil, config_json = nil, results_json = nil)
       @step_id = step_id
