@@ -12,8 +12,10 @@ module Tasker
   # steps, keeps their leases alive, retries, times out and releases; this class only
   # runs handlers. Each of +concurrency+ threads loops: take a batch of steps from the
   # session, run their handlers one after another, report every outcome in one call
-  # that also takes the next batch. The GVL is released during every engine call and
-  # every wait for work, so other Ruby threads run meanwhile.
+  # that also takes the next batch. One more thread waits for the session's stop
+  # signals while the others are busy in handlers (Step#cancelled?). The GVL is
+  # released during every engine call and every wait, so other Ruby threads run
+  # meanwhile.
   #
   # A handler gets a Tasker::Step and returns the step's result (JSON data). Raising
   # Tasker::PermanentError fails the step for good; Tasker::RetryableError asks for a
@@ -25,27 +27,31 @@ module Tasker
   class Worker
     # Seconds #stop waits for running handlers by default.
     DEFAULT_GRACE = 5
+    # A batch whose handlers took longer than this per step makes the thread take one
+    # step at a time (steps waiting in a batch count against their timeout).
+    SLOW_STEP_S = 0.005
 
     # The client the worker runs on, and its settings.
-    attr_reader :tasker, :concurrency, :batch, :lease_ms, :name
+    attr_reader :tasker, :concurrency, :batch_size, :lease_ms, :name
     # The session id while running (nil otherwise).
     attr_reader :worker_id
 
     # +tasker+: an open Tasker::Client. +concurrency+: handlers running at once (one
-    # thread each). +batch+: the most steps the session holds at once (default: core's,
-    # equal to +concurrency+); each thread takes up to batch / concurrency at a time, so
-    # a larger batch means fewer round trips for short handlers. +lease_ms+ and +name+
-    # are passed to the session (defaults: the engine's lease, "worker-<pid>").
+    # thread each). +batch_size+: the most steps a thread takes at once (1-1000): large
+    # batches are fastest for short handlers, and a thread whose handlers are slow takes
+    # one at a time. +lease_ms+ and +name+ are passed to the session (defaults: the
+    # engine's lease, "worker-<pid>").
     # +idle_wait_ms+: how long #run_until_idle waits for work before asking whether the
     # session is idle; +wait_ms+: how long a thread of #start waits for work per call
     # (#stop ends the wait at once). +handlers+: name => callable, as if given to #handle.
-    def initialize(tasker, concurrency: 1, batch: nil, lease_ms: nil, name: nil, idle_wait_ms: 50,
+    def initialize(tasker, concurrency: 1, batch_size: 64, lease_ms: nil, name: nil, idle_wait_ms: 50,
                    wait_ms: 10_000, handlers: {})
       raise TypeError, "Worker.new needs a Tasker::Client (from Tasker.open), got #{Types.describe(tasker)}" \
         unless tasker.is_a?(Client)
 
       Types.positive_integer!("concurrency", concurrency)
-      Types.positive_integer!("batch", batch, allow_nil: true)
+      Types.positive_integer!("batch_size", batch_size)
+      raise ArgumentError, "batch_size must be at most 1000, got #{batch_size}" if batch_size > 1000
       Types.positive_integer!("lease_ms", lease_ms, allow_nil: true)
       Types.string!("name", name, allow_nil: true)
       Types.integer!("idle_wait_ms", idle_wait_ms)
@@ -53,7 +59,7 @@ module Tasker
       Types.hash!("handlers", handlers)
       @tasker = tasker
       @concurrency = concurrency
-      @batch = batch
+      @batch_size = batch_size
       @lease_ms = lease_ms
       @name = name
       @idle_wait_ms = idle_wait_ms
@@ -174,23 +180,28 @@ module Tasker
       raise Tasker::Error.build("invalid_state", "the worker is already running") if running?
       raise ArgumentError, "register at least one handler before running the worker" if @handlers.empty?
 
-      req = { handlers: handler_names, concurrency: @concurrency, batch: @batch, lease_ms: @lease_ms, name: @name }
+      req = { handlers: handler_names, concurrency: @concurrency, batch: [@batch_size * @concurrency, 1000].min,
+              lease_ms: @lease_ms, name: @name }
       opened = @tasker.worker_open(**req)
+      forward_logs
       Tasker.logger.warn("tasker worker: #{opened['warning']}") if opened["warning"]
       @worker_id = opened["worker_id"]
       @pid = Process.pid
       @failure = nil
       @stopping = false
-      lanes = [@concurrency, 1].max
-      per_lane = [opened.fetch("batch", @concurrency) / lanes, 1].max
       wait = until_idle ? @idle_wait_ms : @wait_ms
-      @tokens = Array.new(lanes) { Native::Cancel.new }
-      @lanes = @tokens.each_with_index.map do |token, i|
-        t = Thread.new { lane(token, per_lane, wait, until_idle) }
-        t.name = "tasker-worker-#{i}"
-        t.report_on_exception = false
-        t
+      @tokens = Array.new(@concurrency + 1) { Native::Cancel.new }
+      @lanes = @tokens.first(@concurrency).each_with_index.map do |token, i|
+        thread("tasker-worker-#{i}") { lane(token, wait, until_idle) }
       end
+      @watcher = thread("tasker-worker-stops") { watch(@tokens.last) }
+    end
+
+    def thread(name, &body)
+      t = Thread.new(&body)
+      t.name = name
+      t.report_on_exception = false
+      t
     end
 
     # A Worker copied into a forked child: its threads and session stayed in the parent.
@@ -211,6 +222,7 @@ module Tasker
       @tokens.each(&:cancel)
       deadline = monotonic + grace
       @lanes.each { |t| t.join([deadline - monotonic, 0].max) }
+      @watcher&.join([deadline - monotonic, 0].max)
       grace_ms = ((deadline - monotonic) * 1000).ceil.clamp(0, 60_000)
       id = @worker_id
       begin
@@ -220,11 +232,13 @@ module Tasker
         # The client was closed under the worker: the session went with it.
         nil
       end
+      forward_logs
       # Threads still in a handler past the grace period find the session closed when
       # they report, and end.
       @worker_id = nil
       @pid = nil
       @lanes = []
+      @watcher = nil
       @last_stats
     end
 
@@ -233,20 +247,22 @@ module Tasker
     end
 
     # One thread's loop: take steps, run them, report them with the next take.
-    def lane(token, max, wait, until_idle)
+    def lane(token, wait, until_idle)
       h = @tasker.native
       id = @worker_id
+      size = @concurrency > 1 ? 1 : @batch_size
       page = nil
       loop do
         if page.nil?
           break if @stopping
 
-          page = h.worker_next(id, max, wait, token)
+          page = h.worker_next(id, size, wait, token)
           next if page.nil? # the wait was cut short by #stop: look at @stopping again
         end
         steps, stops, idle, unusual = page
         apply_stops(stops)
         log_unusual(unusual)
+        forward_logs
         if steps.empty?
           if idle && until_idle
             # Nothing held by any thread, nothing claimable, no retry scheduled.
@@ -256,8 +272,11 @@ module Tasker
           page = nil
           next
         end
+        started = monotonic
         outcomes, fatal = run_batch(steps)
-        page = h.worker_report(id, outcomes, @stopping || fatal ? 0 : max)
+        fast = (monotonic - started) / steps.size < SLOW_STEP_S
+        size = fast ? [size * 2, @batch_size].min : 1
+        page = h.worker_report(id, outcomes, @stopping || fatal ? 0 : size)
         raise fatal if fatal
       end
     rescue ClosedError, NotFoundError
@@ -268,6 +287,33 @@ module Tasker
       @failure ||= e
       finish
     end
+
+    # Waits for the session's stop signals (only those: max 0) while the lanes are busy
+    # in handlers, which is when nobody else asks the session.
+    def watch(token)
+      h = @tasker.native
+      id = @worker_id
+      until @stopping
+        page = h.worker_next(id, 0, 1000, token)
+        apply_stops(page[1]) unless page.nil?
+      end
+    rescue ClosedError, NotFoundError
+      nil
+    rescue Exception => e # rubocop:disable Lint/RescueException
+      @failure ||= e
+      finish
+    end
+
+    # Passes the engine's log lines (target tasker::*) on to Tasker.logger.
+    def forward_logs
+      Native.drain_logs(1000).each do |level, target, message|
+        severity = LOG_LEVELS.fetch(level, Logger::DEBUG)
+        Tasker.logger.add(severity, "#{target}: #{message}", "tasker")
+      end
+    end
+
+    LOG_LEVELS = { "error" => Logger::ERROR, "warn" => Logger::WARN, "info" => Logger::INFO }.freeze
+    private_constant :LOG_LEVELS
 
     # Ends every lane (the run is idle, or one lane failed).
     def finish
@@ -306,8 +352,8 @@ module Tasker
         if @stopping || fatal
           outcomes << [step.step_id, :release]
         elsif step.cancelled?
-          # Stopped before it started: core no longer holds it, nothing to report.
-          next
+          # Stopped before it started: handed back (core counts it as lost, or released).
+          outcomes << [step.step_id, :release]
         else
           outcome, fatal = run_one(step)
           outcomes << outcome
