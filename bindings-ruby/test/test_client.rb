@@ -291,7 +291,7 @@ module ClientTests
     tasker.close
     refute sub2.active?
   ensure
-    Tasker.logger = nil
+    Tasker.logger = TaskerTest::QUIET
   end
 
   def test_a_subscription_can_stop_itself

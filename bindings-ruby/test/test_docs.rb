@@ -12,8 +12,10 @@ class DocsTest < Minitest::Test
     File.read(README).scan(/^```ruby\n(.*?)^```/m).map(&:first)
   end
 
+  # Runs a block in a fresh process (blocks after the first rely on its `require`).
   def run_block(code, dir)
     env = ENV.to_h.reject { |k, _| k.start_with?("TASKER_") }
+    code = "require \"tasker\"\n#{code}" unless code.include?('require "tasker"')
     Open3.capture3(env, "ruby", "-e", code, chdir: dir)
   end
 

@@ -55,7 +55,7 @@ module WorkerTests
       assert_equal({ "order" => i + 1, "handler_class" => "ValidateOrder" }, steps["validate"])
       assert_equal({ "reserved" => i + 1 }, steps["reserve"])
       assert_equal({ "paid" => (i + 1) * 10, "attempt" => 1 }, steps["charge"])
-      assert_equal({ "parents" => %w[charge reserve validate], "paid" => (i + 1) * 10 }, steps["ship"])
+      assert_equal({ "parents" => %w[charge reserve], "paid" => (i + 1) * 10 }, steps["ship"])
     end
     refute worker.running?
     assert_equal stats, worker.stats
@@ -179,7 +179,8 @@ module WorkerTests
     assert_raises(Tasker::InvalidStateError) { w.handle("late") { nil } }
     ids = Array.new(10) { |n| tasker.create_task("t", "only", context: { n: n })["task_id"] }
     assert TaskerTest.wait_until(timeout: 20) { ids.all? { |id| tasker.get_task(id)["state"] == "complete" } }
-    assert_equal 10, w.stats.completed
+    # The session counts a report once its transaction is back.
+    assert TaskerTest.wait_until(timeout: 10) { w.stats.completed == 10 }, w.stats.inspect
     stats = w.stop
     assert_equal 10, stats.completed
     refute w.running?
@@ -297,7 +298,7 @@ module WorkerTests
     w.run_until_idle
     assert_includes log.string, "onyl"
   ensure
-    Tasker.logger = nil
+    Tasker.logger = TaskerTest::QUIET
   end
 
   def test_step_objects

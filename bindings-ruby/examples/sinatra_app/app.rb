@@ -75,6 +75,8 @@ module Shop
   class App < Sinatra::Base
     set :show_exceptions, false
     set :raise_errors, false
+    # The error handlers below answer for every error; 5xx ones are logged there.
+    set :dump_errors, false
 
     before { content_type :json }
 
@@ -118,6 +120,7 @@ module Shop
              when Tasker::UnavailableError then 503
              else 500
              end
+      warn "shop: #{e.class}: #{e.message}" if code >= 500
       halt code, error_json(e.code, e.message, e.details)
     end
 
