@@ -5,14 +5,11 @@ use std::sync::Mutex;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use pyo3::types::PyList;
 use tasker_core::api::{Subscription as CoreSubscription, Tasker};
 
 use crate::convert::{decode, encode};
 use crate::errors::to_py;
-use crate::step::{ClaimedStep, Step};
 
 /// An open engine handle (see `tasker.Tasker` for the documented API).
 #[pyclass(frozen, module = "tasker._native")]
@@ -20,56 +17,11 @@ pub struct Handle {
     inner: Tasker,
 }
 
-#[derive(Deserialize)]
-struct ClaimPage {
-    steps: Vec<ClaimedStep>,
-    #[serde(default)]
-    next_ready_at: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ItemError {
-    code: String,
-    #[serde(default)]
-    message: String,
-}
-
-#[derive(Deserialize)]
-struct ItemResult {
-    step_id: i64,
-    ok: bool,
-    #[serde(default)]
-    error: Option<ItemError>,
-}
-
-#[derive(Deserialize)]
-struct CompletePage {
-    results: Vec<ItemResult>,
-    #[serde(default)]
-    steps: Vec<ClaimedStep>,
-}
-
-/// An item `complete_steps` did not record: `(step_id, code, message)`.
-type Refused = (i64, String, String);
-
 impl Handle {
-    fn run(&self, py: Python<'_>, op: &str, request: &str) -> PyResult<String> {
+    pub(crate) fn run(&self, py: Python<'_>, op: &str, request: &str) -> PyResult<String> {
         py.detach(|| self.inner.call(op, request))
             .map_err(|e| to_py(py, e))
     }
-}
-
-fn steps_list<'py>(py: Python<'py>, steps: Vec<ClaimedStep>) -> PyResult<Bound<'py, PyList>> {
-    let list = PyList::empty(py);
-    for s in steps {
-        list.append(Bound::new(py, Step::from(s))?)?;
-    }
-    Ok(list)
-}
-
-fn parse<'a, T: Deserialize<'a>>(text: &'a str) -> PyResult<T> {
-    serde_json::from_str(text)
-        .map_err(|e| PyValueError::new_err(format!("unexpected response from the engine: {e}")))
 }
 
 /// A claim request without `wait_ms`, with `wait_ms` added in front.
@@ -123,63 +75,34 @@ impl Handle {
         wait_ms: u64,
     ) -> PyResult<(Bound<'py, PyList>, Option<String>)> {
         let out = self.run(py, "claim", &with_wait(claim_json, wait_ms)?)?;
-        let page: ClaimPage = parse(&out)?;
-        Ok((steps_list(py, page.steps)?, page.next_ready_at))
+        crate::worker::claim_page(py, &out)
     }
 
-    /// Records results with `complete_steps`: `items` are `(step_id, claim_token,
-    /// result_json)`; with `claim_json` the same transaction claims the next steps.
-    /// Returns `(completed, refused, steps)` where `refused` lists
-    /// `(step_id, code, message)` of items the engine did not record.
-    #[pyo3(signature = (items, claim_json=None))]
-    fn complete_steps<'py>(
+    /// `worker_next`: claims up to `max` steps for session `worker_id`, waiting up to
+    /// `wait_ms`; returns `(steps, stops, idle)` with stops as `(step_id, reason)`.
+    fn worker_next<'py>(
         &self,
         py: Python<'py>,
-        items: &Bound<'py, PyList>,
-        claim_json: Option<&str>,
-    ) -> PyResult<(usize, Vec<Refused>, Bound<'py, PyList>)> {
-        let mut req = String::with_capacity(32 + items.len() * 96);
-        req.push_str("{\"items\":[");
-        for (i, item) in items.iter().enumerate() {
-            let t = item.cast::<PyTuple>()?;
-            let (step_id, token, result): (i64, String, String) = t.extract()?;
-            // The result is JSON text made by `encode`; checking it here keeps a bad
-            // item from failing the whole batch.
-            let raw: &RawValue = serde_json::from_str(&result)
-                .map_err(|e| PyValueError::new_err(format!("result is not JSON: {e}")))?;
-            if i > 0 {
-                req.push(',');
-            }
-            req.push_str("{\"step_id\":");
-            req.push_str(&step_id.to_string());
-            req.push_str(",\"claim_token\":");
-            req.push_str(&serde_json::to_string(&token).unwrap_or_default());
-            req.push_str(",\"result\":");
-            req.push_str(raw.get());
-            req.push('}');
-        }
-        req.push(']');
-        if let Some(c) = claim_json {
-            req.push_str(",\"claim\":");
-            req.push_str(c);
-        }
-        req.push('}');
-        let out = self.run(py, "complete_steps", &req)?;
-        let page: CompletePage = parse(&out)?;
-        let mut ok = 0;
-        let mut refused = Vec::new();
-        for r in page.results {
-            if r.ok {
-                ok += 1;
-            } else {
-                let e = r.error.unwrap_or(ItemError {
-                    code: "internal".into(),
-                    message: "refused without an error".into(),
-                });
-                refused.push((r.step_id, e.code, e.message));
-            }
-        }
-        Ok((ok, refused, steps_list(py, page.steps)?))
+        worker_id: &str,
+        max: u32,
+        wait_ms: u64,
+    ) -> PyResult<crate::worker::NextPage<'py>> {
+        self.session_next(py, worker_id, max, wait_ms)
+    }
+
+    /// `worker_report`: `outcomes` are `(step_id, kind, text)` with kind `result`,
+    /// `error` (text: JSON), `invalid_result` (text: why) or `release`; with `next_max`
+    /// the same round trip claims up to that many steps. Returns
+    /// `((completed, failed, released, lost), steps, stops)`.
+    #[pyo3(signature = (worker_id, outcomes, next_max=None))]
+    fn worker_report<'py>(
+        &self,
+        py: Python<'py>,
+        worker_id: &str,
+        outcomes: &Bound<'py, PyList>,
+        next_max: Option<u32>,
+    ) -> PyResult<crate::worker::ReportPage<'py>> {
+        self.session_report(py, worker_id, outcomes, next_max)
     }
 
     /// Follows the event log from cursor `since` on a background thread, calling

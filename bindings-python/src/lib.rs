@@ -10,6 +10,7 @@ mod convert;
 mod errors;
 mod handle;
 mod step;
+mod worker;
 
 /// The version of tasker-core this module was built with.
 #[pyfunction]
@@ -25,6 +26,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(handle::to_json, m)?)?;
     m.add_function(wrap_pyfunction!(handle::from_json, m)?)?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
+    m.add_function(wrap_pyfunction!(worker::drain_logs, m)?)?;
+    tasker_core::logs::capture();
     m.add_function(wrap_pyfunction!(errors::_set_error_classes, m)?)?;
     m.add_function(wrap_pyfunction!(step::_set_logger_factory, m)?)?;
     Ok(())

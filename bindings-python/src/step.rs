@@ -77,6 +77,7 @@ pub struct Step {
     config: PyOnceLock<Py<PyAny>>,
     results: PyOnceLock<Py<PyAny>>,
     logger: PyOnceLock<Py<PyAny>>,
+    cancelled: PyOnceLock<Py<PyAny>>,
 }
 
 impl From<ClaimedStep> for Step {
@@ -98,6 +99,7 @@ impl From<ClaimedStep> for Step {
             config: PyOnceLock::new(),
             results: PyOnceLock::new(),
             logger: PyOnceLock::new(),
+            cancelled: PyOnceLock::new(),
         }
     }
 }
@@ -148,6 +150,19 @@ impl Step {
                     .import("logging")?
                     .call_method1("getLogger", ("tasker.handler",))?
                     .unbind()),
+            })
+            .map(|v| v.clone_ref(py))
+    }
+
+    /// A `threading.Event` the worker sets when this run should stop: the task was
+    /// cancelled, the step's timeout passed, or its lease was taken back. A long
+    /// handler checks `step.cancelled.is_set()` (or waits on it) and returns early;
+    /// whatever it returns then is not recorded.
+    #[getter]
+    fn cancelled(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.cancelled
+            .get_or_try_init(py, || {
+                Ok::<_, PyErr>(py.import("threading")?.call_method0("Event")?.unbind())
             })
             .map(|v| v.clone_ref(py))
     }

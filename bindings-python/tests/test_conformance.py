@@ -126,6 +126,8 @@ class Run:
         self.claims: Dict[str, int] = {}
         self.tokens: Dict[Tuple[str, int], Tuple[int, str]] = {}
         self.held: List[float] = []
+        # With "via": "worker_session": the session the run claims and reports through.
+        self.session: Optional[str] = None
         self.actions: List[Dict[str, Any]] = v.get("actions", [])
         self.fired = [False] * len(self.actions)
         self.not_before: Dict[str, Tuple[float, int]] = {}
@@ -168,6 +170,9 @@ class Run:
             self.expect_failure("not_found", t.get_template, ns, name)
             return
         self.call(t.register_template, tpl)
+        if v.get("via") == "worker_session":
+            opened = self.call(t.call, "worker_open", {"handlers": self.handlers, "batch": 1, "name": "conformance"})
+            self.session = opened["worker_id"]
 
         create: Dict[str, Any] = {"context": v.get("context", {}), "version": tpl["version"]}
         if "priority" in v:
@@ -287,6 +292,13 @@ class Run:
                     raise VectorFailure(f"action {a}: expected {k} = {w}, got {resp.get(k)}")
 
     def claim(self, wait_ms: int) -> Tuple[List[tasker.Step], Optional[str]]:
+        if self.session is not None:
+            try:
+                steps, _stops, idle = self.t.native.worker_next(self.session, 1, wait_ms)
+            except tasker.TaskerError as e:
+                raise VectorFailure(f"worker_next failed: {e}") from e
+            # A session that is not idle but got nothing has a retry scheduled.
+            return steps, None if steps or idle else "scheduled"
         req = tasker._native.to_json(
             {"handlers": self.handlers, "limit": 1, "worker_id": "conformance"})
         try:
@@ -336,6 +348,25 @@ class Run:
             outcome["complete"] = evaluate(outcome["complete"], scope)
         return outcome
 
+    def report(self, name: str, n: int, step: tasker.Step, outcome: Dict[str, Any]) -> None:
+        """`worker_report` with the scripted outcome; its result must match
+        `expect_report` (a subset), else have the outcome the kind implies."""
+        if "complete" in outcome:
+            item, default = {"step_id": step.step_id, "result": outcome["complete"]}, "completed"
+        elif "fail" in outcome:
+            item, default = {"step_id": step.step_id, "error": {"message": "scripted failure", **outcome["fail"]}}, "failed"
+        elif "invalid_result" in outcome:
+            item, default = {"step_id": step.step_id, "invalid_result": outcome["invalid_result"]}, "failed"
+        elif "release" in outcome:
+            item, default = {"step_id": step.step_id, "release": True}, "released"
+        else:
+            raise VectorFailure(f"step {name} claim {n}: bad outcome for a worker session {outcome}")
+        resp = self.call(self.t.call, "worker_report", {"worker_id": self.session, "outcomes": [item]})
+        got = resp["results"][0]
+        want = outcome.get("expect_report", {"outcome": default})
+        if not json_subset(want, got):
+            raise VectorFailure(f"step {name} claim {n}: worker_report gave {got}, expected {want}")
+
     def handle(self, step: tasker.Step) -> None:
         name = step.step_name
         if step.task_id != self.task_id:
@@ -354,7 +385,9 @@ class Run:
                 f"claim {n} of step {name}: expected attempt {outcome['claim_attempt']}, got {step.attempt}")
         self.fire_after(name, n, "claimed")
         expect_error = outcome.get("expect_error")
-        if "complete" in outcome:
+        if self.session is not None:
+            self.report(name, n, step, outcome)
+        elif "complete" in outcome:
             self.checked(expect_error, self.t.complete_step, step.step_id, step.claim_token,
                          outcome["complete"])
         elif "fail" in outcome:

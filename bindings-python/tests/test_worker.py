@@ -193,8 +193,8 @@ def test_a_result_that_is_not_json_is_a_failure(tk: tasker.Tasker) -> None:
     assert stats.failed == 1 and stats.completed == 0
     a = steps_by_name(tk, tid)["a"]
     assert a["state"] == "error" and a["result"] is None
-    assert a["error"]["kind"] == "ResultNotSerializable"
-    assert "not JSON-serialisable" in a["error"]["message"]
+    assert a["error"]["kind"] == "invalid_result"
+    assert "cannot be stored as JSON" in a["error"]["message"]
     assert "$.when" in a["error"]["message"]
     assert steps_by_name(tk, tid)["b"]["state"] == "pending"
 
@@ -455,5 +455,5 @@ def test_async_handler_failures_are_told_apart(tk: tasker.Tasker) -> None:
     s = steps_by_name(tk, tid)
     assert s["raises"]["error"]["kind"] == "TypeError"
     assert "the handler's own TypeError" in s["raises"]["error"]["traceback"]
-    assert s["nojson"]["error"]["kind"] == "ResultNotSerializable"
+    assert s["nojson"]["error"]["kind"] == "invalid_result"
     assert s["nojson"]["result"] is None and s["nojson"]["state"] == "error"

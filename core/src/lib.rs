@@ -14,6 +14,7 @@ pub mod api;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod logs;
 pub mod model;
 pub mod store;
 pub mod time;

@@ -283,6 +283,8 @@ struct Run<'a> {
     tokens: HashMap<(String, usize), (i64, String)>,
     /// When each held lease has surely expired.
     held: Vec<Instant>,
+    /// With `"via": "worker_session"`: the session the run claims and reports through.
+    session: Option<String>,
     fired: Vec<bool>,
     /// Step -> (when the failing report started, retry_after_ms).
     not_before: HashMap<String, (Instant, u64)>,
@@ -326,6 +328,7 @@ fn run_vector_on(v: &Value, dir: &tempfile::TempDir, store: Value) -> R<()> {
         claims: HashMap::new(),
         tokens: HashMap::new(),
         held: Vec::new(),
+        session: None,
         fired: vec![false; v["actions"].as_array().map_or(0, Vec::len)],
         not_before: HashMap::new(),
     };
@@ -371,6 +374,13 @@ impl Run<'_> {
             return Ok(());
         }
         self.c.ok("register_template", &reg)?;
+        if self.v["via"] == "worker_session" {
+            let opened = self.c.ok(
+                "worker_open",
+                &json!({"handlers": self.handlers, "batch": 1, "name": "conformance"}),
+            )?;
+            self.session = opened["worker_id"].as_str().map(str::to_owned);
+        }
 
         // Task.
         let mut create = json!({
@@ -629,6 +639,17 @@ impl Run<'_> {
     }
 
     fn claim(&self, wait_ms: u64) -> R<Value> {
+        if let Some(w) = &self.session {
+            let mut page = self.c.ok(
+                "worker_next",
+                &json!({"worker_id": w, "max": 1, "wait_ms": wait_ms}),
+            )?;
+            // A session that is not idle but got nothing has a retry scheduled.
+            if page["steps"].as_array().is_none_or(Vec::is_empty) && page["idle"] == false {
+                page["next_ready_at"] = json!("scheduled");
+            }
+            return Ok(page);
+        }
         self.c.ok(
             "claim",
             &json!({"handlers": self.handlers, "limit": 1, "wait_ms": wait_ms, "worker_id": "conformance"}),
@@ -722,6 +743,16 @@ impl Run<'_> {
                 attempt: Some(&step["attempt"]),
             };
             let result = eval(expr, &scope).map_err(|e| format!("step {name} claim {n}: {e}"))?;
+            if self.session.is_some() {
+                self.report(
+                    &name,
+                    n,
+                    &outcome,
+                    json!({"step_id": step_id, "result": result}),
+                    "completed",
+                )?;
+                return self.fire_after(&name, n, "reported");
+            }
             self.c
                 .checked(
                     "complete_step",
@@ -735,23 +766,75 @@ impl Run<'_> {
                 doc["message"] = json!("scripted failure");
             }
             let started = Instant::now();
-            self.c
-                .checked(
-                    "fail_step",
-                    &json!({"step_id": step_id, "claim_token": token, "error": doc}),
-                    expect_error,
-                )
-                .map_err(|e| format!("step {name} claim {n}: {e}"))?;
+            if self.session.is_some() {
+                self.report(
+                    &name,
+                    n,
+                    &outcome,
+                    json!({"step_id": step_id, "error": doc}),
+                    "failed",
+                )?;
+            } else {
+                self.c
+                    .checked(
+                        "fail_step",
+                        &json!({"step_id": step_id, "claim_token": token, "error": doc}),
+                        expect_error,
+                    )
+                    .map_err(|e| format!("step {name} claim {n}: {e}"))?;
+            }
             if let Some(ms) = doc.get("retry_after_ms").and_then(Value::as_u64) {
                 self.not_before.insert(name.clone(), (started, ms));
             }
-        } else if outcome.get("hold").is_some() {
+        } else if let Some(why) = outcome
+            .get("invalid_result")
+            .filter(|_| self.session.is_some())
+        {
+            self.report(
+                &name,
+                n,
+                &outcome,
+                json!({"step_id": step_id, "invalid_result": why}),
+                "failed",
+            )?;
+        } else if outcome.get("release").is_some() && self.session.is_some() {
+            self.report(
+                &name,
+                n,
+                &outcome,
+                json!({"step_id": step_id, "release": true}),
+                "released",
+            )?;
+        } else if outcome.get("hold").is_some() && self.session.is_none() {
             self.held
                 .push(Instant::now() + Duration::from_millis(self.lease_ms + 30));
         } else {
             return Err(format!("step {name} claim {n}: bad outcome {outcome}"));
         }
         self.fire_after(&name, n, "reported")
+    }
+}
+
+impl Run<'_> {
+    /// `worker_report` with one outcome; its result must match `expect_report` (a
+    /// subset), else have the `outcome` `default`.
+    fn report(&self, name: &str, n: usize, outcome: &Value, item: Value, default: &str) -> R<()> {
+        let w = self.session.as_deref().unwrap_or_default();
+        let resp = self.c.ok(
+            "worker_report",
+            &json!({"worker_id": w, "outcomes": [item]}),
+        )?;
+        let got = &resp["results"][0];
+        let want = outcome
+            .get("expect_report")
+            .cloned()
+            .unwrap_or_else(|| json!({"outcome": default}));
+        if !json_subset(&want, got) {
+            return Err(format!(
+                "step {name} claim {n}: worker_report gave {got}, expected {want}"
+            ));
+        }
+        Ok(())
     }
 }
 

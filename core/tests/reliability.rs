@@ -708,11 +708,23 @@ fn sigkilled_worker_among_three_loses_nothing() {
     );
     victim.child.kill().unwrap(); // SIGKILL
     victim.child.wait().unwrap();
-    let held: Vec<i64> = sql
-        .rows("SELECT id::text FROM tasker_steps WHERE state = 'running' AND worker = 'victim' ORDER BY id")
-        .into_iter()
-        .map(|r| r[0].parse().unwrap())
-        .collect();
+    // A COMMIT the victim sent just before it died still lands on the server after the
+    // process is gone: read its held steps once two reads a moment apart agree.
+    let read_held = |sql: &mut Sql| -> Vec<i64> {
+        sql.rows("SELECT id::text FROM tasker_steps WHERE state = 'running' AND worker = 'victim' ORDER BY id")
+            .into_iter()
+            .map(|r| r[0].parse().unwrap())
+            .collect()
+    };
+    let mut held = read_held(&mut sql);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let again = read_held(&mut sql);
+        if again == held {
+            break;
+        }
+        held = again;
+    }
     assert!(
         !held.is_empty(),
         "the victim died holding no lease; the test proves nothing"

@@ -81,3 +81,45 @@ fn a_panicking_handler_is_a_failed_attempt() {
     );
     assert_eq!(db.task(id)["state"], "error");
 }
+
+#[test]
+fn a_cancel_reaches_a_running_handler() {
+    let db = open(json!({ "lease_ms": 600 }));
+    db.register(template("one", &[("a", &[])], fast_retry(3)));
+    let id = db.create("one", json!({}));
+    let t = db.tasker.clone();
+    let canceller = std::thread::spawn(move || {
+        // Once the handler runs, cancel its task from another thread.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            let stats: serde_json::Value =
+                serde_json::from_str(&t.call("stats", "{}").unwrap()).unwrap();
+            if stats["steps"]["running"].as_i64() == Some(1) {
+                t.call("cancel_task", &json!({ "task_id": id }).to_string())
+                    .unwrap();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("the step never ran");
+    });
+    let saw = Arc::new(AtomicUsize::new(0));
+    let seen = saw.clone();
+    let stats = Worker::new(&db.tasker, "w")
+        .handle("a", move |s| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !s.is_cancelled() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if s.is_cancelled() {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(json!("ignored"))
+        })
+        .run_until_idle()
+        .unwrap();
+    canceller.join().unwrap();
+    assert_eq!(saw.load(Ordering::SeqCst), 1, "the handler saw the cancel");
+    assert_eq!((stats.completed, stats.lost), (0, 1));
+    assert_eq!(db.task(id)["state"], "cancelled");
+}

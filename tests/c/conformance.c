@@ -351,6 +351,7 @@ typedef struct {
     double held_until;
     int nactions;
     int *fired;
+    char session[64]; /* with "via": "worker_session": the session's worker_id, else "" */
 } Run;
 
 static const cJSON *actions(const Run *r) { return field(r->v, "actions"); }
@@ -464,6 +465,18 @@ static int fire_after(Run *r, const char *step, int n, const char *phase) {
 }
 
 static int claim(Run *r, int wait_ms, cJSON **out) {
+    if (r->session[0]) {
+        cJSON *req = cJSON_CreateObject();
+        cJSON_AddStringToObject(req, "worker_id", r->session);
+        cJSON_AddNumberToObject(req, "max", 1);
+        cJSON_AddNumberToObject(req, "wait_ms", wait_ms);
+        int rc = api_ok(r->h, "worker_next", req, out);
+        cJSON_Delete(req);
+        /* A session that is not idle but got nothing has a retry scheduled. */
+        if (rc == 0 && cJSON_GetArraySize(field(*out, "steps")) == 0 && cJSON_IsFalse(field(*out, "idle")))
+            cJSON_AddStringToObject(*out, "next_ready_at", "scheduled");
+        return rc;
+    }
     cJSON *req = cJSON_CreateObject();
     cJSON_AddItemToObject(req, "handlers", cJSON_Duplicate(r->handlers, 1));
     cJSON_AddNumberToObject(req, "limit", 1);
@@ -476,6 +489,31 @@ static int claim(Run *r, int wait_ms, cJSON **out) {
 
 static int claimed_nothing(const cJSON *resp) {
     return cJSON_GetArraySize(field(resp, "steps")) == 0;
+}
+
+/* worker_report with one outcome (consumed); its result must match the outcome's
+ * expect_report (a subset), else have the outcome `dflt`. */
+static int report(Run *r, const char *name, int n, const cJSON *outcome, cJSON *item,
+                  const char *dflt) {
+    cJSON *req = cJSON_CreateObject();
+    cJSON_AddStringToObject(req, "worker_id", r->session);
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(req, "outcomes"), item);
+    cJSON *resp = NULL;
+    int rc = api_ok(r->h, "worker_report", req, &resp);
+    cJSON_Delete(req);
+    if (rc != 0) return failf("(step %s claim %d)", name, n);
+    const cJSON *got = cJSON_GetArrayItem(field(resp, "results"), 0);
+    cJSON *want = cJSON_Duplicate(field(outcome, "expect_report"), 1);
+    if (want == NULL) {
+        want = cJSON_CreateObject();
+        cJSON_AddStringToObject(want, "outcome", dflt);
+    }
+    if (got == NULL || !json_subset(want, got)) {
+        rc = failf("step %s claim %d: worker_report gave %s, expected %s", name, n, js(got), js(want));
+    }
+    cJSON_Delete(want);
+    cJSON_Delete(resp);
+    return rc;
 }
 
 static int handle(Run *r, const cJSON *step) {
@@ -537,6 +575,11 @@ static int handle(Run *r, const cJSON *step) {
         cJSON *result = eval(field(outcome, "complete"), &s);
         if (result == NULL) {
             rc = failf("(step %s claim %d)", name, n);
+        } else if (r->session[0]) {
+            cJSON *item = cJSON_CreateObject();
+            cJSON_AddItemToObject(item, "step_id", cJSON_Duplicate(step_id, 1));
+            cJSON_AddItemToObject(item, "result", result);
+            rc = report(r, name, n, outcome, item, "completed");
         } else {
             cJSON *req = cJSON_CreateObject();
             cJSON_AddItemToObject(req, "step_id", cJSON_Duplicate(step_id, 1));
@@ -557,16 +600,23 @@ static int handle(Run *r, const cJSON *step) {
         if (field(doc, "message") == NULL) cJSON_AddStringToObject(doc, "message", "scripted failure");
         const cJSON *after = field(doc, "retry_after_ms");
         double after_ms = cJSON_IsNumber(after) ? after->valuedouble : -1;
-        cJSON *req = cJSON_CreateObject();
-        cJSON_AddItemToObject(req, "step_id", cJSON_Duplicate(step_id, 1));
-        cJSON_AddItemToObject(req, "claim_token", cJSON_Duplicate(token, 1));
-        cJSON_AddItemToObject(req, "error", doc);
         double started = now_ms();
-        cJSON *resp = NULL;
-        rc = api_checked(r->h, "fail_step", req, expect_error, &resp);
-        if (rc != 0) failf("(step %s claim %d)", name, n);
-        cJSON_Delete(resp);
-        cJSON_Delete(req);
+        if (r->session[0]) {
+            cJSON *item = cJSON_CreateObject();
+            cJSON_AddItemToObject(item, "step_id", cJSON_Duplicate(step_id, 1));
+            cJSON_AddItemToObject(item, "error", doc);
+            rc = report(r, name, n, outcome, item, "failed");
+        } else {
+            cJSON *req = cJSON_CreateObject();
+            cJSON_AddItemToObject(req, "step_id", cJSON_Duplicate(step_id, 1));
+            cJSON_AddItemToObject(req, "claim_token", cJSON_Duplicate(token, 1));
+            cJSON_AddItemToObject(req, "error", doc);
+            cJSON *resp = NULL;
+            rc = api_checked(r->h, "fail_step", req, expect_error, &resp);
+            if (rc != 0) failf("(step %s claim %d)", name, n);
+            cJSON_Delete(resp);
+            cJSON_Delete(req);
+        }
         if (rc == 0 && after_ms >= 0) {
             cJSON *pair = cJSON_CreateArray();
             cJSON_AddItemToArray(pair, cJSON_CreateNumber(started));
@@ -574,7 +624,17 @@ static int handle(Run *r, const cJSON *step) {
             cJSON_DeleteItemFromObjectCaseSensitive(r->not_before, name);
             cJSON_AddItemToObject(r->not_before, name, pair);
         }
-    } else if (rc == 0 && field(outcome, "hold") != NULL) {
+    } else if (rc == 0 && r->session[0] && field(outcome, "invalid_result") != NULL) {
+        cJSON *item = cJSON_CreateObject();
+        cJSON_AddItemToObject(item, "step_id", cJSON_Duplicate(step_id, 1));
+        cJSON_AddItemToObject(item, "invalid_result", cJSON_Duplicate(field(outcome, "invalid_result"), 1));
+        rc = report(r, name, n, outcome, item, "failed");
+    } else if (rc == 0 && r->session[0] && field(outcome, "release") != NULL) {
+        cJSON *item = cJSON_CreateObject();
+        cJSON_AddItemToObject(item, "step_id", cJSON_Duplicate(step_id, 1));
+        cJSON_AddBoolToObject(item, "release", 1);
+        rc = report(r, name, n, outcome, item, "released");
+    } else if (rc == 0 && !r->session[0] && field(outcome, "hold") != NULL) {
         double until = now_ms() + r->lease_ms + 30.0;
         r->nheld++;
         if (until > r->held_until) r->held_until = until;
@@ -793,6 +853,18 @@ static int run_body(Run *r) {
     cJSON_Delete(reg);
     cJSON_Delete(out);
     if (rc != 0) return -1;
+    const char *via = field_str(r->v, "via");
+    if (via != NULL && strcmp(via, "worker_session") == 0) {
+        cJSON *open = cJSON_CreateObject();
+        cJSON_AddItemToObject(open, "handlers", cJSON_Duplicate(r->handlers, 1));
+        cJSON_AddNumberToObject(open, "batch", 1);
+        cJSON_AddStringToObject(open, "name", "conformance");
+        rc = api_ok(r->h, "worker_open", open, &out);
+        cJSON_Delete(open);
+        if (rc != 0) return -1;
+        snprintf(r->session, sizeof r->session, "%s", field_str(out, "worker_id"));
+        cJSON_Delete(out);
+    }
 
     /* Task. */
     cJSON *create = create_request(r);

@@ -4,6 +4,7 @@ Use the documented API in :mod:`tasker` (``Tasker``, ``Worker``); this module is
 engine-facing layer.
 """
 
+import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 def version() -> str:
@@ -36,12 +37,15 @@ class Handle:
     def claim(self, claim_json: str, wait_ms: int) -> Tuple[List["Step"], Optional[str]]:
         """Claims steps (``claim_json``: a claim request without ``wait_ms``). Returns
         the steps and, when none was claimed, when the next retry is due."""
-    def complete_steps(
-        self, items: List[Tuple[int, str, str]], claim_json: Optional[str] = None
-    ) -> Tuple[int, List[Tuple[int, str, str]], List["Step"]]:
-        """Records ``(step_id, claim_token, result_json)`` items in one transaction,
-        claiming the next steps with ``claim_json``. Returns ``(completed, refused,
-        steps)``; ``refused`` holds ``(step_id, code, message)``."""
+    def worker_next(self, worker_id: str, max: int, wait_ms: int) -> Tuple[List["Step"], List[Tuple[int, str]], bool]:
+        """``worker_next``: up to ``max`` claimed steps (waiting up to ``wait_ms``), the
+        stop signals ``(step_id, reason)`` raised meanwhile, and whether the session is idle."""
+    def worker_report(
+        self, worker_id: str, outcomes: List[Tuple[int, str, str]], next_max: Optional[int] = None
+    ) -> Tuple[Tuple[int, int, int, int], List["Step"], List[Tuple[int, str]]]:
+        """``worker_report``: ``(step_id, kind, text)`` outcomes (kind ``result``,
+        ``error``, ``invalid_result`` or ``release``); returns ``((completed, failed,
+        released, lost), next steps, stop signals)``."""
     def subscribe(
         self, since: int, types: Optional[List[str]], callback: Callable[[Dict[str, Any]], Any]
     ) -> "Subscription":
@@ -92,6 +96,9 @@ class Step:
     def timeout_ms(self) -> Optional[int]:
         """The step's timeout in milliseconds."""
     @property
+    def cancelled(self) -> threading.Event:
+        """Set when this run should stop (task cancelled, timeout passed, lease lost)."""
+    @property
     def lease_expires_at(self) -> Optional[str]:
         """When the lease runs out unless renewed (RFC 3339)."""
     @property
@@ -107,3 +114,6 @@ class Step:
     def logger(self) -> Any:
         """A ``logging.LoggerAdapter`` (logger ``tasker.handler``) carrying the task id,
         step name and attempt."""
+
+def drain_logs(max: int) -> List[Tuple[str, str, str]]:
+    """Takes up to ``max`` engine log records as ``(level, target, message)``."""

@@ -17,7 +17,15 @@ from .types import (
     TaskPage,
 )
 
-__all__ = ["Tasker"]
+__all__ = ["Tasker", "forward_logs"]
+
+
+def forward_logs() -> None:
+    """Hands the engine's log records to :mod:`logging`, under the ``tasker`` logger
+    (``tasker.worker``, ...). The worker calls it after each engine call."""
+    for level, target, message in _native.drain_logs(1000):
+        name = target.replace("tasker_core::", "tasker.").replace("::", ".")
+        logging.getLogger(name).log(logging.getLevelName(level.upper()), message)
 
 log = logging.getLogger("tasker")
 

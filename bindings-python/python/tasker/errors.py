@@ -13,7 +13,10 @@ both work::
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict, Optional, Type
+import traceback
+from typing import Any, ClassVar, Dict, Optional, Tuple, Type
+
+from . import _native
 
 
 class TaskerError(Exception):
@@ -215,3 +218,38 @@ class RetryableError(HandlerError):
         self.message = message
         self.retry_after = retry_after
         self.details = details
+
+
+#: A handler's outcome as the worker reports it: ``(step_id, kind, text)`` (see
+#: ``docs/workers.md``).
+Outcome = Tuple[int, str, str]
+
+
+def outcome_of(step_id: int, result: Any = None, error: Optional[BaseException] = None) -> Outcome:
+    """The outcome of one handler run: its result as JSON, its exception as a failure
+    document (class, message, traceback, ``retry_after``, ``details``), or, for a result
+    that is not JSON-serialisable, the serialiser's reason (the engine fails the step
+    for good as ``invalid_result``)."""
+    if error is not None:
+        cls = type(error)
+        doc: Dict[str, Any] = {
+            "message": str(error) or cls.__name__,
+            "kind": cls.__name__,
+            "exception": f"{cls.__module__}.{cls.__qualname__}",
+            "retryable": not isinstance(error, PermanentError),
+            "traceback": "".join(traceback.format_exception(cls, error, error.__traceback__)),
+        }
+        if isinstance(error, RetryableError) and error.retry_after is not None:
+            doc["retry_after_ms"] = int(round(error.retry_after * 1000))
+        details = getattr(error, "details", None)
+        if details is not None:
+            doc["details"] = details
+        try:
+            return (step_id, "error", _native.to_json(doc))
+        except (TypeError, ValueError):  # details that are not JSON: keep the rest
+            doc.pop("details", None)
+            return (step_id, "error", _native.to_json(doc))
+    try:
+        return (step_id, "result", _native.to_json(result))
+    except (TypeError, ValueError) as e:
+        return (step_id, "invalid_result", f"{e} (a {type(result).__name__})")

@@ -8,6 +8,7 @@ every field. Fields marked ``NotRequired`` may be absent.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 if sys.version_info >= (3, 11):
@@ -16,6 +17,7 @@ else:  # pragma: no cover - Python 3.10
     from typing_extensions import NotRequired, TypedDict
 
 __all__ = [
+    "WorkerStats",
     "CreatedTask",
     "Event",
     "EventPage",
@@ -150,3 +152,21 @@ class EventPage(TypedDict):
 
     events: List[Event]
     next_cursor: int
+
+
+@dataclass
+class WorkerStats:
+    """What a worker did so far.
+
+    Attributes:
+        completed: Steps whose result was recorded.
+        failed: Failed attempts recorded (each may be retried by the engine).
+        lost: Outcomes the engine refused because the step was no longer held (taken
+            back, cancelled or resolved meanwhile).
+        released: Claimed steps handed back unrun while stopping.
+    """
+
+    completed: int = 0
+    failed: int = 0
+    lost: int = 0
+    released: int = 0

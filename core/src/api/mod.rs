@@ -18,6 +18,7 @@ use crate::error::{Error, ErrorCode, Result};
 pub mod host;
 pub mod ops;
 mod subscription;
+mod worker_ops;
 
 pub use subscription::Subscription;
 

@@ -1,6 +1,8 @@
 //! The JSON operations: request shapes, validation of raw input, dispatch to the engine
 //! and response shapes. `docs/api.md` documents each; a test runs its examples.
 
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -34,6 +36,11 @@ pub const OPERATIONS: &[&str] = &[
     "events",
     "sweep",
     "migrate",
+    "worker_open",
+    "worker_next",
+    "worker_report",
+    "worker_close",
+    "worker_stats",
 ];
 
 /// Parses JSON, telling malformed JSON (`invalid_json`) from well-formed JSON of the
@@ -58,7 +65,7 @@ pub fn parse_json<T: DeserializeOwned>(text: &str) -> Result<T> {
 }
 
 /// Runs operation `op` with JSON `request` and returns the JSON response.
-pub async fn dispatch(engine: &Engine, op: &str, request: &str) -> Result<String> {
+pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<String> {
     if request.len() > engine.config().max_request_bytes {
         return Err(Error::new(
             ErrorCode::TooLarge,
@@ -280,6 +287,9 @@ pub async fn dispatch(engine: &Engine, op: &str, request: &str) -> Result<String
             let _: Empty = parse_json(request)?;
             json!({ "applied": engine.migrate().await? })
         }
+        "worker_open" | "worker_next" | "worker_report" | "worker_close" | "worker_stats" => {
+            return super::worker_ops::dispatch(engine, op, request).await
+        }
         other => {
             return Err(Error::new(
                 ErrorCode::UnknownOperation,
@@ -316,7 +326,7 @@ fn internal(e: serde_json::Error) -> Error {
     Error::internal(format!("response could not be serialized: {e}"))
 }
 
-fn to_string<T: serde::Serialize>(v: &T) -> Result<String> {
+pub(crate) fn to_string<T: serde::Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(internal)
 }
 
@@ -526,7 +536,7 @@ struct FailReq {
 /// A handler's failure: `message` is required; `kind` names the error class;
 /// `retryable` defaults to true; anything else (`details`, `backtrace`) is stored.
 #[derive(Deserialize)]
-struct ErrorDoc {
+pub(crate) struct ErrorDoc {
     message: String,
     #[serde(default)]
     kind: Option<String>,
@@ -539,7 +549,7 @@ struct ErrorDoc {
 }
 
 impl ErrorDoc {
-    fn into_failure(self) -> Result<StepFailure> {
+    pub(crate) fn into_failure(self) -> Result<StepFailure> {
         let kind = self.kind.unwrap_or_else(|| "error".into());
         let retryable = self.retryable.unwrap_or(true);
         let mut document = self.rest;

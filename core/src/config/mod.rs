@@ -78,6 +78,10 @@ pub struct Config {
     pub default_timeout_s: u64,
     /// Retry policy when neither the step nor the template defaults set one.
     pub default_retry: RetryPolicy,
+    /// How long a worker session rides out an `unavailable` database (claims, lease
+    /// renewals and reports are tried again with growing pauses) before its calls
+    /// return the error.
+    pub worker_patience_ms: u64,
 }
 
 impl Default for Config {
@@ -110,6 +114,7 @@ impl Default for Config {
             stats_window_ms: 300_000,
             default_timeout_s: 300,
             default_retry: RetryPolicy::default(),
+            worker_patience_ms: 60_000,
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct Engine {
     templates: RwLock<HashMap<TemplateKey, Arc<Compiled>>>,
     /// Woken when steps may have become claimable, and when events were written.
     signals: Arc<Signals>,
+    /// This process's worker sessions on this database (the worker runtime).
+    pub(crate) workers: crate::worker::Sessions,
     closed: AtomicBool,
 }
 
@@ -113,6 +115,7 @@ impl Engine {
             store,
             templates: RwLock::new(HashMap::new()),
             signals,
+            workers: crate::worker::Sessions::default(),
             closed: AtomicBool::new(false),
         }))
     }
@@ -121,7 +124,15 @@ impl Engine {
         &self.config
     }
 
-    fn check_open(&self) -> Result<()> {
+    pub(crate) fn signals(&self) -> &Signals {
+        &self.signals
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::new(ErrorCode::Closed, "the engine is closed"));
         }
@@ -357,11 +368,8 @@ impl Engine {
         Ok(created)
     }
 
-    /// Claims up to `limit` ready steps, waiting up to `wait_ms` for some to appear.
-    /// In-process readiness wakes the waiter at once; a retry coming due wakes it at
-    /// its `ready_at`; `claim_poll_ms` bounds each sleep to notice other processes.
     /// Validates a claim request into store parameters (handlers sorted and deduped).
-    fn claim_params(&self, req: Claim) -> Result<ClaimParams> {
+    pub(crate) fn claim_params(&self, req: Claim) -> Result<ClaimParams> {
         if req.handlers.is_empty() {
             return Err(Error::invalid_argument(
                 "claim needs at least one handler name",
@@ -418,6 +426,32 @@ impl Engine {
                 nap = nap.min(Duration::from_millis((at - now).max(0) as u64 + 1));
             }
             let _ = tokio::time::timeout(nap, notified).await;
+        }
+    }
+
+    /// One claim query, no waiting (the worker runtime's claimer waits itself).
+    pub(crate) async fn claim_now(&self, mut params: ClaimParams) -> Result<ClaimBatch> {
+        self.check_open()?;
+        params.now = now_ms();
+        let batch = self.store.claim(params).await?;
+        if !batch.steps.is_empty() {
+            self.changed(false);
+        }
+        Ok(batch)
+    }
+
+    /// Every handler name a step of a registered template names.
+    pub(crate) async fn registered_handlers(&self) -> Result<Vec<String>> {
+        self.check_open()?;
+        self.store.registered_handlers().await
+    }
+
+    /// A short name of the store for logs: `sqlite` or `postgres`, without credentials.
+    pub fn store_label(&self) -> &'static str {
+        if self.config.database_url.starts_with("sqlite:") {
+            "sqlite"
+        } else {
+            "postgres"
         }
     }
 
@@ -532,6 +566,11 @@ impl Engine {
         self.check_open()?;
         let out = self.store.cancel_task(task_id, reason, now_ms()).await?;
         self.changed(false);
+        if out.changed {
+            // Running handlers of this task in this process hear of it at once; other
+            // processes' sessions at their next lease renewal.
+            self.workers.task_cancelled(task_id);
+        }
         Ok(out)
     }
 
@@ -661,6 +700,7 @@ impl Engine {
         }
         self.signals.ready.notify_waiters();
         self.signals.events.notify_waiters();
+        self.workers.shut();
         self.store.close().await
     }
 }

@@ -335,6 +335,8 @@ pub trait Store: Send + Sync {
         name: &'a str,
         version: Option<&'a str>,
     ) -> BoxFut<'a, Option<Template>>;
+    /// Every handler name that a step of a registered template names, sorted.
+    fn registered_handlers(&self) -> BoxFut<'_, Vec<String>>;
     /// The task created earlier with this idempotency key, if any.
     fn find_task_by_key<'a>(
         &'a self,

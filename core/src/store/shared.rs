@@ -226,6 +226,28 @@ pub fn pick_template(
     .transpose()
 }
 
+/// The handler names of every step of the stored template bodies, sorted, once each.
+pub fn handlers_of(bodies: impl IntoIterator<Item = String>) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(default)]
+        steps: Vec<StepBody>,
+    }
+    #[derive(serde::Deserialize)]
+    struct StepBody {
+        handler: String,
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for body in bodies {
+        // An unreadable body is reported where it is used (get_template); here it
+        // only contributes no names.
+        if let Ok(b) = serde_json::from_str::<Body>(&body) {
+            names.extend(b.steps.into_iter().map(|s| s.handler));
+        }
+    }
+    names.into_iter().collect()
+}
+
 /// Stored JSON text handed back untouched (never re-parsed into a `Value`).
 pub fn raw_opt(
     text: Option<String>,

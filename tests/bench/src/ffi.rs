@@ -69,3 +69,39 @@ pub fn c(bin: &Path, calls: usize, batch: usize, out: &mut Results) -> Res<()> {
     );
     Ok(())
 }
+
+/// `tests/c/worker.c` in benchmark mode: `n` single-step tasks drained by the C worker
+/// loop on the worker session operations (batches of 256), on a fresh SQLite file.
+pub fn c_worker(bin: &Path, sync: &str, n: usize, out: &mut Results) -> Res<()> {
+    let scratch = Scratch::new("c-worker")?;
+    let url = format!("sqlite://{}", scratch.db().display());
+    let output = Command::new(bin)
+        .arg(&url)
+        .arg(n.to_string())
+        .env("TASKER_SQLITE_SYNCHRONOUS", sync)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{} failed ({}): {}",
+            bin.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    let text = String::from_utf8(output.stdout)?;
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("steps_per_s_c_worker_sqlite "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .ok_or_else(|| {
+            format!(
+                "{} printed no steps_per_s_c_worker_sqlite: {text}",
+                bin.display()
+            )
+        })?;
+    out.num("steps_per_s_c_worker_sqlite", value);
+    eprintln!("  C worker (sessions): {value:.0} steps/s drained ({n} tasks)");
+    Ok(())
+}

@@ -3,7 +3,7 @@
 //! after); the results are a flat JSON object of named numbers.
 //!
 //! ```text
-//! tasker-bench [--quick] [--sync normal|full] [--out PATH] [--ffi-bin PATH] [--only a,b]
+//! tasker-bench [--quick] [--sync normal|full] [--out PATH] [--ffi-bin PATH] [--c-worker-bin PATH] [--only a,b]
 //!              [--pg-url URL] [--pg-loops N] [--peer-dir DIR] [--node PATH]
 //! tasker-bench --pg-worker --pg-url URL --schema S --limit L [--pg-loops N]   (child mode)
 //! ```
@@ -37,6 +37,7 @@ struct Args {
     sync: String,
     out: PathBuf,
     ffi_bin: Option<PathBuf>,
+    c_worker_bin: Option<PathBuf>,
     only: Option<Vec<String>>,
     pg_url: Option<String>,
     pg_loops: usize,
@@ -50,9 +51,11 @@ struct Args {
 struct WorkerArgs {
     schema: String,
     limit: u32,
+    /// Drive worker sessions instead of claim/complete (`--sessions`).
+    sessions: bool,
 }
 
-const USAGE: &str = "usage: tasker-bench [--quick] [--sync normal|full] [--out PATH] [--ffi-bin PATH]
+const USAGE: &str = "usage: tasker-bench [--quick] [--sync normal|full] [--out PATH] [--ffi-bin PATH] [--c-worker-bin PATH]
                     [--pg-url URL] [--pg-loops N] [--peer-dir DIR] [--node PATH]
                     [--only ffi,latency,steps,dag,commits,pg-commits,pg-latency,pg-steps,pg-4proc,pg-stmts,peer]";
 
@@ -77,6 +80,7 @@ fn parse_args() -> Res<Args> {
         sync: "normal".into(),
         out: PathBuf::from("target/bench/results.json"),
         ffi_bin: None,
+        c_worker_bin: None,
         only: None,
         pg_url: None,
         pg_loops: 3,
@@ -92,6 +96,7 @@ fn parse_args() -> Res<Args> {
             "--sync" => args.sync = value("--sync")?,
             "--out" => args.out = value("--out")?.into(),
             "--ffi-bin" => args.ffi_bin = Some(value("--ffi-bin")?.into()),
+            "--c-worker-bin" => args.c_worker_bin = Some(value("--c-worker-bin")?.into()),
             "--only" => args.only = Some(value("--only")?.split(',').map(str::to_owned).collect()),
             "--pg-url" => args.pg_url = Some(value("--pg-url")?),
             "--pg-loops" => {
@@ -103,6 +108,7 @@ fn parse_args() -> Res<Args> {
             "--node" => args.node = value("--node")?,
             "--pg-worker" => args.worker = Some(WorkerArgs::default()),
             "--schema" => args.worker.get_or_insert_default().schema = value("--schema")?,
+            "--sessions" => args.worker.get_or_insert_default().sessions = true,
             "--limit" => {
                 args.worker.get_or_insert_default().limit = value("--limit")?
                     .parse()
@@ -157,7 +163,7 @@ fn run() -> Res<()> {
     let args = parse_args()?;
     if let Some(w) = &args.worker {
         let url = args.pg_url.as_deref().ok_or("--pg-worker needs --pg-url")?;
-        return multiproc::child(url, &w.schema, w.limit, args.pg_loops);
+        return multiproc::child(url, &w.schema, w.limit, args.pg_loops, w.sessions);
     }
     let wants = |name: &str| {
         args.only
@@ -220,7 +226,20 @@ fn run() -> Res<()> {
     }
     if wants("steps") {
         eprintln!("steps:");
-        throughput::run(sqlite, if q { 5_000 } else { 20_000 }, 256, 1, &mut r)?;
+        let n = if q { 5_000 } else { 20_000 };
+        throughput::run(sqlite, n, 256, 1, &mut r)?;
+        match &args.c_worker_bin {
+            Some(bin) => {
+                ffi::c_worker(bin, sync, n, &mut r)?;
+                if let (Some(c), Some(rust)) = (
+                    r.get("steps_per_s_c_worker_sqlite"),
+                    r.get("steps_per_s_sqlite"),
+                ) {
+                    r.num("c_worker_over_rust_sqlite", c / rust);
+                }
+            }
+            None => eprintln!("  C worker: skipped (no --c-worker-bin)"),
+        }
     }
     if wants("dag") {
         eprintln!("dag:");
@@ -271,17 +290,19 @@ fn postgres(args: &Args, url: &str, r: &mut Results) -> Res<()> {
         eprintln!("steps (postgres, 4 processes):");
         let exe = std::env::current_exe()?;
         let loops = args.pg_loops.max(1);
-        multiproc::run(&pg, &exe, 4, loops, steps, 256, "", r)?;
+        multiproc::run(&pg, &exe, 4, loops, steps, 256, "", false, r)?;
+        // The same four processes through worker sessions (the worker runtime).
+        multiproc::run(&pg, &exe, 4, loops, steps, 256, "_sessions", true, r)?;
         if loops > 1 {
             // One claim loop per process, as the engine's own workers run (one claimer,
             // handlers on threads): fewer claimers skipping each other's locked rows.
-            multiproc::run(&pg, &exe, 4, 1, steps, 256, "_1loop", r)?;
+            multiproc::run(&pg, &exe, 4, 1, steps, 256, "_1loop", false, r)?;
         }
         // Small batches, as workers whose handlers are slow claim them: a transaction per
         // few steps, so this rate is bounded by how many transactions the processes
         // together can commit (what the event-order lock once serialized).
         let small = if q { 1_000 } else { 4_000 };
-        multiproc::run(&pg, &exe, 4, loops, small, 4, "_batch4", r)?;
+        multiproc::run(&pg, &exe, 4, loops, small, 4, "_batch4", false, r)?;
     }
     if wants("pg-stmts") {
         eprintln!("statements per step (postgres):");

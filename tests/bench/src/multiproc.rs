@@ -44,6 +44,7 @@ pub fn run(
     n: usize,
     batch: u32,
     suffix: &str,
+    sessions: bool,
     out: &mut Results,
 ) -> Res<()> {
     let db = Db::open(Store::Postgres(pg), "steps4p")?;
@@ -57,6 +58,7 @@ pub fn run(
             .args(["--pg-worker", "--pg-url", &pg.url, "--schema", &schema])
             .args(["--limit", &batch.to_string()])
             .args(["--pg-loops", &loops.to_string()])
+            .args(sessions.then_some("--sessions"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
@@ -160,9 +162,19 @@ fn unix_s() -> f64 {
 /// schema's no-op steps with batched claim + complete-and-claim until every task is
 /// done; print `{"done": steps this process did, "last_done_s": when its last
 /// completion returned}`.
-pub fn child(url: &str, schema: &str, limit: u32, loops: usize) -> Res<()> {
+pub fn child(url: &str, schema: &str, limit: u32, loops: usize, sessions: bool) -> Res<()> {
     let t = util::open_postgres(url, schema)?;
     util::warm_up(&t, loops)?;
+    // With --sessions every loop drives one worker session of this process (the worker
+    // runtime: its shared claimer, its leases), as the bindings' workers do.
+    let session = if sessions {
+        let open = json!({ "handlers": ["only"], "concurrency": loops.max(1),
+                           "batch": (limit as usize * loops.max(1)).min(1000), "name": "bench" });
+        let opened = util::call(&t, "worker_open", &open.to_string())?;
+        Some(opened["worker_id"].as_str().unwrap_or_default().to_owned())
+    } else {
+        None
+    };
     let mut stdout = std::io::stdout();
     writeln!(stdout, "ready")?;
     stdout.flush()?;
@@ -170,7 +182,12 @@ pub fn child(url: &str, schema: &str, limit: u32, loops: usize) -> Res<()> {
     std::io::stdin().read_line(&mut go)?;
     let done = std::thread::scope(|s| {
         let handles: Vec<_> = (0..loops.max(1))
-            .map(|_| s.spawn(|| drain_until_complete(&t, limit)))
+            .map(|_| {
+                s.spawn(|| match &session {
+                    Some(w) => drain_session(&t, w, limit),
+                    None => drain_until_complete(&t, limit),
+                })
+            })
             .collect();
         handles.into_iter().try_fold((0u64, 0f64), |(n, last), h| {
             let (done, at) = h.join().map_err(|_| "a claim loop panicked")??;
@@ -210,6 +227,36 @@ fn drain_until_complete(t: &tasker_core::api::Tasker, limit: u32) -> Res<(u64, f
                 Some(next) => page = next,
                 None => break,
             }
+        }
+        if !any && unfinished(t, "pending")? == 0 && unfinished(t, "running")? == 0 {
+            return Ok((done, last));
+        }
+    }
+}
+
+/// `drain_until_complete` through a worker session: `worker_next` waits for work,
+/// `worker_report` records a batch and claims the next in one round trip.
+fn drain_session(t: &tasker_core::api::Tasker, w: &str, limit: u32) -> Res<(u64, f64)> {
+    let next = json!({ "worker_id": w, "max": limit, "wait_ms": 100 }).to_string();
+    let mut done = 0u64;
+    let mut last = 0f64;
+    loop {
+        let mut page = util::call(t, "worker_next", &next)?;
+        let mut any = false;
+        loop {
+            let steps = page["steps"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+            if steps.is_empty() {
+                break;
+            }
+            any = true;
+            done += steps.len() as u64;
+            let outcomes: Vec<Value> = steps
+                .iter()
+                .map(|s| json!({ "step_id": s["step_id"], "result": null }))
+                .collect();
+            let req = json!({ "worker_id": w, "outcomes": outcomes, "next": { "max": limit } });
+            page = util::call(t, "worker_report", &req.to_string())?;
+            last = unix_s();
         }
         if !any && unfinished(t, "pending")? == 0 && unfinished(t, "running")? == 0 {
             return Ok((done, last));

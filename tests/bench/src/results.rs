@@ -59,6 +59,8 @@ impl Results {
             ("linear4_p50_ms_sqlite", Some(Target::AtMost(1.0))),
             ("diamond4_p50_ms_sqlite", None),
             ("steps_per_s_sqlite", Some(Target::AtLeast(20_000.0))),
+            ("steps_per_s_c_worker_sqlite", None),
+            ("c_worker_over_rust_sqlite", Some(Target::AtLeast(0.9))),
             ("dag1k_steps_per_s_sqlite", None),
             ("dag10k_steps_per_s_sqlite", None),
             ("dag10k_over_dag1k", Some(Target::AtLeast(0.7))),

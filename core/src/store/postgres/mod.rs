@@ -415,6 +415,10 @@ impl Store for PgStore {
         }))
     }
 
+    fn registered_handlers(&self) -> BoxFut<'_, Vec<String>> {
+        Box::pin(self.read(|c| Box::pin(reads::registered_handlers(c))))
+    }
+
     fn find_task_by_key<'a>(
         &'a self,
         namespace: &'a str,

@@ -89,6 +89,17 @@ pub async fn get_template(
     crate::store::shared::pick_template(rows, version)
 }
 
+pub async fn registered_handlers(conn: &mut PgConnection) -> Result<Vec<String>> {
+    let rows = sqlx::query("SELECT body FROM tasker_templates")
+        .fetch_all(conn)
+        .await?;
+    let bodies = rows
+        .iter()
+        .map(|row| Ok(row.try_get(0)?))
+        .collect::<Result<Vec<String>>>()?;
+    Ok(crate::store::shared::handlers_of(bodies))
+}
+
 fn summary_from(row: &PgRow) -> Result<TaskSummary> {
     let started: Option<i64> = row.try_get(11)?;
     let finished: Option<i64> = row.try_get(12)?;

@@ -215,6 +215,10 @@ impl Store for SqliteStore {
         done(self.read(|c| reads::get_template(c, namespace, name, version)))
     }
 
+    fn registered_handlers(&self) -> BoxFut<'_, Vec<String>> {
+        done(self.read(reads::registered_handlers))
+    }
+
     fn find_task_by_key<'a>(
         &'a self,
         namespace: &'a str,

@@ -70,6 +70,14 @@ pub fn get_template(
     crate::store::shared::pick_template(rows, version)
 }
 
+pub fn registered_handlers(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT body FROM tasker_templates")?;
+    let bodies = stmt
+        .query_map([], |row| row.get(0))?
+        .collect::<std::result::Result<Vec<String>, _>>()?;
+    Ok(crate::store::shared::handlers_of(bodies))
+}
+
 fn summary_from(row: &Row<'_>) -> rusqlite::Result<TaskSummary> {
     let started: Option<i64> = row.get(11)?;
     let finished: Option<i64> = row.get(12)?;
