@@ -20,12 +20,15 @@ fn version() -> &'static str {
 
 #[magnus::init(name = "tasker_native")]
 fn init(ruby: &Ruby) -> Result<(), Error> {
+    // The engine's log lines are kept for the gem to pass on to Tasker.logger.
+    tasker_core::logs::capture();
     let tasker = ruby.define_module("Tasker")?;
     let native = tasker.define_module("Native")?;
     native.define_singleton_method("version", function!(version, 0))?;
     native.define_singleton_method("error_codes", function!(errors::codes, 0))?;
     native.define_singleton_method("to_json", function!(handle::to_json, 2))?;
     native.define_singleton_method("from_json", function!(handle::from_json, 1))?;
+    native.define_singleton_method("drain_logs", function!(worker::drain_logs, 1))?;
 
     let h = native.define_class("Handle", ruby.class_object())?;
     h.undef_default_alloc_func();

@@ -254,3 +254,12 @@ fn exception_message(e: Error) -> String {
         None => e.to_string(),
     }
 }
+
+/// `Tasker::Native.drain_logs(max)`: up to `max` log lines the engine wrote since the
+/// last call, oldest first, as `[level, target, message]` (see `tasker_core::logs`).
+pub fn drain_logs(max: usize) -> Vec<(&'static str, String, String)> {
+    tasker_core::logs::drain(max)
+        .into_iter()
+        .map(|r| (r.level, r.target, r.message))
+        .collect()
+}

@@ -2,7 +2,9 @@
 
 # The Ruby conformance runner: every vector of this directory (format in README.md) run
 # through the installed `tasker` gem, on SQLite and on PostgreSQL. Claims come back from
-# Tasker::Client#claim and are handed as Tasker::Step objects to a Ruby handler, which
+# Tasker::Client#claim (or, for "via": "worker_session" vectors, from the worker
+# session's native worker_next, as Tasker::Worker gets them) and are handed as
+# Tasker::Step objects to a Ruby handler, which
 # computes each scripted outcome from the step's context, results, config and attempt;
 # every call goes through Tasker::Client, and expected errors are matched on the
 # exception class and its code, message and details. Same semantics as
@@ -130,6 +132,8 @@ module Conformance
       @actions = vector.fetch("actions", [])
       @fired = Array.new(@actions.size, false)
       @not_before = {}
+      # With "via": "worker_session": the session the run claims and reports through.
+      @session = nil
     end
 
     def fail!(msg)
@@ -172,6 +176,10 @@ module Conformance
         return
       end
       call("register_template") { @t.register_template(tpl) }
+      if @v["via"] == "worker_session"
+        opened = call("worker_open") { @t.worker_open(handlers: @handlers, batch: 1, name: "conformance") }
+        @session = opened["worker_id"]
+      end
 
       create = { context: @v.fetch("context", {}) }
       create[:priority] = @v["priority"] if @v.key?("priority")
@@ -293,9 +301,16 @@ module Conformance
       end
     end
 
+    # [[Tasker::Step, claim_token], ...] and whether a retry is scheduled.
     def claim(wait_ms)
+      unless @session.nil?
+        steps, _stops, idle, = call("worker_next") { @t.native.worker_next(@session, 1, wait_ms, nil) }
+        steps = steps.map { |row| [Tasker::Step.from_wire(row), nil] }
+        # A session that is not idle but got nothing has a retry scheduled.
+        return [steps, steps.empty? && !idle ? "scheduled" : nil]
+      end
       page = call("claim") { @t.claim(@handlers, limit: 1, wait_ms: wait_ms, worker_id: "conformance") }
-      [page["steps"], page["next_ready_at"]]
+      [page["steps"].map { |h| [Tasker::Step.from_h(h), h["claim_token"]] }, page["next_ready_at"]]
     end
 
     def drive
@@ -344,12 +359,33 @@ module Conformance
       outcome
     end
 
+    # `worker_report` with the scripted outcome; its result must match `expect_report`
+    # (a subset), else have the outcome the kind implies.
+    def report(name, n, step, outcome)
+      item, default =
+        if outcome.key?("complete")
+          [{ "step_id" => step.step_id, "result" => outcome["complete"] }, "completed"]
+        elsif outcome.key?("fail")
+          [{ "step_id" => step.step_id, "error" => { "message" => "scripted failure" }.merge(outcome["fail"]) }, "failed"]
+        elsif outcome.key?("invalid_result")
+          [{ "step_id" => step.step_id, "invalid_result" => outcome["invalid_result"] }, "failed"]
+        elsif outcome.key?("release")
+          [{ "step_id" => step.step_id, "release" => true }, "released"]
+        else
+          fail!("step #{name} claim #{n}: bad outcome for a worker session #{outcome}")
+        end
+      resp = call("worker_report") { @t.worker_report(@session, [item]) }
+      got = resp["results"][0]
+      want = outcome.fetch("expect_report", { "outcome" => default })
+      fail!("step #{name} claim #{n}: worker_report gave #{got}, expected #{want}") unless Conformance.json_subset(want, got)
+    end
+
     def handle(claimed)
-      step = Tasker::Step.from_h(claimed)
+      step, token = claimed
       name = step.step_name
       fail!("claimed a step of another task: #{step.inspect}") unless step.task_id == @task_id
       n = (@claims[name] += 1)
-      @tokens[[name, n]] = [step.step_id, claimed["claim_token"]]
+      @tokens[[name, n]] = [step.step_id, token]
       if @not_before.key?(name)
         started, ms = @not_before.delete(name)
         waited_ms = (Conformance.monotonic - started) * 1000
@@ -363,8 +399,9 @@ module Conformance
       end
       fire_after(name, n, "claimed")
       expect_error = outcome["expect_error"]
-      token = claimed["claim_token"]
-      if outcome.key?("complete")
+      if !@session.nil?
+        report(name, n, step, outcome)
+      elsif outcome.key?("complete")
         checked(expect_error, "complete_step") { @t.complete_step(step.step_id, token, outcome["complete"]) }
       elsif outcome.key?("fail")
         doc = { "message" => "scripted failure" }.merge(outcome["fail"])

@@ -314,6 +314,21 @@ module Tasker
                                          lease_ms: lease_ms, name: name))
     end
 
+    # Up to +max+ claimed steps of a session, waiting up to +wait_ms+ (interruptible):
+    # {"steps", "stop", "idle"}.
+    def worker_next(worker_id, max: nil, wait_ms: nil)
+      call("worker_next", compact(worker_id: worker_id, max: max, wait_ms: wait_ms))
+    end
+
+    # Records a session's outcomes ({step_id, result} | {step_id, error} |
+    # {step_id, invalid_result} | {step_id, release: true}); with +claim_next:+ (the
+    # request's "next": {max:, wait_ms:}) claims the next batch in the same round trip.
+    def worker_report(worker_id, outcomes, claim_next: nil)
+      req = { "worker_id" => worker_id, "outcomes" => outcomes }
+      req["next"] = claim_next unless claim_next.nil?
+      call("worker_report", req)
+    end
+
     # Counts of an open worker session.
     def worker_stats(worker_id)
       @h.call_obj("worker_stats", { "worker_id" => worker_id })
