@@ -123,3 +123,27 @@ fn a_cancel_reaches_a_running_handler() {
     assert_eq!((stats.completed, stats.lost), (0, 1));
     assert_eq!(db.task(id)["state"], "cancelled");
 }
+
+#[test]
+fn a_timeout_reaches_a_running_handler_and_fails_the_attempt() {
+    let db = open(json!({ "lease_ms": 600 }));
+    let mut t = template("slow", &[("a", &[])], fast_retry(1));
+    t["steps"][0]["timeout_s"] = json!(1);
+    db.register(t);
+    let id = db.create("slow", json!({}));
+    let stats = Worker::new(&db.tasker, "w")
+        .lease_ms(600)
+        .handle("a", |s| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            while !s.is_cancelled() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(json!({ "cancelled": s.is_cancelled() }))
+        })
+        .run_until_idle()
+        .unwrap();
+    assert_eq!(stats.lost, 1, "the late result is refused");
+    let step = db.step(id, "a");
+    assert_eq!(step["state"], "error");
+    assert_eq!(step["error"]["kind"], "timeout");
+}

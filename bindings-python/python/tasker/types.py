@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
+
+from . import _native
 
 if sys.version_info >= (3, 11):
     from typing import NotRequired, TypedDict
@@ -17,6 +19,8 @@ else:  # pragma: no cover - Python 3.10
     from typing_extensions import NotRequired, TypedDict
 
 __all__ = [
+    "Handler",
+    "Step",
     "WorkerStats",
     "CreatedTask",
     "Event",
@@ -170,3 +174,11 @@ class WorkerStats:
     failed: int = 0
     lost: int = 0
     released: int = 0
+
+
+#: The step object a handler receives (see ``tasker._native.Step``).
+Step = _native.Step
+
+#: A handler: ``def h(step) -> result`` or ``async def h(step) -> result``; the result
+#: must be JSON-serialisable (dict, list, str, int, float, bool, None).
+Handler = Union[Callable[[Step], Any], Callable[[Step], Awaitable[Any]]]

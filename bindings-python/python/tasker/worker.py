@@ -1,18 +1,11 @@
-"""``Worker``: runs Python handlers for the steps of Tasker tasks.
-
-The worker is a driver of the engine's worker runtime (``docs/workers.md``): it opens a
-session, and its threads ask the session for steps (``worker_next``), run the handlers
-and report the outcomes (``worker_report``, which claims the next batch in the same
-transaction). Leases, retries, timeouts, outages and failure documents are the engine's
-business. Sync handlers run on ``concurrency`` threads; ``async def`` handlers on an
-asyncio loop in a thread of its own, up to ``concurrency`` at once. The GIL is released
-during every engine call.
-"""
+"""``Worker``: runs Python handlers for Tasker steps. It drives the engine's worker
+runtime (``docs/workers.md``, through :mod:`tasker._session`): claiming, leases,
+retries, timeouts, outages and failure documents are the engine's business; this
+module only runs handlers, sync ones on threads and ``async def`` ones on a loop."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import logging
 import os
@@ -20,26 +13,18 @@ import signal
 import socket
 import threading
 import time
-from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
-from . import _native
-from .client import Tasker, forward_logs
+from ._session import Session
+from .client import Tasker
 from .errors import Outcome, outcome_of
-from .types import WorkerStats
+from .types import Handler, Step, WorkerStats
 
 __all__ = ["Worker", "WorkerStats", "Step", "Handler"]
 
 log = logging.getLogger("tasker.worker")
 
-#: The step object a handler receives (see ``tasker._native.Step``).
-Step = _native.Step
-
-#: A handler: ``def h(step) -> result`` or ``async def h(step) -> result``; the result
-#: must be JSON-serialisable (dict, list, str, int, float, bool, None).
-Handler = Union[Callable[[Step], Any], Callable[[Step], Awaitable[Any]]]
-
-# A batch whose handlers took longer than this per step makes the thread claim one
-# step at a time (steps waiting in a batch count against their timeout).
+# Handlers slower than this per step make their thread claim one step at a time.
 _SLOW_STEP_S = 0.005
 
 
@@ -48,25 +33,20 @@ class Worker:
 
     Args:
         tasker: An open :class:`tasker.Tasker`.
-        concurrency: Threads running sync handlers, and the most ``async def``
-            handlers running at once.
+        concurrency: Sync handler threads; the most ``async def`` handlers at once.
         handlers: Handler name -> function, as if registered with :meth:`handler`.
         worker_id: Recorded on steps and events (default ``host-pid``).
-        batch_size: Steps a thread claims at once (1-1000). Large batches are fastest
-            for short handlers; a thread whose handlers are slow claims one at a time.
+        batch_size: Steps a thread claims at once (1-1000; slow handlers claim one).
         lease_ms: The lease the session's claims ask for (default: the engine's).
         idle_wait_ms: How long a claim waits for work in :meth:`run_until_idle`.
-        poll_ms: How long a claim waits for work in :meth:`start`/:meth:`run` before
-            asking again (new work wakes it at once).
+        poll_ms: The same in :meth:`start`/:meth:`run` (new work wakes it at once).
 
-    A handler gets a :class:`tasker.Step` (``context``, ``config``, ``results``,
-    ``attempt``, ``cancelled``, ``logger``, ...) and returns the step's result. Raising
-    :class:`tasker.PermanentError` fails the step for good;
-    :class:`tasker.RetryableError` asks for a retry (``retry_after`` seconds); any other
-    exception is a retryable failure recorded with its class, message and traceback. A
-    result that is not JSON-serialisable fails the step for good (``invalid_result``).
-    ``step.cancelled`` is set when the task is cancelled, the step's timeout passes or
-    its lease is lost; an ``async def`` handler is cancelled then.
+    A handler gets a :class:`tasker.Step` and returns the step's result.
+    :class:`tasker.PermanentError` fails the step for good, :class:`tasker.RetryableError`
+    asks for a retry after ``retry_after`` seconds, any other exception is a retryable
+    failure; a result that is not JSON fails the step for good. ``step.cancelled`` is
+    set when the run should stop (cancel, timeout, lost lease); async handlers are
+    cancelled then.
     """
 
     def __init__(self, tasker: Tasker, concurrency: int = 1, handlers: Optional[Mapping[str, Handler]] = None, *,
@@ -85,15 +65,12 @@ class Worker:
         self._async: Dict[str, Callable[[Step], Awaitable[Any]]] = {}
         self._stats = WorkerStats()
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._done = threading.Event()
+        self._stopping, self._done = threading.Event(), threading.Event()
         self._threads: List[threading.Thread] = []
         self._running: Dict[int, Step] = {}
         self._tasks: Dict[int, "asyncio.Task[Any]"] = {}
         self._errors: List[BaseException] = []
-        self._sessions: Dict[str, str] = {}
-        self._idle: Dict[str, bool] = {}
-        self._lanes: Dict[str, int] = {}
+        self._sessions: Dict[str, Session] = {}
         for name, fn in (handlers or {}).items():
             self.register(name, fn)
 
@@ -103,8 +80,8 @@ class Worker:
             raise TypeError(f"handler {name!r} is not callable")
         if self.running:
             raise RuntimeError("register handlers before starting the worker")
-        self._sync.pop(name, None)
-        self._async.pop(name, None)
+        for kind in (self._sync, self._async):
+            kind.pop(name, None)
         if inspect.iscoroutinefunction(fn):
             self._async[name] = fn
         else:
@@ -153,8 +130,7 @@ class Worker:
         except KeyboardInterrupt:
             self.stop()
             raise
-        after = self.stats
-        return WorkerStats(*(getattr(after, f) - getattr(before, f) for f in vars(after)))
+        return WorkerStats(*(getattr(self.stats, f) - getattr(before, f) for f in vars(before)))
 
     def start(self) -> None:
         """Starts working in background threads; returns at once. Call :meth:`stop`."""
@@ -184,8 +160,7 @@ class Worker:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
-    # -- the session ------------------------------------------------------------------
-
+    # -- running: one session per kind of handler (sync on threads, async on a loop) --
     def _launch(self, until_idle: bool) -> None:
         if self.running:
             raise RuntimeError("the worker is already running")
@@ -193,30 +168,25 @@ class Worker:
             raise RuntimeError("register at least one handler before running the worker")
         self._stopping.clear()
         self._done.clear()
-        self._errors, self._until_idle = [], until_idle
-        # One session per kind of handler: sync steps go to threads, async to the loop.
-        kinds = {"sync": (sorted(self._sync), self.batch_size * self.concurrency),
-                 "async": (sorted(self._async), self.concurrency)}
-        targets: List[Tuple[str, Callable[[], None], bool]] = []  # (kind, run, is a lane)
-        self._sessions, self._idle, self._lanes = {}, {}, {}
-        for kind, (names, batch) in kinds.items():
+        self._errors, self._until_idle, self._sessions = [], until_idle, {}
+        targets: List[Tuple[Session, Callable[[Session], None], bool]] = []  # (session, run, is a lane)
+        for kind, names, batch in (("sync", self._sync, self.batch_size * self.concurrency),
+                                   ("async", self._async, self.concurrency)):
             if not names:
                 continue
-            req: Dict[str, Any] = {"handlers": names, "name": self.worker_id, "concurrency": self.concurrency,
-                                   "batch": min(1000, batch)}
+            req: Dict[str, Any] = {"handlers": sorted(names), "name": self.worker_id,
+                                   "concurrency": self.concurrency, "batch": min(1000, batch)}
             if self.lease_ms is not None:
                 req["lease_ms"] = self.lease_ms
             try:
-                self._sessions[kind] = self.tasker.call("worker_open", req)["worker_id"]
+                s = self._sessions[kind] = Session(self.tasker, req, self._on_stop, self._stats, self._lock)
             except BaseException:
-                self._close_sessions()
+                for other in self._sessions.values():
+                    other.close()
                 raise
-            finally:
-                forward_logs()
-            self._idle[kind] = False
-            lanes = [self._sync_lane] * self.concurrency if kind == "sync" else [self._async_thread]
-            self._lanes[kind] = len(lanes)
-            targets += [(kind, lane, True) for lane in lanes] + [(kind, functools.partial(self._watch, kind), False)]
+            lanes = [self._sync_lane] * self.concurrency if kind == "sync" else [self._async_loop]
+            s.lanes = len(lanes)
+            targets += [(s, lane, True) for lane in lanes] + [(s, lambda s: s.watch(self._finished), False)]
         self._threads = [threading.Thread(target=self._guard, args=t, daemon=True,
                                           name=f"tasker-worker-{self.worker_id}-{i}") for i, t in enumerate(targets)]
         for t in self._threads:
@@ -230,76 +200,36 @@ class Worker:
             err, self._errors = self._errors[0], []
             raise err
 
-    def _guard(self, kind: str, target: Callable[[], None], lane: bool) -> None:
+    def _guard(self, session: Session, target: Callable[[Session], None], lane: bool) -> None:
         try:
-            target()
+            target(session)
         except BaseException as e:  # raised again by run_until_idle / stop
             log.error("worker %s: %s", self.worker_id, e)
             self._errors.append(e)
             self._done.set()
         finally:
             if lane:
-                self._lane_out(kind)
-
-    def _lane_out(self, kind: str) -> None:
-        """The last thread of a session closes it (which wakes its watcher)."""
-        with self._lock:
-            self._lanes[kind] -= 1
-            last = self._lanes[kind] == 0
-        if last:
-            self._done.set()
-            self._close_sessions(kind)
-
-    def _close_sessions(self, only: Optional[str] = None) -> None:
-        for kind in [only] if only else list(self._sessions):
-            session = self._sessions.pop(kind, None)
-            if session is not None:
-                try:
-                    self.tasker.call("worker_close", {"worker_id": session, "grace_ms": 0})
-                finally:
-                    forward_logs()
+                with self._lock:
+                    session.lanes -= 1
+                    last = session.lanes == 0
+                if last:  # the last thread of a session closes it (waking its watcher)
+                    self._done.set()
+                    session.close()
 
     def _finished(self) -> bool:
+        if self._until_idle and all(s.idle for s in self._sessions.values()):
+            self._done.set()
         return self._done.is_set() or self._stopping.is_set()
 
-    def _apply(self, kind: str, stops: List[Tuple[int, str]], steps: List[Step], idle: bool = False) -> None:
-        for step_id, _reason in stops:
-            step = self._running.get(step_id)
-            if step is not None:
-                step.cancelled.set()
-            task = self._tasks.get(step_id)
-            if task is not None:
-                task.get_loop().call_soon_threadsafe(task.cancel)
-        self._idle[kind] = idle and not steps
-        if self._until_idle and all(self._idle.values()):
-            self._done.set()
-        forward_logs()
+    def _on_stop(self, step_id: int) -> None:
+        step = self._running.get(step_id)
+        if step is not None:
+            step.cancelled.set()
+        task = self._tasks.get(step_id)
+        if task is not None:
+            task.get_loop().call_soon_threadsafe(task.cancel)
 
-    def _next(self, kind: str, max_: int, wait_ms: int) -> List[Step]:
-        session = self._sessions.get(kind)
-        if session is None:
-            return []
-        steps, stops, idle = self.tasker.native.worker_next(session, max_, wait_ms)
-        self._apply(kind, stops, steps, idle or (max_ == 0 and self._idle[kind]))
-        return steps
-
-    def _report(self, kind: str, outcomes: List[Outcome], next_max: Optional[int]) -> List[Step]:
-        session = self._sessions.get(kind)
-        if session is None or (not outcomes and not next_max):
-            return []
-        (ok, failed, released, lost), steps, stops = self.tasker.native.worker_report(session, outcomes, next_max)
-        with self._lock:
-            s = self._stats
-            s.completed, s.failed, s.released, s.lost = s.completed + ok, s.failed + failed, s.released + released, s.lost + lost
-        self._apply(kind, stops, steps)
-        return steps
-
-    def _watch(self, kind: str) -> None:
-        """Waits for stop signals while the session's handlers are busy."""
-        while not self._finished():
-            self._next(kind, 0, 1000)
-
-    def _sync_lane(self) -> None:
+    def _sync_lane(self, session: Session) -> None:
         size = 1 if self.concurrency > 1 else self.batch_size
         wait_ms = self.idle_wait_ms if self._until_idle else self.poll_ms
         steps: List[Step] = []
@@ -307,7 +237,7 @@ class Worker:
             if not steps:
                 if self._finished():
                     return
-                steps = self._next("sync", size, wait_ms)
+                steps = session.next(size, wait_ms)
                 continue
             started, outcomes = time.perf_counter(), []  # type: Tuple[float, List[Outcome]]
             for i, step in enumerate(steps):
@@ -324,12 +254,12 @@ class Worker:
                     del self._running[step.step_id]
             fast = (time.perf_counter() - started) / len(steps) < _SLOW_STEP_S
             size = min(size * 2, self.batch_size) if fast else 1
-            steps = self._report("sync", outcomes, None if self._finished() else size)
+            steps = session.report(outcomes, None if self._finished() else size)
 
-    def _async_thread(self) -> None:
-        asyncio.run(self._async_lane())
+    def _async_loop(self, session: Session) -> None:
+        asyncio.run(self._async_lane(session))
 
-    async def _async_lane(self) -> None:
+    async def _async_lane(self, session: Session) -> None:
         loop = asyncio.get_running_loop()
         wait_ms = self.idle_wait_ms if self._until_idle else self.poll_ms
         running: Set["asyncio.Task[Outcome]"] = set()
@@ -339,13 +269,12 @@ class Worker:
             if finished and not running and not done:
                 return
             free = 0 if finished else self.concurrency - len(running)
+            steps: List[Step] = []
             if done:
                 batch, done[:] = done[:], []
-                steps = await loop.run_in_executor(None, self._report, "async", batch, free or None)
+                steps = await loop.run_in_executor(None, session.report, batch, free or None)
             elif free:
-                steps = await loop.run_in_executor(None, self._next, "async", free, 0 if running else wait_ms)
-            else:
-                steps = []
+                steps = await loop.run_in_executor(None, session.next, free, 0 if running else wait_ms)
             for step in steps:
                 task = asyncio.ensure_future(self._run_async(step))
                 self._tasks[step.step_id] = task

@@ -168,7 +168,7 @@ pub fn child(url: &str, schema: &str, limit: u32, loops: usize, sessions: bool) 
     // With --sessions every loop drives one worker session of this process (the worker
     // runtime: its shared claimer, its leases), as the bindings' workers do.
     let session = if sessions {
-        let open = json!({ "handlers": ["only"], "concurrency": loops.max(1),
+        let open = json!({ "handlers": [util::NOOP], "concurrency": loops.max(1),
                            "batch": (limit as usize * loops.max(1)).min(1000), "name": "bench" });
         let opened = util::call(&t, "worker_open", &open.to_string())?;
         Some(opened["worker_id"].as_str().unwrap_or_default().to_owned())

@@ -1,0 +1,35 @@
+// ESM entry: the same objects as the CommonJS entry (index.js).
+import tasker from './index.js';
+
+export const {
+  Tasker,
+  Worker,
+  Step,
+  TaskerError,
+  InvalidJsonError,
+  InvalidUtf8Error,
+  InvalidArgumentError,
+  UnknownOperationError,
+  InvalidTemplateError,
+  SchemaViolationError,
+  NotFoundError,
+  ConflictError,
+  LeaseLostError,
+  InvalidStateError,
+  TooLargeError,
+  UnavailableError,
+  DatabaseError,
+  ClosedError,
+  InternalError,
+  ERROR_CLASSES,
+  ERROR_CODES,
+  HandlerError,
+  PermanentError,
+  RetryableError,
+  TASK_STATES,
+  STEP_STATES,
+  EVENT_NAMES,
+  STOP_REASONS,
+  version,
+} = tasker;
+export default tasker;
