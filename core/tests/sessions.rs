@@ -453,3 +453,65 @@ fn next_idle(db: &Db) -> Value {
     let w = session(db, &["a"], json!({}));
     next(db, &w, 1, 0)["idle"].clone()
 }
+
+#[test]
+fn a_handler_whose_steps_cannot_be_claimed_does_not_starve_the_others() {
+    if common::on_postgres() {
+        // The broken row is made with SQLite's own tools; the claimer is store-neutral.
+        return;
+    }
+    let db = open(json!({}));
+    db.register(template(
+        "two",
+        &[("bad", &[]), ("good", &[])],
+        fast_retry(3),
+    ));
+    let ids: Vec<i64> = (0..3).map(|_| db.create("two", json!({}))).collect();
+    // A stored config that is no longer JSON: every claim that includes the `bad`
+    // handler fails in the store.
+    let path = db.url.trim_start_matches("sqlite://").to_owned();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE tasker_steps SET config = 'not json' WHERE handler = 'bad'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let w = session(&db, &["bad", "good"], json!({ "batch": 10 }));
+    let page = next(&db, &w, 10, 0);
+    let steps = page["steps"].as_array().unwrap();
+    assert_eq!(
+        steps.len(),
+        3,
+        "the good handler's steps are served: {page}"
+    );
+    assert!(steps.iter().all(|s| s["handler"] == "good"));
+    let outcomes: Vec<Value> = steps
+        .iter()
+        .map(|s| json!({ "step_id": s["step_id"], "result": 1 }))
+        .collect();
+    report(&db, &w, json!(outcomes));
+    // Later claims leave the broken handler out instead of failing every time.
+    for _ in 0..3 {
+        let page = next(&db, &w, 10, 0);
+        assert_eq!(page["steps"], json!([]), "{page}");
+    }
+    // (get_task would refuse the broken row too: read the states directly.)
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    for id in ids {
+        let states: Vec<(String, String)> = conn
+            .prepare("SELECT handler, state FROM tasker_steps WHERE task_id = ?1 ORDER BY handler")
+            .unwrap()
+            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("bad".to_owned(), "ready".to_owned()),
+                ("good".to_owned(), "complete".to_owned())
+            ]
+        );
+    }
+}

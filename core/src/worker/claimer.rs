@@ -178,11 +178,90 @@ fn fail_all(group: &Group, e: &Error) {
     }
 }
 
+/// How long a handler whose claims fail is left out of its group's claims.
+const QUARANTINE: Duration = Duration::from_secs(30);
+
+/// Handlers whose claims fail for a reason waiting will not fix (a step the store
+/// cannot hand out): they are left out for a while so that the group's other handlers
+/// are still served, and each cause is logged once.
+#[derive(Default)]
+struct Quarantine {
+    until: HashMap<String, Instant>,
+    told: std::collections::HashSet<(String, String)>,
+}
+
+impl Quarantine {
+    fn healthy(&mut self, handlers: &[String], now: Instant) -> Vec<String> {
+        self.until.retain(|_, t| *t > now);
+        handlers
+            .iter()
+            .filter(|h| !self.until.contains_key(*h))
+            .cloned()
+            .collect()
+    }
+
+    fn add(&mut self, handler: &str, e: &Error) {
+        self.until
+            .insert(handler.to_owned(), Instant::now() + QUARANTINE);
+        if self.told.insert((handler.to_owned(), e.message.clone())) {
+            tracing::warn!(target: "tasker::worker", handler, error = %e,
+                "claims for this handler fail; serving the other handlers, trying it again every {}s",
+                QUARANTINE.as_secs());
+        }
+    }
+}
+
+/// A claim that failed for several handlers: each is claimed alone, so the failing ones
+/// are found and left out, and what the others had ready is claimed.
+async fn claim_each(
+    engine: &Engine,
+    params: &ClaimParams,
+    quarantine: &mut Quarantine,
+) -> Result<ClaimBatch> {
+    let mut out = ClaimBatch::default();
+    let mut last_err = None;
+    let mut failed = 0;
+    for h in &params.handlers {
+        let left = params.limit.saturating_sub(out.steps.len() as u32);
+        if left == 0 {
+            break;
+        }
+        let one = ClaimParams {
+            handlers: vec![h.clone()],
+            limit: left,
+            ..params.clone()
+        };
+        match engine.claim_now(one).await {
+            Ok(b) => {
+                out.steps.extend(b.steps);
+                out.next_ready_at = match (out.next_ready_at, b.next_ready_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            Err(e) if e.code == ErrorCode::Unavailable || e.code == ErrorCode::Closed => {
+                return Err(e)
+            }
+            Err(e) => {
+                quarantine.add(h, &e);
+                failed += 1;
+                last_err = Some(e);
+            }
+        }
+    }
+    match last_err {
+        // Every handler failed: the waiting sessions hear of it.
+        Some(e) if failed == params.handlers.len() => Err(e),
+        _ => Ok(out),
+    }
+}
+
 async fn serve(engine: Arc<Engine>, group: Arc<Group>) {
     let config = engine.config().clone();
     let poll = Duration::from_millis(config.claim_poll_ms);
     let mut next_ready_at: Option<i64> = None;
     let mut outage: Option<(Error, Duration)> = None;
+    let mut quarantine = Quarantine::default();
     loop {
         let ready = engine.signals().ready.notified();
         let arrived = group.arrived.notified();
@@ -210,15 +289,42 @@ async fn serve(engine: Arc<Engine>, group: Arc<Group>) {
             q.running = false;
             return;
         }
+        let handlers = quarantine.healthy(&group.key.handlers, now);
+        if handlers.is_empty() {
+            // Every handler is left out for now: wait as if nothing were claimable.
+            let until = (Instant::now() + poll).min(first_deadline);
+            tokio::select! {
+                _ = &mut arrived => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+            continue;
+        }
         let params = ClaimParams {
-            handlers: group.key.handlers.clone(),
+            handlers,
             limit: total.clamp(1, config.claim_limit_max),
             worker: group.key.worker.clone(),
             lease_ms: group.key.lease_ms,
             now: 0,
         };
         let mut nap = poll;
-        match engine.claim_now(params).await {
+        let claimed = match engine.claim_now(params.clone()).await {
+            Err(e)
+                if params.handlers.len() > 1
+                    && e.code != ErrorCode::Unavailable
+                    && e.code != ErrorCode::Closed =>
+            {
+                claim_each(&engine, &params, &mut quarantine).await
+            }
+            Err(e) if e.code != ErrorCode::Unavailable && e.code != ErrorCode::Closed => {
+                // The one healthy handler left fails too.
+                if group.key.handlers.len() > 1 {
+                    quarantine.add(&params.handlers[0], &e);
+                }
+                Err(e)
+            }
+            other => other,
+        };
+        match claimed {
             Ok(batch) => {
                 if outage.take().is_some() {
                     tracing::info!(target: "tasker::worker", handlers = ?group.key.handlers,
