@@ -34,22 +34,11 @@ pub fn rust(sync: &str, calls: usize, batch: usize, out: &mut Results) -> Res<()
 /// Runs the C benchmark (`ffi_noop <db> <calls> <batch>`), which prints `key value` lines.
 pub fn c(bin: &Path, calls: usize, batch: usize, out: &mut Results) -> Res<()> {
     let scratch = Scratch::new("ffi")?;
-    let output = Command::new(bin)
-        .arg(scratch.db())
+    let mut cmd = Command::new(bin);
+    cmd.arg(scratch.db())
         .arg(calls.to_string())
-        .arg(batch.to_string())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
-    if !output.status.success() {
-        return Err(format!(
-            "{} failed ({}): {}",
-            bin.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        )
-        .into());
-    }
-    let text = String::from_utf8(output.stdout)?;
+        .arg(batch.to_string());
+    let text = run(bin, cmd)?;
     let mut found = false;
     for line in text.lines() {
         let mut parts = line.split_whitespace();
@@ -75,22 +64,11 @@ pub fn c(bin: &Path, calls: usize, batch: usize, out: &mut Results) -> Res<()> {
 pub fn c_worker(bin: &Path, sync: &str, n: usize, out: &mut Results) -> Res<()> {
     let scratch = Scratch::new("c-worker")?;
     let url = format!("sqlite://{}", scratch.db().display());
-    let output = Command::new(bin)
-        .arg(&url)
+    let mut cmd = Command::new(bin);
+    cmd.arg(&url)
         .arg(n.to_string())
-        .env("TASKER_SQLITE_SYNCHRONOUS", sync)
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
-    if !output.status.success() {
-        return Err(format!(
-            "{} failed ({}): {}",
-            bin.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        )
-        .into());
-    }
-    let text = String::from_utf8(output.stdout)?;
+        .env("TASKER_SQLITE_SYNCHRONOUS", sync);
+    let text = run(bin, cmd)?;
     let value = text
         .lines()
         .find_map(|l| l.strip_prefix("steps_per_s_c_worker_sqlite "))
@@ -104,4 +82,21 @@ pub fn c_worker(bin: &Path, sync: &str, n: usize, out: &mut Results) -> Res<()> 
     out.num("steps_per_s_c_worker_sqlite", value);
     eprintln!("  C worker (sessions): {value:.0} steps/s drained ({n} tasks)");
     Ok(())
+}
+
+/// Runs a C benchmark program; returns its standard output, or an error with its stderr.
+fn run(bin: &Path, mut cmd: Command) -> Res<String> {
+    let output = cmd
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{} failed ({}): {}",
+            bin.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8(output.stdout)?)
 }

@@ -209,39 +209,48 @@ pub fn child(url: &str, schema: &str, limit: u32, loops: usize, sessions: bool) 
 fn drain_until_complete(t: &tasker_core::api::Tasker, limit: u32) -> Res<(u64, f64)> {
     let claim = util::claim_request(limit, 100);
     let mut times = OpTimes::default();
-    let mut done = 0u64;
-    let mut last = 0f64;
-    loop {
-        let mut page = util::claim(t, &claim, &mut times)?;
-        let mut any = false;
-        loop {
-            let steps = page["steps"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-            if steps.is_empty() {
-                break;
-            }
-            any = true;
-            done += steps.len() as u64;
-            let next = util::complete_page(t, steps, true, limit, &mut times)?;
-            last = unix_s();
-            match next {
-                Some(next) => page = next,
-                None => break,
-            }
-        }
-        if !any && unfinished(t, "pending")? == 0 && unfinished(t, "running")? == 0 {
-            return Ok((done, last));
-        }
-    }
+    drain_with(
+        t,
+        |times: &mut OpTimes| util::claim(t, &claim, times),
+        |steps: &[Value], times: &mut OpTimes| {
+            Ok(util::complete_page(t, steps, true, limit, times)?.unwrap_or(Value::Null))
+        },
+        &mut times,
+    )
 }
 
 /// `drain_until_complete` through a worker session: `worker_next` waits for work,
 /// `worker_report` records a batch and claims the next in one round trip.
 fn drain_session(t: &tasker_core::api::Tasker, w: &str, limit: u32) -> Res<(u64, f64)> {
     let next = json!({ "worker_id": w, "max": limit, "wait_ms": 100 }).to_string();
+    drain_with(
+        t,
+        |_: &mut OpTimes| util::call(t, "worker_next", &next),
+        |steps: &[Value], _: &mut OpTimes| {
+            let outcomes: Vec<Value> = steps
+                .iter()
+                .map(|s| json!({ "step_id": s["step_id"], "result": null }))
+                .collect();
+            let req = json!({ "worker_id": w, "outcomes": outcomes, "next": { "max": limit } });
+            util::call(t, "worker_report", &req.to_string())
+        },
+        &mut OpTimes::default(),
+    )
+}
+
+/// The loop both drains share: `claim` a page, `report` it (which returns the next
+/// page) while steps come; when a claim finds nothing, stop once no task is pending or
+/// running. Returns the steps done and when the last report returned.
+fn drain_with(
+    t: &tasker_core::api::Tasker,
+    mut claim: impl FnMut(&mut OpTimes) -> Res<Value>,
+    mut report: impl FnMut(&[Value], &mut OpTimes) -> Res<Value>,
+    times: &mut OpTimes,
+) -> Res<(u64, f64)> {
     let mut done = 0u64;
     let mut last = 0f64;
     loop {
-        let mut page = util::call(t, "worker_next", &next)?;
+        let mut page = claim(times)?;
         let mut any = false;
         loop {
             let steps = page["steps"].as_array().map(Vec::as_slice).unwrap_or(&[]);
@@ -250,12 +259,7 @@ fn drain_session(t: &tasker_core::api::Tasker, w: &str, limit: u32) -> Res<(u64,
             }
             any = true;
             done += steps.len() as u64;
-            let outcomes: Vec<Value> = steps
-                .iter()
-                .map(|s| json!({ "step_id": s["step_id"], "result": null }))
-                .collect();
-            let req = json!({ "worker_id": w, "outcomes": outcomes, "next": { "max": limit } });
-            page = util::call(t, "worker_report", &req.to_string())?;
+            page = report(steps, times)?;
             last = unix_s();
         }
         if !any && unfinished(t, "pending")? == 0 && unfinished(t, "running")? == 0 {
