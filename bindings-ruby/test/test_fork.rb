@@ -83,7 +83,9 @@ module ForkTests
     later = t.create_task("t", "pair")["task_id"]
     assert TaskerTest.wait_until(timeout: 20) { complete?(t, [later]) }
     stats = parent_worker.stop
-    assert_operator stats.completed, :>=, 2 * (mine.size + 1)
+    # The child's worker may have run some of the parent's tasks too (one database);
+    # the task created after the child exited is the parent's own.
+    assert_operator stats.completed, :>=, 2
 
     # Every step ran exactly once, in the process whose worker claimed it.
     done = TaskerTest.all_events(t, types: ["step.completed"])

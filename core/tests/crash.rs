@@ -70,8 +70,11 @@ fn killed_worker_steps_come_back() {
     // The child writes how many steps it holds once its claim has committed.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let claimed = loop {
-        if let Ok(n) = std::fs::read_to_string(&marker) {
-            break n;
+        // (The file exists a moment before its content is written.)
+        if let Ok(n) = std::fs::read_to_string(&marker).map(|n| n.trim().to_owned()) {
+            if !n.is_empty() {
+                break n;
+            }
         }
         if let Ok(Some(status)) = child.try_wait() {
             panic!("the child exited ({status}) before claiming");
