@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::engine::{CloseSignal, CALLER};
 use crate::error::{Error, ErrorCode, Result};
 
+mod clock_ops;
 pub mod host;
 pub mod ops;
 mod subscription;

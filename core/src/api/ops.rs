@@ -42,6 +42,8 @@ pub const OPERATIONS: &[&str] = &[
     "worker_report",
     "worker_close",
     "worker_stats",
+    "advance_clock",
+    "next_ready_at",
 ];
 
 /// Parses JSON, telling malformed JSON (`invalid_json`) from well-formed JSON of the
@@ -111,6 +113,18 @@ pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<S
                 .map_err(|e| name_file(e, path.as_deref()))?;
             let mut summary = t.summary();
             summary.insert("registered".into(), json!(changed));
+            // Registering at every application start is the usual pattern: the same
+            // content again is a success that says nothing changed.
+            summary.insert("unchanged".into(), json!(!changed));
+            if !changed {
+                summary.insert(
+                    "note".into(),
+                    json!(format!(
+                        "{}/{} {} is already registered with this definition; nothing changed",
+                        t.namespace, t.name, t.version
+                    )),
+                );
+            }
             Value::Object(summary)
         }
         "validate_template" => {
@@ -364,6 +378,9 @@ pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<S
         }
         "worker_open" | "worker_next" | "worker_report" | "worker_close" | "worker_stats" => {
             return super::worker_ops::dispatch(engine, op, f).await
+        }
+        "advance_clock" | "next_ready_at" => {
+            return super::clock_ops::dispatch(engine, op, f).await
         }
         other => {
             return Err(Error::internal(format!(

@@ -5,3 +5,4 @@ pub mod events;
 pub mod retry;
 pub mod state;
 pub mod template;
+pub mod template_diff;

@@ -386,6 +386,8 @@ pub trait Store: Send + Sync {
     fn stats(&self, now: i64, window_ms: i64) -> BoxFut<'_, Stats>;
     fn events(&self, since: i64, limit: u32, task_id: Option<i64>) -> BoxFut<'_, Vec<Event>>;
     fn last_event_id(&self) -> BoxFut<'_, i64>;
+    /// The earliest `ready_at` of a `ready` step (of these handlers when given).
+    fn next_ready_at(&self, handlers: Option<Vec<String>>) -> BoxFut<'_, Option<i64>>;
     /// Releases connections; later calls fail.
     fn close(&self) -> BoxFut<'_, ()>;
 }

@@ -262,3 +262,24 @@ pub fn raw_opt(
 pub fn ts(v: Option<i64>) -> Option<super::Ts> {
     v.map(super::Ts)
 }
+
+/// The `conflict` of a registration whose definition differs from the registered one
+/// (`registered` is `None` when the stored body no longer reads as a template).
+pub fn template_conflict(
+    registered: Option<&crate::model::template::Template>,
+    t: &crate::model::template::Template,
+) -> crate::error::Error {
+    match registered {
+        Some(r) => crate::model::template_diff::conflict(r, t),
+        None => crate::error::Error::new(
+            crate::error::ErrorCode::Conflict,
+            format!(
+                "template {}/{} {} is already registered with a definition this version \
+                 cannot read; register the template under a new version, or pass \
+                 replace: true to overwrite it",
+                t.namespace, t.name, t.version
+            ),
+        )
+        .with_details(json!({ "namespace": t.namespace, "name": t.name, "version": t.version })),
+    }
+}

@@ -577,6 +577,13 @@ impl Store for PgStore {
         Box::pin(self.read(move |c| Box::pin(reads::last_event_id(c, key))))
     }
 
+    fn next_ready_at(&self, handlers: Option<Vec<String>>) -> BoxFut<'_, Option<i64>> {
+        Box::pin(self.read(move |c| {
+            let handlers = handlers.clone();
+            Box::pin(async move { reads::next_ready_at(c, handlers.as_deref()).await })
+        }))
+    }
+
     fn close(&self) -> BoxFut<'_, ()> {
         Box::pin(async move {
             self.listener.abort();

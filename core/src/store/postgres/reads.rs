@@ -2,12 +2,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde_json::json;
 use serde_json::value::RawValue;
 use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::Row;
 
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{Error, Result};
 use crate::model::events;
 use crate::model::template::Template;
 use crate::store::shared::{raw_opt, ts, SUMMARY_COLUMNS};
@@ -41,22 +40,12 @@ pub async fn put_template(
         .fetch_one(&mut *conn)
         .await?
         .try_get(0)?;
-    if serde_json::from_str::<Template>(&stored)
-        .map(|s| &s == t)
-        .unwrap_or(false)
-    {
+    let registered = serde_json::from_str::<Template>(&stored).ok();
+    if registered.as_ref() == Some(t) {
         return Ok(false);
     }
     if !replace {
-        return Err(Error::new(
-            ErrorCode::Conflict,
-            format!(
-                "template {}/{} {} is already registered with a different definition; \
-                 bump the version or register with replace: true",
-                t.namespace, t.name, t.version
-            ),
-        )
-        .with_details(json!({ "namespace": t.namespace, "name": t.name, "version": t.version })));
+        return Err(crate::store::shared::template_conflict(registered.as_ref(), t));
     }
     sqlx::query("UPDATE tasker_templates SET body = $4, created_at = $5 WHERE namespace = $1 AND name = $2 AND version = $3")
         .bind(&t.namespace)
@@ -98,6 +87,28 @@ pub async fn registered_handlers(conn: &mut PgConnection) -> Result<Vec<String>>
         .map(|row| Ok(row.try_get(0)?))
         .collect::<Result<Vec<String>>>()?;
     Ok(crate::store::shared::handlers_of(bodies))
+}
+
+pub async fn next_ready_at(
+    conn: &mut PgConnection,
+    handlers: Option<&[String]>,
+) -> Result<Option<i64>> {
+    let row = match handlers {
+        None => {
+            sqlx::query("SELECT min(ready_at) FROM tasker_steps WHERE state = 'ready'")
+                .fetch_one(conn)
+                .await?
+        }
+        Some(h) => {
+            sqlx::query(
+                "SELECT min(ready_at) FROM tasker_steps WHERE state = 'ready' AND handler = ANY($1)",
+            )
+            .bind(h)
+            .fetch_one(conn)
+            .await?
+        }
+    };
+    Ok(row.try_get(0)?)
 }
 
 fn summary_from(row: &PgRow) -> Result<TaskSummary> {

@@ -313,6 +313,10 @@ impl Store for SqliteStore {
         done(self.read(reads::last_event_id))
     }
 
+    fn next_ready_at(&self, handlers: Option<Vec<String>>) -> BoxFut<'_, Option<i64>> {
+        done(self.read(|c| reads::next_ready_at(c, handlers.as_deref())))
+    }
+
     fn close(&self) -> BoxFut<'_, ()> {
         lock(&self.readers).clear();
         let writer = lock(&self.writer).take();

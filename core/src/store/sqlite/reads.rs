@@ -3,10 +3,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde_json::json;
 use serde_json::value::RawValue;
 
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{Error, Result};
 use crate::model::events;
 use crate::model::template::Template;
 use crate::store::shared::{raw_opt, ts, SUMMARY_COLUMNS};
@@ -21,24 +20,12 @@ pub fn put_template(conn: &Connection, t: &Template, replace: bool, now: i64) ->
         .query_row(params![t.namespace, t.name, t.version], |r| r.get(0))
         .optional()?;
     if let Some(stored) = stored {
-        let same = serde_json::from_str::<Template>(&stored)
-            .map(|s| &s == t)
-            .unwrap_or(false);
-        if same {
+        let registered = serde_json::from_str::<Template>(&stored).ok();
+        if registered.as_ref() == Some(t) {
             return Ok(false);
         }
         if !replace {
-            return Err(Error::new(
-                ErrorCode::Conflict,
-                format!(
-                    "template {}/{} {} is already registered with a different definition; \
-                     bump the version or register with replace: true",
-                    t.namespace, t.name, t.version
-                ),
-            )
-            .with_details(
-                json!({ "namespace": t.namespace, "name": t.name, "version": t.version }),
-            ));
+            return Err(crate::store::shared::template_conflict(registered.as_ref(), t));
         }
         conn.prepare_cached(
             "UPDATE tasker_templates SET body = ?4, created_at = ?5 WHERE namespace = ?1 AND name = ?2 AND version = ?3",
@@ -76,6 +63,20 @@ pub fn registered_handlers(conn: &Connection) -> Result<Vec<String>> {
         .query_map([], |row| row.get(0))?
         .collect::<std::result::Result<Vec<String>, _>>()?;
     Ok(crate::store::shared::handlers_of(bodies))
+}
+
+pub fn next_ready_at(conn: &Connection, handlers: Option<&[String]>) -> Result<Option<i64>> {
+    Ok(match handlers {
+        None => conn
+            .prepare_cached("SELECT MIN(ready_at) FROM tasker_steps WHERE state = 'ready'")?
+            .query_row([], |r| r.get(0))?,
+        Some(h) => conn
+            .prepare_cached(
+                "SELECT MIN(ready_at) FROM tasker_steps
+                 WHERE state = 'ready' AND handler IN (SELECT value FROM json_each(?1))",
+            )?
+            .query_row([serde_json::Value::from(h.to_vec()).to_string()], |r| r.get(0))?,
+    })
 }
 
 fn summary_from(row: &Row<'_>) -> rusqlite::Result<TaskSummary> {
