@@ -20,6 +20,7 @@ mod clock_ops;
 pub mod host;
 pub mod ops;
 mod subscription;
+mod template_ops;
 pub mod validate;
 mod worker_ops;
 

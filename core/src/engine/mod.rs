@@ -12,13 +12,13 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::api::validate::{check_str, field_error, MAX_DURATION_MS};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::template::{Template, TemplateDoc, TemplateLimits, MAX_PRIORITY, MAX_TIMEOUT_S};
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::*;
-use crate::clock::Clock;
 
 mod explain;
 mod templates;
@@ -276,6 +276,16 @@ impl Engine {
         Ok(template)
     }
 
+    /// Every registered template (of this namespace and name, when given).
+    pub async fn list_templates(
+        &self,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<Vec<TemplateSummary>> {
+        self.check_open()?;
+        self.store.list_templates(namespace, name).await
+    }
+
     /// Validates and stores a template; returns it and whether the store changed.
     pub async fn register_template(
         &self,
@@ -363,6 +373,23 @@ impl Engine {
         {
             let (compiled, _) = self.register_compiled(doc, false).await?;
             return Ok(compiled);
+        }
+        let versions: Vec<String> = self
+            .store
+            .list_templates(Some(namespace), Some(name))
+            .await?
+            .into_iter()
+            .map(|t| t.version)
+            .collect();
+        if let (Some(v), false) = (version, versions.is_empty()) {
+            return Err(Error::not_found(format!(
+                "no template {namespace}/{name} version {v}; the registered versions are: {} \
+                 (leave out the version for the highest)",
+                versions.join(", ")
+            ))
+            .with_details(serde_json::json!({
+                "namespace": namespace, "name": name, "version": v, "versions": versions
+            })));
         }
         Err(Error::not_found(match version {
             Some(v) => format!(
@@ -668,7 +695,10 @@ impl Engine {
         self.check_open()?;
         let mut total = 0;
         loop {
-            let n = self.store.sweep(self.now_ms(), self.config.sweep_batch).await?;
+            let n = self
+                .store
+                .sweep(self.now_ms(), self.config.sweep_batch)
+                .await?;
             total += n;
             if n < self.config.sweep_batch {
                 break;
@@ -682,7 +712,10 @@ impl Engine {
 
     pub async fn cancel_task(&self, task_id: i64, reason: Option<String>) -> Result<TaskChange> {
         self.check_open()?;
-        let out = self.store.cancel_task(task_id, reason, self.now_ms()).await?;
+        let out = self
+            .store
+            .cancel_task(task_id, reason, self.now_ms())
+            .await?;
         self.changed(false);
         if out.changed {
             // Running handlers of this task in this process hear of it at once; other
@@ -742,7 +775,7 @@ impl Engine {
         }
         if let Some(s) = &filter.state {
             if crate::model::state::TaskState::parse(s).is_none() {
-                return Err(Error::invalid_argument(format!("unknown task state `{s}`")));
+                return Err(crate::api::ops::unknown_task_state(s));
             }
         }
         filter.limit = filter.limit.min(self.config.list_page_max);

@@ -321,6 +321,18 @@ pub struct Stats {
     pub last_event_id: i64,
 }
 
+/// One registered template, as `list_templates` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TemplateSummary {
+    pub namespace: String,
+    pub name: String,
+    pub version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub steps: usize,
+    pub registered_at: Ts,
+}
+
 /// Operations every storage backend provides, each one transaction.
 pub trait Store: Send + Sync {
     /// Applies pending migrations; returns how many were applied.
@@ -335,6 +347,13 @@ pub trait Store: Send + Sync {
         name: &'a str,
         version: Option<&'a str>,
     ) -> BoxFut<'a, Option<Template>>;
+    /// Every registered template (of this namespace and name, when given), sorted by
+    /// namespace, name and version (versions compared as versions).
+    fn list_templates<'a>(
+        &'a self,
+        namespace: Option<&'a str>,
+        name: Option<&'a str>,
+    ) -> BoxFut<'a, Vec<TemplateSummary>>;
     /// Every handler name that a step of a registered template names, sorted.
     fn registered_handlers(&self) -> BoxFut<'_, Vec<String>>;
     /// The task created earlier with this idempotency key, if any.

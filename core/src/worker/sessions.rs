@@ -197,12 +197,7 @@ fn bad(field: &str, message: String) -> Error {
 
 /// The registered handler name nearest to `name`, if it is near enough to be a typo.
 fn nearest<'a>(name: &str, registered: &'a [String]) -> Option<&'a str> {
-    registered
-        .iter()
-        .map(|r| (strsim::levenshtein(name, r), r))
-        .filter(|(d, r)| *d <= (name.len().max(r.len()) / 3).max(2))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, r)| r.as_str())
+    crate::model::suggest::did_you_mean(name, registered.iter().map(String::as_str))
 }
 
 impl Sessions {

@@ -45,7 +45,10 @@ pub async fn put_template(
         return Ok(false);
     }
     if !replace {
-        return Err(crate::store::shared::template_conflict(registered.as_ref(), t));
+        return Err(crate::store::shared::template_conflict(
+            registered.as_ref(),
+            t,
+        ));
     }
     sqlx::query("UPDATE tasker_templates SET body = $4, created_at = $5 WHERE namespace = $1 AND name = $2 AND version = $3")
         .bind(&t.namespace)
@@ -78,6 +81,34 @@ pub async fn get_template(
     crate::store::shared::pick_template(rows, version)
 }
 
+pub async fn list_templates(
+    conn: &mut PgConnection,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> Result<Vec<crate::store::TemplateSummary>> {
+    let rows = sqlx::query(
+        "SELECT namespace, name, version, body, created_at FROM tasker_templates
+         WHERE ($1::text IS NULL OR namespace = $1) AND ($2::text IS NULL OR name = $2)",
+    )
+    .bind(namespace)
+    .bind(name)
+    .fetch_all(conn)
+    .await?;
+    let rows = rows
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+                r.try_get(3)?,
+                r.try_get(4)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    crate::store::shared::template_summaries(rows)
+}
+
 pub async fn registered_handlers(conn: &mut PgConnection) -> Result<Vec<String>> {
     let rows = sqlx::query("SELECT body FROM tasker_templates")
         .fetch_all(conn)
@@ -99,14 +130,12 @@ pub async fn next_ready_at(
                 .fetch_one(conn)
                 .await?
         }
-        Some(h) => {
-            sqlx::query(
-                "SELECT min(ready_at) FROM tasker_steps WHERE state = 'ready' AND handler = ANY($1)",
-            )
-            .bind(h)
-            .fetch_one(conn)
-            .await?
-        }
+        Some(h) => sqlx::query(
+            "SELECT min(ready_at) FROM tasker_steps WHERE state = 'ready' AND handler = ANY($1)",
+        )
+        .bind(h)
+        .fetch_one(conn)
+        .await?,
     };
     Ok(row.try_get(0)?)
 }

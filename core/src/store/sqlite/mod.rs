@@ -215,6 +215,14 @@ impl Store for SqliteStore {
         done(self.read(|c| reads::get_template(c, namespace, name, version)))
     }
 
+    fn list_templates<'a>(
+        &'a self,
+        namespace: Option<&'a str>,
+        name: Option<&'a str>,
+    ) -> BoxFut<'a, Vec<TemplateSummary>> {
+        done(self.read(|c| reads::list_templates(c, namespace, name)))
+    }
+
     fn registered_handlers(&self) -> BoxFut<'_, Vec<String>> {
         done(self.read(reads::registered_handlers))
     }

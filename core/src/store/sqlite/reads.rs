@@ -25,7 +25,10 @@ pub fn put_template(conn: &Connection, t: &Template, replace: bool, now: i64) ->
             return Ok(false);
         }
         if !replace {
-            return Err(crate::store::shared::template_conflict(registered.as_ref(), t));
+            return Err(crate::store::shared::template_conflict(
+                registered.as_ref(),
+                t,
+            ));
         }
         conn.prepare_cached(
             "UPDATE tasker_templates SET body = ?4, created_at = ?5 WHERE namespace = ?1 AND name = ?2 AND version = ?3",
@@ -57,6 +60,23 @@ pub fn get_template(
     crate::store::shared::pick_template(rows, version)
 }
 
+pub fn list_templates(
+    conn: &Connection,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> Result<Vec<crate::store::TemplateSummary>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT namespace, name, version, body, created_at FROM tasker_templates
+         WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR name = ?2)",
+    )?;
+    let rows = stmt
+        .query_map(params![namespace, name], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    crate::store::shared::template_summaries(rows)
+}
+
 pub fn registered_handlers(conn: &Connection) -> Result<Vec<String>> {
     let mut stmt = conn.prepare_cached("SELECT body FROM tasker_templates")?;
     let bodies = stmt
@@ -75,7 +95,9 @@ pub fn next_ready_at(conn: &Connection, handlers: Option<&[String]>) -> Result<O
                 "SELECT MIN(ready_at) FROM tasker_steps
                  WHERE state = 'ready' AND handler IN (SELECT value FROM json_each(?1))",
             )?
-            .query_row([serde_json::Value::from(h.to_vec()).to_string()], |r| r.get(0))?,
+            .query_row([serde_json::Value::from(h.to_vec()).to_string()], |r| {
+                r.get(0)
+            })?,
     })
 }
 
