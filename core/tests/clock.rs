@@ -244,8 +244,9 @@ fn messages_name_the_field_the_valid_values_and_the_nearest_name() {
     // States and event names: the valid ones, and a suggestion for a near miss.
     let e = db.call_err("list_tasks", json!({ "state": "failed" }));
     assert!(
-        e.message
-            .ends_with("the states are: pending, running, complete, error, cancelled"),
+        e.message.ends_with(
+            "did you mean `error`? the states are: pending, running, complete, error, cancelled"
+        ),
         "{e}"
     );
     let e = db.call_err("events", json!({ "types": ["task.complete"] }));

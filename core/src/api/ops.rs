@@ -394,7 +394,16 @@ pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<S
 pub(crate) fn unknown_task_state(s: &str) -> Error {
     use crate::model::state::TaskState;
     let states: Vec<&str> = TaskState::ALL.iter().map(|t| t.as_str()).collect();
-    let hint = crate::model::suggest::did_you_mean(s, states.iter().copied())
+    // The words people use for a state that has another name here.
+    let synonym = match s.to_ascii_lowercase().as_str() {
+        "failed" | "failure" | "fail" | "errored" | "failing" => Some("error"),
+        "done" | "completed" | "finished" | "succeeded" | "success" => Some("complete"),
+        "ready" | "queued" | "waiting" => Some("pending"),
+        "started" | "active" | "in_progress" => Some("running"),
+        _ => None,
+    };
+    let hint = synonym
+        .or_else(|| crate::model::suggest::did_you_mean(s, states.iter().copied()))
         .map(|n| format!("did you mean `{n}`? "))
         .unwrap_or_default();
     Error::invalid_argument(format!(

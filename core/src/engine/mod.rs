@@ -762,7 +762,58 @@ impl Engine {
             .await?
             .ok_or_else(|| Error::not_found(format!("task {task_id} does not exist")))?;
         set_levels(&mut view);
+        self.add_history(&mut view).await?;
         Ok(view)
+    }
+
+    /// Fills each step's run number and its failed attempts from the task's events:
+    /// `retry_step` starts a new run, and every failure event holds its error.
+    async fn add_history(&self, view: &mut TaskView) -> Result<()> {
+        const PAGE: u32 = 1_000;
+        let index: HashMap<i64, usize> = view
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id, i))
+            .collect();
+        let mut since = 0;
+        loop {
+            let page = self
+                .store
+                .events(since, PAGE, Some(view.summary.id))
+                .await?;
+            for e in &page {
+                let Some(&i) = e.step_id.as_ref().and_then(|id| index.get(id)) else {
+                    continue;
+                };
+                let step = &mut view.steps[i];
+                if e.event == "step.retry_requested" {
+                    step.run += 1;
+                    continue;
+                }
+                let Some(details) = &e.details else { continue };
+                let Ok(d) = serde_json::from_str::<Value>(details.get()) else {
+                    continue;
+                };
+                let Some(err) = d.get("error").filter(|v| v.is_object()) else {
+                    continue;
+                };
+                let text = |k: &str| err.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+                step.errors.push(AttemptError {
+                    run: step.run,
+                    attempt: e.attempt.unwrap_or(0),
+                    at: e.at,
+                    event: e.event,
+                    message: text("message"),
+                    kind: text("kind"),
+                });
+            }
+            match page.last() {
+                Some(last) if page.len() as u32 == PAGE => since = last.id,
+                _ => break,
+            }
+        }
+        Ok(())
     }
 
     pub async fn list_tasks(&self, mut filter: TaskFilter) -> Result<Vec<TaskSummary>> {

@@ -207,10 +207,17 @@ pub struct StepView {
     pub pending_parents: i64,
     pub attempts: i64,
     pub max_attempts: i64,
+    /// The run: 1, plus one per operator `retry_step` (each starts a fresh run).
+    pub run: i64,
+    /// Attempts of the current run, and the policy's attempts per run.
+    pub run_attempts: i64,
+    pub run_max_attempts: i64,
     pub priority: i64,
     pub config: Option<Box<RawValue>>,
     pub result: Option<Box<RawValue>>,
     pub error: Option<Box<RawValue>>,
+    /// Every failed attempt, oldest first (filled by the engine from the event log).
+    pub errors: Vec<AttemptError>,
     pub worker: Option<String>,
     pub ready_at: Option<Ts>,
     pub lease_expires_at: Option<Ts>,
@@ -223,6 +230,18 @@ pub struct StepView {
     pub ready_at_ms: Option<i64>,
     #[serde(skip)]
     pub lease_expires_at_ms: Option<i64>,
+}
+
+/// One failed attempt of a step, from its event.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptError {
+    pub run: i64,
+    pub attempt: i64,
+    pub at: Ts,
+    /// The event: `step.failed`, `step.retry_scheduled`, `step.lease_expired`, `step.timed_out`.
+    pub event: &'static str,
+    pub message: String,
+    pub kind: String,
 }
 
 #[derive(Debug, Serialize)]

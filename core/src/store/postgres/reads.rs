@@ -205,6 +205,8 @@ pub async fn get_task(conn: &mut PgConnection, task_id: i64) -> Result<Option<Ta
         let finished: Option<i64> = r.try_get(17)?;
         let ready_at: Option<i64> = r.try_get(13)?;
         let lease: Option<i64> = r.try_get(14)?;
+        let attempts: i64 = r.try_get(5)?;
+        let policy_attempts: i64 = r.try_get::<i64, _>(7)?;
         let retry_base: i64 = r.try_get(6)?;
         steps.push(StepView {
             id,
@@ -214,11 +216,15 @@ pub async fn get_task(conn: &mut PgConnection, task_id: i64) -> Result<Option<Ta
             depends_on: parents.remove(&id).unwrap_or_default(),
             level: 0,
             pending_parents: r.try_get(4)?,
-            attempts: r.try_get(5)?,
-            max_attempts: r.try_get::<i64, _>(7)? + retry_base,
+            attempts,
+            max_attempts: policy_attempts + retry_base,
+            run: 1,
+            run_attempts: attempts - retry_base,
+            run_max_attempts: policy_attempts,
             priority: r.try_get(8)?,
             config: raw_opt(r.try_get(9)?)?,
             result: raw_opt(r.try_get(10)?)?,
+            errors: Vec::new(),
             error: raw_opt(r.try_get(11)?)?,
             worker: r.try_get(12)?,
             ready_at: ts(ready_at),

@@ -161,6 +161,8 @@ pub fn get_task(conn: &Connection, task_id: i64) -> Result<Option<TaskView>> {
         let finished: Option<i64> = r.get(17)?;
         let ready_at: Option<i64> = r.get(13)?;
         let lease: Option<i64> = r.get(14)?;
+        let attempts: i64 = r.get(5)?;
+        let policy_attempts: i64 = r.get::<_, i64>(7)?;
         let retry_base: i64 = r.get(6)?;
         steps.push(StepView {
             id,
@@ -170,11 +172,15 @@ pub fn get_task(conn: &Connection, task_id: i64) -> Result<Option<TaskView>> {
             depends_on: parents.remove(&id).unwrap_or_default(),
             level: 0,
             pending_parents: r.get(4)?,
-            attempts: r.get(5)?,
-            max_attempts: r.get::<_, i64>(7)? + retry_base,
+            attempts,
+            max_attempts: policy_attempts + retry_base,
+            run: 1,
+            run_attempts: attempts - retry_base,
+            run_max_attempts: policy_attempts,
             priority: r.get(8)?,
             config: raw_opt(r.get(9)?)?,
             result: raw_opt(r.get(10)?)?,
+            errors: Vec::new(),
             error: raw_opt(r.get(11)?)?,
             worker: r.get(12)?,
             ready_at: ts(ready_at),
