@@ -97,6 +97,12 @@ def test_bad_templates_are_refused_and_store_nothing(tk: tasker.Tasker, tmp_path
     with pytest.raises(tasker.InvalidTemplateError) as e:
         tk.register_template(yaml="steps: [ {\n")
     assert e.value.details["problem"] == "syntax"
+    bad = chain("typed", [("a", [])])
+    bad["steps"][0]["priority"] = "high"
+    with pytest.raises(tasker.InvalidTemplateError) as e:
+        tk.register_template(bad)
+    assert e.value.message.endswith('steps[0].priority: expected an integer, got the string "high"')
+    assert e.value.details == {"problem": "shape", "field": "steps[0].priority"}
     with pytest.raises(tasker.NotFoundError):
         tk.register_template(tmp_path / "missing.yaml")
     with pytest.raises(tasker.NotFoundError):
