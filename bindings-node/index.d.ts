@@ -77,6 +77,10 @@ export interface Registered {
   version: string;
   steps: number;
   registered: boolean;
+  /** True when the identical template was already registered (nothing changed). */
+  unchanged: boolean;
+  /** Says that nothing changed, when `unchanged`. */
+  note?: string;
 }
 
 /** `validate_template`. */
