@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod commands;
+mod import;
 mod session;
 
 use session::Failure;
@@ -118,6 +119,14 @@ pub enum TaskCmd {
         /// Why (recorded in the audit trail)
         #[arg(long, value_name = "REASON")]
         reason: Option<String>,
+    },
+    /// Create tasks from JSON lines, one create_task request per line, in batches
+    Import {
+        /// File of JSON lines, or - for standard input
+        file: String,
+        /// Most lines per batch; each batch is stored whole or not at all
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        batch: usize,
     },
 }
 
