@@ -108,21 +108,66 @@ pub fn run(
     Ok(())
 }
 
-/// Single-step tasks created by `create_tasks` in batches of `BATCH`, one caller:
-/// `create_tasks_per_s_postgres_batch`.
+/// Single-step tasks created by `create_tasks` in batches of `BATCH`: by one caller
+/// (`create_tasks_per_s_postgres_batch`), then by four at once (`..._batch_4callers`:
+/// the server flushes several callers' commits together).
 pub fn creation(pg: &Pg, n: usize, out: &mut Results) -> Res<()> {
-    let db = Db::open(Store::Postgres(pg), "create")?;
-    let t = &db.tasker;
-    util::register(t, &util::template("single", &[("only".into(), Vec::new())]))?;
-    // The first batch plans the function on its connection, as in a running process.
-    create_batches(t, "single", BATCH)?;
-    let start = Instant::now();
-    create_batches(t, "single", n)?;
-    let secs = start.elapsed().as_secs_f64();
-    drop(db);
-    let rate = n as f64 / secs;
-    out.num("create_tasks_per_s_postgres_batch", rate);
+    for callers in [1usize, 4] {
+        let db = Db::open(Store::Postgres(pg), "create")?;
+        let t = &db.tasker;
+        util::register(t, &util::template("single", &[("only".into(), Vec::new())]))?;
+        // The first batches plan the function on the connections, as in a running process.
+        std::thread::scope(|s| -> Res<()> {
+            let handles: Vec<_> = (0..callers)
+                .map(|_| s.spawn(|| create_batches(t, "single", BATCH)))
+                .collect();
+            handles
+                .into_iter()
+                .try_for_each(|h| h.join().map_err(|_| "a creating thread panicked")?)
+        })?;
+        let start = Instant::now();
+        let cpu = Meter::start();
+        std::thread::scope(|s| -> Res<()> {
+            let handles: Vec<_> = (0..callers)
+                .map(|i| {
+                    let share = n / callers + usize::from(i < n % callers);
+                    s.spawn(move || create_batches(t, "single", share))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .try_for_each(|h| h.join().map_err(|_| "a creating thread panicked")?)
+        })?;
+        let secs = start.elapsed().as_secs_f64();
+        let used = cpu.stop();
+        let stats = util::call(t, "stats", "{}")?;
+        let pending = stats["tasks"]["pending"].as_u64().unwrap_or(0);
+        drop(db);
+        let expected = (n + callers * BATCH) as u64;
+        if pending != expected {
+            return Err(format!("{pending} of {expected} created tasks are pending").into());
+        }
+        let rate = n as f64 / secs;
+        let sfx = if callers == 1 {
+            String::new()
+        } else {
+            format!("_{callers}callers")
+        };
+        out.num(&format!("create_tasks_per_s_postgres_batch{sfx}"), rate);
+        out.num(
+            &format!("create_tasks_server_cpu_us_per_task_postgres_batch{sfx}"),
+            used.server_s * 1e6 / n as f64,
+        );
+        out.num(
+            &format!("create_tasks_client_cpu_us_per_task_postgres_batch{sfx}"),
+            used.own_s * 1e6 / n as f64,
+        );
+        eprintln!(
+            "  create_tasks (postgres, batches of {BATCH}, {callers} callers): {rate:.0} tasks/s ({n} tasks); CPU per task: {:.1} us here, {:.1} us in postgres processes",
+            used.own_s * 1e6 / n as f64,
+            used.server_s * 1e6 / n as f64
+        );
+    }
     out.int("create_tasks_batch_size", BATCH as u64);
-    eprintln!("  create_tasks (postgres, batches of {BATCH}): {rate:.0} tasks/s ({n} tasks)");
     Ok(())
 }
