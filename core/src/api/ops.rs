@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::engine::{Claim, CreateTask, Engine, StepFailure, MAX_CREATE_BATCH};
+use crate::engine::{in_batch, Claim, CreateTask, Engine, StepFailure, MAX_CREATE_BATCH};
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::template::{self, TemplateDoc};
 use crate::store::{Completion, StepRef, TaskFilter};
@@ -139,7 +139,17 @@ pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<S
             return to_string(&engine.create_task(req).await?);
         }
         "create_tasks" => {
-            let Some(items) = f.objects("tasks", MAX_CREATE_BATCH)? else {
+            let items = f.objects("tasks", MAX_CREATE_BATCH).map_err(|e| {
+                // An item that is not an object: name its index as every item error does.
+                let at = e.details.as_ref().and_then(|d| d["field"].as_str()).and_then(|f| {
+                    f.strip_prefix("tasks[")?.strip_suffix(']')?.parse::<usize>().ok()
+                });
+                match at {
+                    Some(i) => in_batch(e, i),
+                    None => e,
+                }
+            })?;
+            let Some(items) = items else {
                 return Err(validate::field_error(
                     "tasks",
                     format!("missing (expected an array of at most {MAX_CREATE_BATCH} objects)"),
@@ -147,9 +157,10 @@ pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<S
             };
             let reqs = items
                 .into_iter()
-                .map(|mut item| {
-                    let req = create_fields(&mut item)?;
-                    item.finish(CREATE_FIELDS)?;
+                .enumerate()
+                .map(|(i, mut item)| {
+                    let req = create_fields(&mut item).map_err(|e| in_batch(e, i))?;
+                    item.finish(CREATE_FIELDS).map_err(|e| in_batch(e, i))?;
                     Ok(req)
                 })
                 .collect::<Result<Vec<_>>>()?;

@@ -943,7 +943,7 @@ fn check_key(key: &str) -> Result<()> {
 
 /// An error about task `i` of a `create_tasks` batch: its message names `tasks[i]` and
 /// its details carry `index`.
-fn in_batch(mut e: Error, i: usize) -> Error {
+pub(crate) fn in_batch(mut e: Error, i: usize) -> Error {
     let path = format!("tasks[{i}]");
     if !e.message.starts_with(&path) {
         e.message = format!("{path}: {}", e.message);
