@@ -141,9 +141,16 @@ pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<S
         "create_tasks" => {
             let items = f.objects("tasks", MAX_CREATE_BATCH).map_err(|e| {
                 // An item that is not an object: name its index as every item error does.
-                let at = e.details.as_ref().and_then(|d| d["field"].as_str()).and_then(|f| {
-                    f.strip_prefix("tasks[")?.strip_suffix(']')?.parse::<usize>().ok()
-                });
+                let at = e
+                    .details
+                    .as_ref()
+                    .and_then(|d| d["field"].as_str())
+                    .and_then(|f| {
+                        f.strip_prefix("tasks[")?
+                            .strip_suffix(']')?
+                            .parse::<usize>()
+                            .ok()
+                    });
                 match at {
                     Some(i) => in_batch(e, i),
                     None => e,
