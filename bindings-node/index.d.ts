@@ -3,8 +3,12 @@
 
 import { EventEmitter } from 'node:events';
 
-/** JSON data: what contexts, configs and results are made of. */
-export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+/**
+ * JSON data: what contexts, configs and results are made of. An integer beyond
+ * `Number.MAX_SAFE_INTEGER` (2^53 - 1) is a `bigint`, so 64-bit integers stored by any
+ * language arrive exactly; a `bigint` sent to the engine is written as an integer.
+ */
+export type Json = null | boolean | number | bigint | string | Json[] | { [key: string]: Json };
 
 export type TaskState = 'pending' | 'running' | 'complete' | 'error' | 'cancelled';
 export type StepState =
@@ -73,6 +77,10 @@ export interface Registered {
   version: string;
   steps: number;
   registered: boolean;
+  /** True when the identical template was already registered (nothing changed). */
+  unchanged: boolean;
+  /** Says that nothing changed, when `unchanged`. */
+  note?: string;
 }
 
 /** `validate_template`. */

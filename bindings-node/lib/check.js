@@ -2,6 +2,8 @@
 // Argument checks: a wrong type is a TypeError that names the argument, raised before
 // anything reaches the engine. The engine still checks values (ranges, names, states).
 
+const { stringify } = require('./json');
+
 function describe(v) {
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'an array';
@@ -70,8 +72,9 @@ function optStringArray(name, v) {
 
 /**
  * JSON text of `value`, which must be JSON data: objects, arrays, strings, finite
- * numbers, booleans and null. A function, symbol, BigInt, non-finite number or cycle
- * is a TypeError naming its place (JSON.stringify would drop or null some silently).
+ * numbers, BigInts (written as integers), booleans and null. A function, symbol,
+ * non-finite number or cycle is a TypeError naming its place (JSON.stringify would drop
+ * or null some silently).
  */
 function json(name, value) {
   const seen = [];
@@ -79,6 +82,7 @@ function json(name, value) {
     switch (typeof v) {
       case 'string':
       case 'boolean':
+      case 'bigint':
         return;
       case 'number':
         if (!Number.isFinite(v)) fail(where, 'JSON data (a finite number)', v);
@@ -102,7 +106,7 @@ function json(name, value) {
     }
   };
   walk(value, name);
-  return JSON.stringify(value);
+  return stringify(value);
 }
 
 module.exports = {

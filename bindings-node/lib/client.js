@@ -6,6 +6,7 @@
 const native = require('./native');
 const { fromNative, ClosedError } = require('./errors');
 const check = require('./check');
+const json = require('./json');
 
 // Makes `new Tasker(...)` from user code fail: handles come from Tasker.open.
 const OPENING = Symbol('tasker.opening');
@@ -17,7 +18,7 @@ const FOLLOW_PAGE = 500;
 const FOLLOW_RETRY_MS = 500;
 
 function parse(text) {
-  return JSON.parse(text);
+  return json.parse(text);
 }
 
 function rethrow(e) {
@@ -138,7 +139,7 @@ class Tasker {
   _op(op, req) {
     let text;
     try {
-      text = JSON.stringify(req);
+      text = json.stringify(req);
     } catch (e) {
       return Promise.reject(e);
     }
@@ -147,7 +148,7 @@ class Tasker {
 
   /** Like `_op`, for operations that may wait (awaited on Tasker's runtime). */
   _waiting(op, req) {
-    return this._h.callWaiting(op, JSON.stringify(req)).then(parse, rethrow);
+    return this._h.callWaiting(op, json.stringify(req)).then(parse, rethrow);
   }
 
   // -- operations --------------------------------------------------------------------

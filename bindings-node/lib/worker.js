@@ -11,6 +11,7 @@ const native = require('./native');
 const { Tasker } = require('./client');
 const { fromNative, NotFoundError, PermanentError, RetryableError } = require('./errors');
 const check = require('./check');
+const json = require('./json');
 
 // How long one `worker_next` waits for work while the worker has nothing to run.
 const IDLE_WAIT_MS = 1000;
@@ -107,12 +108,12 @@ class StopSignal extends Error {
 function encodeResult(stepId, result) {
   let text;
   try {
-    text = JSON.stringify(result === undefined ? null : result);
+    text = json.stringify(result === undefined ? null : result);
   } catch (e) {
-    return JSON.stringify({ step_id: stepId, invalid_result: String(e && e.message ? e.message : e) });
+    return json.stringify({ step_id: stepId, invalid_result: String(e && e.message ? e.message : e) });
   }
   if (text === undefined) {
-    return JSON.stringify({
+    return json.stringify({
       step_id: stepId,
       invalid_result: `a handler returned ${typeof result}, which is not JSON data`,
     });
@@ -141,7 +142,7 @@ function errorDocument(e) {
   else {
     let shown;
     try {
-      shown = JSON.stringify(e);
+      shown = json.stringify(e);
     } catch (_) {
       shown = undefined;
     }
@@ -153,11 +154,11 @@ function errorDocument(e) {
 function encodeFailure(stepId, e) {
   const doc = errorDocument(e);
   try {
-    return JSON.stringify({ step_id: stepId, error: doc });
+    return json.stringify({ step_id: stepId, error: doc });
   } catch (err) {
     delete doc.details;
     doc.message += ` (its details are not JSON data: ${err.message})`;
-    return JSON.stringify({ step_id: stepId, error: doc });
+    return json.stringify({ step_id: stepId, error: doc });
   }
 }
 
@@ -301,7 +302,7 @@ class Worker extends EventEmitter {
   /** `worker_stats` of the running session (held, claimed, completed, ...). */
   async stats() {
     if (!this._session) throw new Error('the worker is not running');
-    return JSON.parse(await call(this._session.stats()));
+    return json.parse(await call(this._session.stats()));
   }
 
   // -- the driver --------------------------------------------------------------------
@@ -316,8 +317,8 @@ class Worker extends EventEmitter {
     this._reset();
     this._stopping = null;
     native.captureLogs();
-    const session = await call(native.openSession(this.tasker.native, JSON.stringify(req)));
-    const opened = JSON.parse(session.opened);
+    const session = await call(native.openSession(this.tasker.native, json.stringify(req)));
+    const opened = json.parse(session.opened);
     this.batch = opened.batch;
     this.concurrency = opened.concurrency;
     this.workerId = opened.worker_id;
@@ -368,7 +369,7 @@ class Worker extends EventEmitter {
       const i = this._queue.findIndex((q) => q.step_id === s.step_id);
       if (i >= 0) {
         this._queue.splice(i, 1);
-        this._push(JSON.stringify({ step_id: s.step_id, release: true }));
+        this._push(json.stringify({ step_id: s.step_id, release: true }));
       }
     }
     for (const raw of page.steps || []) this._queue.push(raw);
@@ -432,7 +433,7 @@ class Worker extends EventEmitter {
       this._claiming += room;
       const p = call(session.report(outcomes, room))
         .then(
-          (text) => this._apply(JSON.parse(text)),
+          (text) => this._apply(json.parse(text)),
           (e) => {
             this._failure = this._failure || e;
           },
@@ -478,7 +479,7 @@ class Worker extends EventEmitter {
             // Nothing else to do: report, and wait in core for the next work.
             const outcomes = this._takeOutcomes();
             const room = this._room();
-            this._apply(JSON.parse(await call(session.reportWaiting(outcomes, room, IDLE_WAIT_MS))));
+            this._apply(json.parse(await call(session.reportWaiting(outcomes, room, IDLE_WAIT_MS))));
           } else {
             this._report(session);
           }
@@ -488,10 +489,10 @@ class Worker extends EventEmitter {
           if (untilIdle && this._lastIdle) break;
           // Nothing to run: ask for work (waiting in core, woken by notification).
           const room = this._room();
-          let page = JSON.parse(await call(untilIdle ? session.next(room) : session.nextWaiting(room, IDLE_WAIT_MS)));
+          let page = json.parse(await call(untilIdle ? session.next(room) : session.nextWaiting(room, IDLE_WAIT_MS)));
           if (untilIdle && !page.idle && !(page.steps || []).length && !(page.stop || []).length) {
             // A retry of these handlers is scheduled: wait for it.
-            page = JSON.parse(await call(session.nextWaiting(this._room(), IDLE_WAIT_MS)));
+            page = json.parse(await call(session.nextWaiting(this._room(), IDLE_WAIT_MS)));
           }
           this._apply(page);
           continue;
@@ -501,7 +502,7 @@ class Worker extends EventEmitter {
         // claims ride on the reports).
         if (!this._watch && this._running.size > 0 && Date.now() >= this._deadline() && !this._flushDue()) {
           this._watch = call(session.nextWaiting(0, WATCH_WAIT_MS)).then(
-            (text) => ({ page: JSON.parse(text) }),
+            (text) => ({ page: json.parse(text) }),
             (error) => ({ error }),
           );
         }
@@ -540,7 +541,7 @@ class Worker extends EventEmitter {
       while (this._calls.size) await Promise.all([...this._calls]);
       if (!(this._stopping && this._failure instanceof NotFoundError)) failure = failure || this._failure;
       // Claimed but never started: hand back.
-      for (const raw of this._queue.splice(0)) this._push(JSON.stringify({ step_id: raw.step_id, release: true }));
+      for (const raw of this._queue.splice(0)) this._push(json.stringify({ step_id: raw.step_id, release: true }));
       let done = false;
       closing.then(
         () => {
@@ -555,7 +556,7 @@ class Worker extends EventEmitter {
       // Report what finishes until core has closed the session.
       while (!failure && !done) {
         if (this._outcomes.length) {
-          this._apply(JSON.parse(await call(session.report(this._takeOutcomes()))));
+          this._apply(json.parse(await call(session.report(this._takeOutcomes()))));
           continue;
         }
         if (this._running.size === 0 && !this._watch) break;
@@ -563,12 +564,12 @@ class Worker extends EventEmitter {
         if (this._watch) waits.push(this._watch.then(() => (this._watch = null)));
         await Promise.race(waits);
       }
-      closed = JSON.parse(await closing);
+      closed = json.parse(await closing);
     } catch (e) {
       // A report that reached core after stop()'s close: its step was released.
       if (!(this._stopping && e instanceof NotFoundError)) failure = failure || e;
     }
-    if (closed === null && !failure) closed = JSON.parse(await closing);
+    if (closed === null && !failure) closed = json.parse(await closing);
     // Past the grace period: the runs still going are told to stop; core released them.
     for (const run of this._running.values()) run.abort('stopped');
     this._running.clear();

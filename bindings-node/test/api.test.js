@@ -29,8 +29,11 @@ for (const store of STORES) {
     test('registerTemplate: an object, a file path, YAML text; idempotent; conflict; replace', () =>
       withTasker(store, async (t, fresh) => {
         const r = await t.registerTemplate(ORDERS);
-        assert.deepEqual(r, { namespace: 't', name: 'orders', version: '1', steps: 3, registered: true });
-        assert.equal((await t.registerTemplate(ORDERS)).registered, false);
+        assert.deepEqual(r, { namespace: 't', name: 'orders', version: '1', steps: 3, registered: true, unchanged: false });
+        const again = await t.registerTemplate(ORDERS);
+        assert.equal(again.registered, false);
+        assert.equal(again.unchanged, true);
+        assert.match(again.note, /nothing changed/);
 
         const file = path.join(fresh.dir, 'tpl.json');
         fs.writeFileSync(file, JSON.stringify(chain('fromfile', [['a']])));
@@ -41,7 +44,13 @@ for (const store of STORES) {
         assert.equal((await t.validateTemplateText(yaml)).valid, true);
 
         const other = chain('orders', [['validate']]);
-        await assert.rejects(t.registerTemplate(other), (e) => e instanceof tasker.ConflictError && e.code === 'conflict');
+        await assert.rejects(t.registerTemplate(other), (e) => {
+          assert.ok(e instanceof tasker.ConflictError && e.code === 'conflict');
+          assert.match(e.message, /steps\.charge removed; steps\.ship removed/);
+          assert.match(e.message, /new version \(e\.g\. version: 2\)/);
+          assert.equal(e.details.next_version, '2');
+          return true;
+        });
         assert.equal((await t.registerTemplate(other, { replace: true })).steps, 1);
         assert.equal((await t.getTemplate('t', 'orders')).steps.length, 1);
         assert.equal((await t.validateTemplate(ORDERS)).valid, true);
@@ -286,7 +295,7 @@ for (const store of STORES) {
           [() => t.createTask(1, 'orders'), /namespace must be a string/],
           [() => t.createTask('t', null), /name must be a string/],
           [() => t.createTask('t', 'orders', { context: { f: () => 1 } }), /context\.f must be JSON data/],
-          [() => t.createTask('t', 'orders', { context: { n: 10n } }), /context\.n must be JSON data/],
+          [() => t.createTask('t', 'orders', { context: { n: Symbol('n') } }), /context\.n must be JSON data/],
           [() => t.createTask('t', 'orders', { context: [NaN] }), /context\[0\] must be JSON data/],
           [() => t.createTask('t', 'orders', { idempotencyKey: 5 }), /idempotencyKey must be a string/],
           [() => t.createTask('t', 'orders', { priority: '1' }), /priority must be an integer/],
@@ -311,7 +320,7 @@ for (const store of STORES) {
           [() => t.stats({ windowMs: -0.5 }), /windowMs must be an integer/],
           [() => Tasker.open(42), /config must be an object/],
           [() => Tasker.open('sqlite::memory:', 'x'), /settings must be an object/],
-          [() => Tasker.open({ lease_ms: 10n }), /config\.lease_ms must be JSON data/],
+          [() => Tasker.open({ lease_ms: () => 10 }), /config\.lease_ms must be JSON data/],
         ];
         for (const [fn, msg] of cases) {
           await assert.rejects(fn(), (e) => {

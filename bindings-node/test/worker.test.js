@@ -136,20 +136,24 @@ for (const store of STORES) {
       withTasker(
         store,
         async (t) => {
-          await t.registerTemplate(chain('results', [['bigint'], ['func'], ['huge'], ['fine']]));
+          await t.registerTemplate(chain('results', [['cyclic'], ['func'], ['huge'], ['fine']]));
           const { task_id } = await t.createTask('t', 'results');
           const worker = new Worker(t, { concurrency: 2 });
-          worker.handle('bigint', async () => ({ n: 10n }));
+          worker.handle('cyclic', async () => {
+            const o = { n: 10n };
+            o.self = o;
+            return o;
+          });
           worker.handle('func', async () => () => 1);
           worker.handle('huge', async () => 'x'.repeat(10000));
           worker.handle('fine', async () => undefined);
           await worker.runUntilIdle();
           const s = Object.fromEntries((await t.getTask(task_id)).steps.map((x) => [x.name, x]));
-          for (const name of ['bigint', 'func', 'huge']) {
+          for (const name of ['cyclic', 'func', 'huge']) {
             assert.equal(s[name].state, 'error', `${name}: ${JSON.stringify(s[name])}`);
             assert.equal(s[name].attempts, 1, `${name} is not retried`);
           }
-          assert.match(JSON.stringify(s.bigint.error), /BigInt/);
+          assert.match(JSON.stringify(s.cyclic.error), /circular/);
           assert.match(JSON.stringify(s.func.error), /function/);
           assert.match(JSON.stringify(s.huge.error), /too_large|result_too_large|limit/);
           assert.equal(s.fine.state, 'complete');

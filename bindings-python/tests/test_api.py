@@ -56,10 +56,16 @@ def test_a_handle_is_made_only_by_open() -> None:
 
 def test_register_from_dict_yaml_and_path(tk: tasker.Tasker, tmp_path: Path) -> None:
     r = tk.register_template(ORDER)
-    assert r == {"namespace": "t", "name": "order", "version": "1", "steps": 3, "registered": True}
-    assert tk.register_template(ORDER)["registered"] is False
+    assert r == {"namespace": "t", "name": "order", "version": "1", "steps": 3, "registered": True,
+                 "unchanged": False}
+    again = tk.register_template(ORDER)
+    assert (again["registered"], again["unchanged"]) == (False, True)
+    assert "nothing changed" in again["note"]
     yaml = "namespace: t\nname: one\nversion: '1'\nsteps:\n  - {name: a, handler: a}\n"
-    assert tk.register_template(yaml)["name"] == "one"
+    assert tk.register_template(yaml=yaml)["name"] == "one"
+    # A positional string is a path, never guessed to be YAML text.
+    with pytest.raises(TypeError, match="yaml="):
+        tk.register_template(yaml)
     f = tmp_path / "two.yaml"
     f.write_text(yaml.replace("name: one", "name: two"))
     assert tk.register_template(f)["name"] == "two"
@@ -73,7 +79,11 @@ def test_register_conflict_and_replace(tk: tasker.Tasker) -> None:
     other = chain("order", [("validate", [])])
     with pytest.raises(tasker.ConflictError) as e:
         tk.register_template(other)
-    assert e.value.details == {"namespace": "t", "name": "order", "version": "1"}
+    assert {k: e.value.details[k] for k in ("namespace", "name", "version", "next_version")} == {
+        "namespace": "t", "name": "order", "version": "1", "next_version": "2"}
+    assert "steps.charge removed; steps.ship removed" in e.value.message
+    assert "new version (e.g. version: 2)" in e.value.message
+    assert all({"path", "registered", "given"} <= set(d) for d in e.value.details["differences"])
     assert tk.register_template(other, replace=True)["registered"] is True
     assert len(tk.get_template("t", "order")["steps"]) == 1
 
@@ -85,8 +95,14 @@ def test_bad_templates_are_refused_and_store_nothing(tk: tasker.Tasker, tmp_path
         tk.register_template(cyc)
     assert e.value.details["problem"] == "cycle"
     with pytest.raises(tasker.InvalidTemplateError) as e:
-        tk.register_template("steps: [ {\n")
+        tk.register_template(yaml="steps: [ {\n")
     assert e.value.details["problem"] == "syntax"
+    bad = chain("typed", [("a", [])])
+    bad["steps"][0]["priority"] = "high"
+    with pytest.raises(tasker.InvalidTemplateError) as e:
+        tk.register_template(bad)
+    assert e.value.message.endswith('steps[0].priority: expected an integer, got the string "high"')
+    assert e.value.details == {"problem": "shape", "field": "steps[0].priority"}
     with pytest.raises(tasker.NotFoundError):
         tk.register_template(tmp_path / "missing.yaml")
     with pytest.raises(tasker.NotFoundError):

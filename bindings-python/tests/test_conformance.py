@@ -403,10 +403,25 @@ class Run:
         self.fire_after(name, n, "reported")
 
 
+def record_in_ledger(store: str, vector: str, ok: bool) -> None:
+    """Appends ``python <store> <vector> ok|FAIL`` to the file ``TASKER_CONFORMANCE_LEDGER``
+    names: ``scripts/conformance-coverage`` checks there that every runner ran every
+    vector on both stores (tests/conformance/README.md)."""
+    ledger = os.environ.get("TASKER_CONFORMANCE_LEDGER")
+    if ledger:
+        with open(ledger, "a", encoding="utf-8") as f:
+            f.write(f"python\t{store}\t{vector}\t{'ok' if ok else 'FAIL'}\n")
+
+
 @pytest.mark.parametrize("path", VECTORS, ids=[p.stem for p in VECTORS])
-def test_vector(path: Path, settings: Dict[str, Any]) -> None:
-    v = json.loads(path.read_text())
-    config = {**settings, "env": "conformance", "lease_ms": 30000,
-              "sweep_interval_ms": 3_600_000, "claim_poll_ms": 20, **v.get("config", {})}
-    with tasker.Tasker.open(config) as t:
-        Run(v, t, int(config["lease_ms"])).run()
+def test_vector(path: Path, store: str, settings: Dict[str, Any]) -> None:
+    ok = False
+    try:
+        v = json.loads(path.read_text())
+        config = {**settings, "env": "conformance", "lease_ms": 30000,
+                  "sweep_interval_ms": 3_600_000, "claim_poll_ms": 20, **v.get("config", {})}
+        with tasker.Tasker.open(config) as t:
+            Run(v, t, int(config["lease_ms"])).run()
+        ok = True
+    finally:
+        record_in_ledger(store, path.stem, ok)

@@ -71,11 +71,15 @@ module ClientTests
 
   def test_register_from_hash_yaml_and_path
     r = tasker.register_template(ORDER)
-    assert_equal({ "name" => "order", "namespace" => "t", "registered" => true, "steps" => 3, "version" => "1" }, r)
-    assert_equal false, tasker.register_template(ORDER)["registered"]
+    assert_equal({ "name" => "order", "namespace" => "t", "registered" => true, "steps" => 3, "version" => "1",
+                   "unchanged" => false }, r)
+    again = tasker.register_template(ORDER)
+    assert_equal [false, true], again.values_at("registered", "unchanged")
+    assert_match(/nothing changed/, again["note"])
 
     yaml = "namespace: t\nname: y\nversion: '2'\nsteps:\n  - {name: a, handler: a}\n"
-    assert_equal "y", tasker.register_template(yaml)["name"]
+    # A positional String is a path, never guessed to be YAML text.
+    assert_match(/yaml:/, assert_raises(TypeError) { tasker.register_template(yaml) }.message)
     assert_equal "y", tasker.register_template(yaml: yaml)["name"]
     path = File.join(@dir, "p.yaml")
     File.write(path, yaml.sub("name: y", "name: p"))
@@ -96,7 +100,10 @@ module ClientTests
     assert_equal "cycle", e.details["problem"]
     tasker.register_template(ORDER)
     changed = ORDER.merge("steps" => ORDER["steps"][0, 1])
-    assert_raises(Tasker::ConflictError) { tasker.register_template(changed) }
+    e = assert_raises(Tasker::ConflictError) { tasker.register_template(changed) }
+    assert_match(/steps\.charge removed; steps\.ship removed/, e.message)
+    assert_match(/new version \(e\.g\. version: 2\)/, e.message)
+    assert_equal "2", e.details["next_version"]
     assert_equal true, tasker.register_template(changed, replace: true)["registered"]
     assert_raises(Tasker::NotFoundError) { tasker.register_template(File.join(@dir, "missing.yaml")) }
     assert_raises(ArgumentError) { tasker.register_template }

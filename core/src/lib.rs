@@ -11,6 +11,7 @@
 //! - [`config`]: settings and their sources.
 
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;

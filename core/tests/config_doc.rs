@@ -143,6 +143,7 @@ fn documented_environment_variables_work() {
                 let v = match field.as_str() {
                     "sqlite_synchronous" => "full",
                     "database_url" => "sqlite://elsewhere.db",
+                    "clock" => "manual",
                     _ => "staging",
                 };
                 (v.to_owned(), json!(v))

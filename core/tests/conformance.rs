@@ -43,6 +43,7 @@ fn conformance_vectors() {
                 let name = v["name"].as_str().unwrap_or(&stem).to_owned();
                 run_vector(&v).map_err(|e| format!("{name}: {e}"))
             });
+        record_in_ledger(&stem, outcome.is_ok());
         match outcome {
             Ok(()) => println!("ok   {stem}"),
             Err(e) => {
@@ -68,6 +69,36 @@ fn conformance_vectors() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// Appends `rust <store> <vector> ok|FAIL` to the file `TASKER_CONFORMANCE_LEDGER` names
+/// (tests/conformance/README.md): `scripts/conformance-coverage` checks there that every
+/// runner ran every vector on both stores.
+fn record_in_ledger(stem: &str, ok: bool) {
+    use std::io::Write;
+    let Some(path) = std::env::var_os("TASKER_CONFORMANCE_LEDGER") else {
+        return;
+    };
+    let store = if common::on_postgres() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    let line = format!(
+        "rust\t{store}\t{stem}\t{}\n",
+        if ok { "ok" } else { "FAIL" }
+    );
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        panic!(
+            "cannot append to the ledger {}: {e}",
+            Path::new(&path).display()
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------

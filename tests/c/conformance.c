@@ -5,7 +5,10 @@
  *
  * Environment: TASKER_CONFORMANCE_DIR names the vector directory (default
  * tests/conformance); TASKER_TEST_TMP names a directory for the databases (default: a
- * fresh mkdtemp directory, removed at the end).
+ * fresh mkdtemp directory, removed at the end); TASKER_TEST_DATABASE_URL, when set, runs
+ * every vector on PostgreSQL too, each in a schema named TASKER_C_SCHEMA_PREFIX (default
+ * `c_conf_`) + pid + index, which the caller drops (scripts/c-tests does);
+ * TASKER_CONFORMANCE_LEDGER names a file that gets one line per vector run.
  *
  * Prints one line per vector and `conformance(c): N passed, M failed`. Exits 0 only if
  * every vector passed and at least MIN_VECTORS were found.
@@ -973,12 +976,20 @@ static void remove_dir(const char *path) {
     rmdir(path);
 }
 
-static int run_vector(const cJSON *v, const char *dbdir) {
+/* Runs one vector on a fresh database: SQLite under `dbdir` when `pg_url` is NULL, else
+ * the PostgreSQL schema `schema` of that server. */
+static int run_vector(const cJSON *v, const char *dbdir, const char *pg_url, const char *schema) {
     if (mkdir(dbdir, 0700) != 0) return failf("cannot create %s", dbdir);
     cJSON *config = cJSON_CreateObject();
     char buf[4600];
-    snprintf(buf, sizeof buf, "sqlite://%s/tasker.db", dbdir);
-    cJSON_AddStringToObject(config, "database_url", buf);
+    if (pg_url == NULL) {
+        snprintf(buf, sizeof buf, "sqlite://%s/tasker.db", dbdir);
+        cJSON_AddStringToObject(config, "database_url", buf);
+    } else {
+        cJSON_AddStringToObject(config, "database_url", pg_url);
+        cJSON_AddStringToObject(config, "postgres_schema", schema);
+        cJSON_AddNumberToObject(config, "postgres_pool_size", 4);
+    }
     snprintf(buf, sizeof buf, "%s/templates", dbdir);
     cJSON_AddStringToObject(config, "templates_dir", buf);
     cJSON_AddStringToObject(config, "env", "conformance");
@@ -1100,35 +1111,51 @@ int main(void) {
     closedir(d);
     if (count > 0) qsort(names, count, sizeof *names, cmp_names);
 
+    /* SQLite always; PostgreSQL too when TASKER_TEST_DATABASE_URL names a server. */
+    const char *pg_url = getenv("TASKER_TEST_DATABASE_URL");
+    if (pg_url != NULL && *pg_url == '\0') pg_url = NULL;
+    const char *prefix = getenv("TASKER_C_SCHEMA_PREFIX");
+    if (prefix == NULL || *prefix == '\0') prefix = "c_conf_";
+    const char *ledger = getenv("TASKER_CONFORMANCE_LEDGER");
     int passed = 0, failed = 0;
-    for (size_t i = 0; i < count; i++) {
-        char stem[256];
-        snprintf(stem, sizeof stem, "%.*s", (int)(strlen(names[i]) - 5), names[i]);
-        char path[4096], dbdir[4096];
-        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-        snprintf(dbdir, sizeof dbdir, "%s/conf-%03zu-%s", tmp, i, stem);
-        msg_reset();
-        char *text = read_file(path);
-        cJSON *v = text ? cJSON_Parse(text) : NULL;
-        free(text);
-        int rc;
-        if (v == NULL) {
-            rc = failf("cannot read or parse %s", path);
-        } else {
-            rc = run_vector(v, dbdir);
+    for (int on_pg = 0; on_pg < (pg_url ? 2 : 1); on_pg++) {
+        const char *store = on_pg ? "postgres" : "sqlite";
+        for (size_t i = 0; i < count; i++) {
+            char stem[256];
+            snprintf(stem, sizeof stem, "%.*s", (int)(strlen(names[i]) - 5), names[i]);
+            char path[4096], dbdir[4096], schema[128];
+            snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+            snprintf(dbdir, sizeof dbdir, "%s/conf-%s-%03zu-%s", tmp, store, i, stem);
+            snprintf(schema, sizeof schema, "%s%ld_%zu", prefix, (long)getpid(), i);
+            msg_reset();
+            char *text = read_file(path);
+            cJSON *v = text ? cJSON_Parse(text) : NULL;
+            free(text);
+            int rc;
+            if (v == NULL) {
+                rc = failf("cannot read or parse %s", path);
+            } else {
+                rc = run_vector(v, dbdir, on_pg ? pg_url : NULL, schema);
+            }
+            if (rc == 0) {
+                passed++;
+                printf("ok   %s %s\n", store, stem);
+            } else {
+                failed++;
+                const char *name = field_str(v, "name");
+                printf("FAIL %s %s: %s: %s\n", store, stem, name ? name : stem, g_msg);
+            }
+            /* One line per vector run for scripts/conformance-coverage. */
+            FILE *lf = ledger && *ledger ? fopen(ledger, "a") : NULL;
+            if (lf != NULL) {
+                fprintf(lf, "c\t%s\t%s\t%s\n", store, stem, rc == 0 ? "ok" : "FAIL");
+                fclose(lf);
+            }
+            fflush(stdout);
+            cJSON_Delete(v);
         }
-        if (rc == 0) {
-            passed++;
-            printf("ok   %s\n", stem);
-        } else {
-            failed++;
-            const char *name = field_str(v, "name");
-            printf("FAIL %s: %s: %s\n", stem, name ? name : stem, g_msg);
-        }
-        fflush(stdout);
-        cJSON_Delete(v);
-        free(names[i]);
     }
+    for (size_t i = 0; i < count; i++) free(names[i]);
     free(names);
     if (own[0]) remove_dir(own);
     printf("conformance(c): %d passed, %d failed\n", passed, failed);

@@ -14,8 +14,9 @@ Engine errors become JSON responses ``{"code", "message", "details"}`` with the 
 status of their code: a context the template's ``input_schema`` rejects is 422 with
 code ``schema_violation``; an unknown task is 404 ``not_found``.
 
-Settings (environment): ``TASKER_DATABASE_URL`` (default
-``sqlite://fastapi_example.db``), ``REPORT_WORKER_CONCURRENCY`` (default 2).
+Settings (environment): ``TASKER_DATABASE_URL`` (default: ``fastapi_example.db`` in
+``<temp dir>/tasker-examples``, outside the source tree), ``REPORT_WORKER_CONCURRENCY``
+(default 2).
 Run: ``uvicorn app:app`` from this directory (see README.md).
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections import Counter
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -99,10 +101,18 @@ HANDLERS = {
 # -- the app ---------------------------------------------------------------------------
 
 
+def default_database_url() -> str:
+    """A SQLite file in ``<temp dir>/tasker-examples``: an example never writes its
+    database into the directory it runs from (the source tree)."""
+    directory = Path(tempfile.gettempdir()) / "tasker-examples"
+    directory.mkdir(parents=True, exist_ok=True)
+    return f"sqlite://{directory / 'fastapi_example.db'}"
+
+
 def create_app(database_url: Optional[str] = None, concurrency: Optional[int] = None) -> FastAPI:
-    """The app, on ``database_url`` (else ``TASKER_DATABASE_URL``, else a SQLite file in
-    the working directory)."""
-    url = database_url or os.environ.get("TASKER_DATABASE_URL") or "sqlite://fastapi_example.db"
+    """The app, on ``database_url`` (else ``TASKER_DATABASE_URL``, else
+    :func:`default_database_url`)."""
+    url = database_url or os.environ.get("TASKER_DATABASE_URL") or default_database_url()
     threads = concurrency or int(os.environ.get("REPORT_WORKER_CONCURRENCY", "2"))
 
     @asynccontextmanager

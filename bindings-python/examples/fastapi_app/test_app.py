@@ -178,3 +178,15 @@ def test_unknown_task_is_404(server: str) -> None:
         r = client.get("/reports/4242")
         assert r.status_code == 404
         assert r.json()["code"] == "not_found"
+
+
+def test_the_default_database_is_outside_the_source_tree() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKER_")}
+    out = subprocess.run([sys.executable, "-c", "import app; print(app.default_database_url())"],
+                         cwd=HERE, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    url = out.stdout.strip()
+    assert url.startswith("sqlite://"), url
+    db = Path(url[len("sqlite://"):]).resolve()
+    assert db.parent.is_dir()
+    assert HERE.parents[2] not in db.parents, f"{db} is inside the repository"

@@ -160,13 +160,15 @@ class Tasker:
     ) -> Registered:
         """Validates a template and stores it in the registry.
 
-        ``source`` may be a dict (the template), a ``pathlib.Path`` (a file to read), or
-        a str: YAML/JSON text when it contains a newline, else a file path. Or name the
-        kind with exactly one of ``path=``, ``yaml=``, ``template=``.
+        ``source`` is a dict (the template document) or a file path (a str or a
+        ``pathlib.Path``, relative to the working directory); nothing is guessed from
+        a string's content. YAML or JSON *text* is given as ``yaml=``. Or name the kind
+        with exactly one of ``path=``, ``yaml=``, ``template=``.
 
-        Registering the identical template again changes nothing (``registered`` is
-        False); a different template under the same key raises
-        :class:`tasker.ConflictError` unless ``replace=True``.
+        Registering the identical template again changes nothing and says so
+        (``registered`` False, ``unchanged`` True); a different template under the same
+        key raises :class:`tasker.ConflictError` whose message names what differs,
+        unless ``replace=True``.
 
         Raises:
             InvalidTemplateError: the template is invalid (``details["problem"]``).
@@ -213,9 +215,10 @@ class Tasker:
                 path = source
             elif isinstance(source, str):
                 if "\n" in source:
-                    yaml = source
-                else:
-                    path = source
+                    # A positional string is a path, and no path holds a line break.
+                    raise TypeError("a positional template source is a file path; "
+                                    "give YAML or JSON text as yaml=...")
+                path = source
             else:
                 raise TypeError(
                     f"a template source is a dict, a path or YAML text, not {type(source).__name__}"

@@ -44,6 +44,10 @@ class Registered(TypedDict):
     version: str
     steps: int
     registered: bool
+    #: True when the identical template was already registered (nothing changed).
+    unchanged: bool
+    #: Says that nothing changed, when ``unchanged``.
+    note: NotRequired[str]
 
 
 class CreatedTask(TypedDict):

@@ -3,7 +3,7 @@
 # An order service: HTTP routes create Tasker tasks, and a Tasker::Worker in the same
 # process runs their steps. Serve it with Puma (config.ru, puma.rb):
 #
-#   TASKER_DATABASE_URL=sqlite://shop.db puma -C puma.rb
+#   puma -C puma.rb     # the database: TASKER_DATABASE_URL, else <tmpdir>/tasker-examples/shop.db
 #
 #   curl -X POST localhost:9292/orders -d '{"order_id": 7, "items": [{"sku": "a", "qty": 2}]}'
 #   curl localhost:9292/orders/1
@@ -12,7 +12,9 @@
 # handle opened here works in every child (each gets its own engine on its first call),
 # and each child starts its own Tasker::Worker in on_worker_boot.
 
+require "fileutils"
 require "json"
+require "tmpdir"
 require "sinatra/base"
 require "tasker"
 
@@ -51,9 +53,17 @@ module Shop
   TEMPLATE = File.join(__dir__, "templates", "fulfill.yaml")
 
   class << self
+    # A SQLite file in <tmpdir>/tasker-examples: an example never writes its database
+    # into the directory it runs from (the source tree).
+    def default_database_url
+      dir = File.join(Dir.tmpdir, "tasker-examples")
+      FileUtils.mkdir_p(dir)
+      "sqlite://#{File.join(dir, 'shop.db')}"
+    end
+
     # The process's client: opened once (in Puma's master when the app is preloaded).
     def tasker
-      @tasker ||= Tasker.open(ENV.fetch("TASKER_DATABASE_URL", "sqlite://shop.db")).tap do |t|
+      @tasker ||= Tasker.open(ENV.fetch("TASKER_DATABASE_URL") { default_database_url }).tap do |t|
         t.register_template(TEMPLATE)
       end
     end

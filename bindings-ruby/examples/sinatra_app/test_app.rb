@@ -7,6 +7,7 @@
 require_relative "../../test/test_helper"
 require "net/http"
 require "socket"
+require_relative "app"
 
 class SinatraExampleTest < Minitest::Test
   APP_DIR = __dir__
@@ -20,6 +21,15 @@ class SinatraExampleTest < Minitest::Test
     stop_server
     TaskerTest.drop_schema(@schema) if @schema
     FileUtils.rm_rf(@dir)
+  end
+
+  def test_the_default_database_is_outside_the_source_tree
+    url = Shop.default_database_url
+    assert url.start_with?("sqlite://"), url
+    db = File.expand_path(url.delete_prefix("sqlite://"))
+    assert File.directory?(File.dirname(db))
+    repo = File.expand_path("../../..", APP_DIR)
+    refute db.start_with?("#{repo}/"), "#{db} is inside the repository"
   end
 
   def test_orders_over_http_on_sqlite

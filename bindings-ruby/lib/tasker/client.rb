@@ -102,13 +102,14 @@ module Tasker
 
     # Validates a template and stores it in the registry.
     #
-    # +source+ is a Hash (the template), a Pathname (a file to read), or a String:
-    # YAML/JSON text when it contains a newline, else a file path. Or name the kind with
-    # exactly one of +path:+, +yaml:+, +template:+.
+    # +source+ is a Hash (the template document) or a file path (a String or a
+    # Pathname, relative to the working directory); nothing is guessed from a String's
+    # content. YAML or JSON *text* is given as +yaml:+. Or name the kind with exactly
+    # one of +path:+, +yaml:+, +template:+.
     #
-    # Registering the identical template again changes nothing ("registered" is
-    # false); a different template under the same key raises Tasker::ConflictError
-    # unless +replace: true+. Raises Tasker::InvalidTemplateError (details["problem"])
+    # Registering the identical template again changes nothing and says so
+    # ("registered" false, "unchanged" true); a different template under the same key
+    # raises Tasker::ConflictError naming what differs, unless +replace: true+. Raises Tasker::InvalidTemplateError (details["problem"])
     # or Tasker::NotFoundError (no such file).
     def register_template(source = nil, path: nil, yaml: nil, template: nil, replace: false)
       req = template_source(source, path, yaml, template)
@@ -408,11 +409,13 @@ module Tasker
       when Hash then template = source
       when Pathname then path = source.to_s
       when String
+        # A positional String is a file path, never guessed from its content; no path
+        # holds a line break.
         if source.include?("\n")
-          yaml = source
-        else
-          path = source
+          raise TypeError, "a positional template source is a file path; give YAML or JSON text as yaml: ..."
         end
+
+        path = source
       else
         raise TypeError, "a template source is a Hash, a path or YAML text, not #{source.class}"
       end

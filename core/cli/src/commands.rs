@@ -17,11 +17,12 @@ pub fn run(cli: &Cli) -> Outcome {
         Command::Step(cmd) => step(cli, cmd),
         Command::Stats => stats(cli),
         Command::Events(args) => events(cli, args),
+        Command::Completion { shell } => crate::completion::print(*shell),
     }
 }
 
 /// Prints `text` unless the raw JSON was printed already.
-fn say(s: &Session, text: impl std::fmt::Display) -> Outcome {
+pub(crate) fn say(s: &Session, text: impl std::fmt::Display) -> Outcome {
     if !s.json {
         let mut out = std::io::stdout().lock();
         write!(out, "{text}")?;
@@ -82,6 +83,14 @@ fn template(cli: &Cli, cmd: &TemplateCmd) -> Outcome {
                 say(&s, format!("{what} is already registered (unchanged)\n"))
             }
         }
+        TemplateCmd::List { namespace, name } => {
+            let s = Session::open(cli, Open::Existing)?;
+            let r = s.call(
+                "list_templates",
+                &json!({ "namespace": namespace, "name": name }),
+            )?;
+            say(&s, template_list(&r))
+        }
         TemplateCmd::Show {
             namespace,
             name,
@@ -110,6 +119,35 @@ fn template(cli: &Cli, cmd: &TemplateCmd) -> Outcome {
             say(&s, text)
         }
     }
+}
+
+/// The `template list` text: one row per registered version.
+pub fn template_list(r: &Value) -> String {
+    let templates = r["templates"].as_array().cloned().unwrap_or_default();
+    if templates.is_empty() {
+        return "no templates are registered; add one with `tasker template register FILE`\n"
+            .into();
+    }
+    let mut table = Table::new(&[
+        "NAMESPACE",
+        "NAME",
+        "VERSION",
+        "STEPS",
+        "REGISTERED",
+        "DESCRIPTION",
+    ])
+    .right_align(&[3]);
+    for t in &templates {
+        table.row([
+            cell(&t["namespace"]),
+            cell(&t["name"]),
+            cell(&t["version"]),
+            cell(&t["steps"]),
+            time(&t["registered_at"]),
+            cell(&t["description"]),
+        ]);
+    }
+    table.render()
 }
 
 /// Makes sure a template error names the file it is about.
@@ -157,6 +195,7 @@ fn template_steps(t: &Value) -> Table {
 fn task(cli: &Cli, cmd: &TaskCmd) -> Outcome {
     let s = Session::open(cli, Open::Existing)?;
     match cmd {
+        TaskCmd::Create(args) => crate::create::create_task(&s, args),
         TaskCmd::List {
             state,
             namespace,
@@ -207,6 +246,7 @@ fn task(cli: &Cli, cmd: &TaskCmd) -> Outcome {
                 text.push_str("every step is done; nothing is waiting\n");
             } else {
                 let mut table = Table::new(&["STEP", "STATE", "STATUS", "WHY"]);
+                let mut commands: Vec<String> = Vec::new();
                 for st in &steps {
                     table.row([
                         cell(&st["name"]),
@@ -214,8 +254,21 @@ fn task(cli: &Cli, cmd: &TaskCmd) -> Outcome {
                         cell(&st["status"]),
                         cell(&st["reason"]),
                     ]);
+                    for a in st["actions"].as_array().into_iter().flatten() {
+                        if let Some(c) = a["command"].as_str() {
+                            if !commands.iter().any(|x| x == c) {
+                                commands.push(c.to_owned());
+                            }
+                        }
+                    }
                 }
                 text.push_str(&table.render());
+                if !commands.is_empty() {
+                    text.push_str("\nto fix:\n");
+                    for c in commands {
+                        text.push_str(&format!("  {c}\n"));
+                    }
+                }
             }
             say(&s, text)
         }
@@ -287,22 +340,72 @@ pub fn show_task(t: &Value) -> String {
             cell(&st["name"]),
             cell(&st["handler"]),
             cell(&st["state"]),
-            format!("{}/{}", cell(&st["attempts"]), cell(&st["max_attempts"])),
+            attempts_cell(st),
             duration(st["duration_ms"].as_i64()),
             cell(&st["worker"]),
         ]);
-        if let Some(m) = error_message(&st["error"]) {
-            errors.push(format!("  {}: {m}\n", cell(&st["name"])));
-        }
+        errors.extend(error_lines(st));
     }
     text.push_str(&table.render());
     if !errors.is_empty() {
-        text.push_str("\nlast errors:\n");
+        text.push_str("\nfailed attempts:\n");
         for e in errors {
             text.push_str(&e);
         }
     }
     text
+}
+
+/// Attempts of the current run against its budget (`2/3`), and the run when an
+/// operator retried the step (`1/3, run 2`).
+fn attempts_cell(st: &Value) -> String {
+    let (Some(done), Some(max)) = (st["run_attempts"].as_i64(), st["run_max_attempts"].as_i64())
+    else {
+        return format!("{}/{}", cell(&st["attempts"]), cell(&st["max_attempts"]));
+    };
+    match st["run"].as_i64() {
+        Some(run) if run > 1 => format!("{done}/{max}, run {run}"),
+        _ => format!("{done}/{max}"),
+    }
+}
+
+/// One line per failed attempt (history: the step may have completed since), marked
+/// `now` when the step is in error because of it.
+fn error_lines(st: &Value) -> Vec<String> {
+    let name = cell(&st["name"]);
+    let Some(errors) = st["errors"].as_array().filter(|e| !e.is_empty()) else {
+        // An engine without the history: the latest failure document alone.
+        return error_message(&st["error"])
+            .map(|m| vec![format!("  {name}: {m}\n")])
+            .unwrap_or_default();
+    };
+    let in_error = st["state"] == "error";
+    errors
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let run = match e["run"].as_i64() {
+                Some(r) if r > 1 => format!(" (run {r})"),
+                _ => String::new(),
+            };
+            let kind = e["kind"]
+                .as_str()
+                .filter(|k| !k.is_empty())
+                .map(|k| format!(" [{k}]"))
+                .unwrap_or_default();
+            let current = if in_error && i + 1 == errors.len() {
+                "  <- why it is in error"
+            } else {
+                ""
+            };
+            format!(
+                "  {name} attempt {}{run} at {}: {}{kind}{current}\n",
+                cell(&e["attempt"]),
+                time(&e["at"]),
+                cell(&e["message"]),
+            )
+        })
+        .collect()
 }
 
 fn target_json(t: &StepTarget) -> Value {

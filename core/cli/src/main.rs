@@ -10,6 +10,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod commands;
+mod completion;
+mod create;
 mod import;
 mod session;
 
@@ -24,7 +26,7 @@ use session::Failure;
                   (TASKER_CONFIG or ./tasker.yaml), else sqlite://tasker.db. See docs/configuration.md."
 )]
 pub struct Cli {
-    /// Database to operate on: sqlite://PATH [default: TASKER_DATABASE_URL, tasker.yaml, sqlite://tasker.db]
+    /// Database to operate on: sqlite://PATH or postgres://USER@HOST/DB [default: TASKER_DATABASE_URL, tasker.yaml, sqlite://tasker.db]
     #[arg(long, global = true, value_name = "URL")]
     pub database_url: Option<String>,
 
@@ -57,6 +59,35 @@ pub enum Command {
     Stats,
     /// Print lifecycle events from the durable event log
     Events(EventsArgs),
+    /// Print a shell completion script: `tasker completion bash > /etc/bash_completion.d/tasker`
+    Completion {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `tasker task create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The template's namespace
+    pub namespace: String,
+    /// The template's name
+    pub name: String,
+    /// The template version (default: the highest registered)
+    #[arg(long, value_name = "VERSION")]
+    pub version: Option<String>,
+    /// The task context, as JSON (default: {})
+    #[arg(long, value_name = "JSON")]
+    pub context: Option<String>,
+    /// Read the task context (JSON) from this file
+    #[arg(long, value_name = "FILE", conflicts_with = "context")]
+    pub context_file: Option<String>,
+    /// Return the existing task when this key was used before for the template
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    /// Added to every step's priority
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub priority: Option<i64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +105,15 @@ pub enum TemplateCmd {
         #[arg(long)]
         replace: bool,
     },
+    /// List the registered templates and their versions
+    List {
+        /// Only templates in this namespace
+        #[arg(long, value_name = "NAMESPACE")]
+        namespace: Option<String>,
+        /// Only templates with this name
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+    },
     /// Show a registered template (the highest version unless VERSION is given)
     Show {
         namespace: String,
@@ -84,6 +124,8 @@ pub enum TemplateCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum TaskCmd {
+    /// Create a task (one run of a template)
+    Create(CreateArgs),
     /// List tasks, newest first
     List {
         /// Only tasks in this state (pending, running, complete, error, cancelled)

@@ -262,7 +262,14 @@ fn operator_commands_end_to_end() {
     let r = db.ok(&["task", "show", &t2.to_string()]);
     assert_eq!(row(&r.stdout, "charge")[2], "error");
     assert_eq!(row(&r.stdout, "ship")[2], "pending");
-    assert!(r.stdout.contains("charge: card declined"), "{}", r.stdout);
+    assert!(r.stdout.contains("failed attempts:"), "{}", r.stdout);
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.contains("charge attempt 1 at "))
+        .unwrap();
+    assert!(line.contains(": card declined"), "{line}");
+    assert!(line.ends_with("<- why it is in error"), "{line}");
     let v = db.json(&["task", "show", &t2.to_string()]);
     assert_eq!(v["task"]["state"], "error");
     assert_eq!(v["task"]["steps"].as_array().unwrap().len(), 4);
@@ -280,6 +287,15 @@ fn operator_commands_end_to_end() {
     assert_eq!(row(&r.stdout, "charge")[2], "failed");
     assert_eq!(row(&r.stdout, "ship")[2], "blocked");
     assert!(r.stdout.contains("card declined"), "{}", r.stdout);
+    // The way out, as the commands to type (not API operations).
+    assert!(r.stdout.contains("to fix:"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains(&format!("  tasker step retry {t2} charge\n")),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("retry_step"), "{}", r.stdout);
     let r = db.ok(&["task", "explain", &t3.to_string()]);
     assert_eq!(row(&r.stdout, "validate")[2], "waiting_for_worker");
     assert_eq!(row(&r.stdout, "ship")[2], "waiting_on_parents");
@@ -292,6 +308,14 @@ fn operator_commands_end_to_end() {
     let r = db.ok(&["step", "retry", &t2.to_string(), "charge"]);
     assert!(
         r.stdout.contains("is now ready; the task is running"),
+        "{}",
+        r.stdout
+    );
+    // After the operator's retry the step's attempts count from the new run.
+    let r = db.ok(&["task", "show", &t2.to_string()]);
+    assert_eq!(
+        row(&r.stdout, "charge")[3..6],
+        ["0/3,", "run", "2"],
         "{}",
         r.stdout
     );
@@ -463,4 +487,109 @@ fn validate_needs_no_database() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn task_create_template_list_and_completion() {
+    let db = Db::new();
+    let tpl = template_path();
+    db.ok(&["migrate"]);
+    let r = db.ok(&["template", "list"]);
+    assert!(
+        r.stdout.contains("no templates are registered"),
+        "{}",
+        r.stdout
+    );
+    db.ok(&["template", "register", tpl.to_str().unwrap()]);
+    let r = db.ok(&["template", "list"]);
+    assert_eq!(
+        row(&r.stdout, "orders")[..4],
+        ["orders", "fulfill", "1.0.0", "4"],
+        "{}",
+        r.stdout
+    );
+    let v = db.json(&["template", "list", "--namespace", "nope"]);
+    assert_eq!(v["templates"], json!([]));
+
+    // task create: the context is validated by the engine, the result printed.
+    let r = db.ok(&[
+        "task",
+        "create",
+        "orders",
+        "fulfill",
+        "--context",
+        r#"{"order_id": 7}"#,
+        "--idempotency-key",
+        "order-7",
+    ]);
+    assert!(
+        r.stdout.starts_with("created task 1 (orders/fulfill)"),
+        "{}",
+        r.stdout
+    );
+    let r = db.ok(&[
+        "task",
+        "create",
+        "orders",
+        "fulfill",
+        "--context",
+        r#"{"order_id": 7}"#,
+        "--idempotency-key",
+        "order-7",
+    ]);
+    assert!(r.stdout.contains("already exists"), "{}", r.stdout);
+    let file = db.dir.path().join("ctx.json");
+    std::fs::write(&file, r#"{"order_id": 8}"#).unwrap();
+    let v = db.json(&[
+        "task",
+        "create",
+        "orders",
+        "fulfill",
+        "--context-file",
+        file.to_str().unwrap(),
+        "--priority",
+        "-5",
+    ]);
+    assert_eq!(v["created"], true);
+    let shown = db.json(&["task", "show", &v["task_id"].to_string()]);
+    assert_eq!(shown["task"]["context"], json!({"order_id": 8}));
+    assert_eq!(shown["task"]["priority"], -5);
+    let r = db.run(&["task", "create", "orders", "fulfill", "--context", "{}"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.starts_with("error [schema_violation]: "),
+        "{}",
+        r.stderr
+    );
+    let r = db.run(&["task", "create", "orders", "fulfill", "--context", "{oops"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("--context is not valid JSON"),
+        "{}",
+        r.stderr
+    );
+    let r = db.run(&["task", "create", "orders", "fulfill", "--version", "2.0.0"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("the registered versions are: 1.0.0"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        db.json(&["task", "list"])["tasks"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Shell completion scripts, generated from the parser's own definitions.
+    for shell in ["bash", "zsh", "fish"] {
+        let r = db.ok(&["completion", shell]);
+        assert!(r.stdout.contains("tasker"), "{shell}: {}", r.stdout);
+        assert!(r.stdout.contains("create"), "{shell}: {}", r.stdout);
+    }
+    assert_eq!(db.run(&["completion", "tcsh"]).code, 2);
+    let r = db.ok(&["--help"]);
+    assert!(r.stdout.contains("postgres://"), "{}", r.stdout);
 }

@@ -16,9 +16,11 @@ use crate::config::Config;
 use crate::engine::{CloseSignal, CALLER};
 use crate::error::{Error, ErrorCode, Result};
 
+mod clock_ops;
 pub mod host;
 pub mod ops;
 mod subscription;
+mod template_ops;
 pub mod validate;
 mod worker_ops;
 

@@ -43,6 +43,9 @@ pub const OPERATIONS: &[&str] = &[
     "worker_close",
     "worker_stats",
     "create_tasks",
+    "advance_clock",
+    "next_ready_at",
+    "list_templates",
 ];
 
 /// Parses JSON, telling malformed JSON (`invalid_json`) from well-formed JSON of the
@@ -112,6 +115,18 @@ pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<S
                 .map_err(|e| name_file(e, path.as_deref()))?;
             let mut summary = t.summary();
             summary.insert("registered".into(), json!(changed));
+            // Registering at every application start is the usual pattern: the same
+            // content again is a success that says nothing changed.
+            summary.insert("unchanged".into(), json!(!changed));
+            if !changed {
+                summary.insert(
+                    "note".into(),
+                    json!(format!(
+                        "{}/{} {} is already registered with this definition; nothing changed",
+                        t.namespace, t.name, t.version
+                    )),
+                );
+            }
             Value::Object(summary)
         }
         "validate_template" => {
@@ -296,8 +311,7 @@ pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<S
             let state = f.string("state", 1, IDENT_MAX)?;
             if let Some(s) = &state {
                 if crate::model::state::TaskState::parse(s).is_none() {
-                    return Err(Error::invalid_argument(format!("unknown task state `{s}`"))
-                        .with_details(json!({ "field": "state" })));
+                    return Err(unknown_task_state(s));
                 }
             }
             let namespace = f.string("namespace", 1, IDENT_MAX)?;
@@ -349,10 +363,7 @@ pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<S
                     .iter()
                     .find(|t| !crate::model::events::ALL.contains(&t.as_str()))
                 {
-                    return Err(
-                        Error::invalid_argument(format!("unknown event type `{bad}`"))
-                            .with_details(json!({ "field": "types" })),
-                    );
+                    return Err(unknown_event_type(bad));
                 }
             }
             f.finish(&["since", "limit", "wait_ms", "task_id", "types"])?;
@@ -381,6 +392,10 @@ pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<S
         "worker_open" | "worker_next" | "worker_report" | "worker_close" | "worker_stats" => {
             return super::worker_ops::dispatch(engine, op, f).await
         }
+        "list_templates" => return super::template_ops::list_templates(engine, f).await,
+        "advance_clock" | "next_ready_at" => {
+            return super::clock_ops::dispatch(engine, op, f).await
+        }
         other => {
             return Err(Error::internal(format!(
                 "operation `{other}` is listed but not dispatched"
@@ -388,6 +403,45 @@ pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<S
         }
     };
     to_string(&response)
+}
+
+/// `invalid_argument` for a task state that is not one, listing the states (and the
+/// nearest one when it looks like a typo).
+pub(crate) fn unknown_task_state(s: &str) -> Error {
+    use crate::model::state::TaskState;
+    let states: Vec<&str> = TaskState::ALL.iter().map(|t| t.as_str()).collect();
+    // The words people use for a state that has another name here.
+    let synonym = match s.to_ascii_lowercase().as_str() {
+        "failed" | "failure" | "fail" | "errored" | "failing" => Some("error"),
+        "done" | "completed" | "finished" | "succeeded" | "success" => Some("complete"),
+        "ready" | "queued" | "waiting" => Some("pending"),
+        "started" | "active" | "in_progress" => Some("running"),
+        _ => None,
+    };
+    let hint = synonym
+        .or_else(|| crate::model::suggest::did_you_mean(s, states.iter().copied()))
+        .map(|n| format!("did you mean `{n}`? "))
+        .unwrap_or_default();
+    Error::invalid_argument(format!(
+        "unknown task state `{s}`; {hint}the states are: {}",
+        states.join(", ")
+    ))
+    .with_details(json!({ "field": "state", "states": states }))
+}
+
+/// `invalid_argument` for an event name that is not one, with the nearest name.
+pub(crate) fn unknown_event_type(bad: &str) -> Error {
+    let all = crate::model::events::ALL;
+    let message = match crate::model::suggest::did_you_mean(bad, all.iter().copied()) {
+        Some(n) => format!(
+            "unknown event type `{bad}`; did you mean `{n}`? (docs/api.md#events lists them all)"
+        ),
+        None => format!(
+            "unknown event type `{bad}`; the event types are: {}",
+            all.join(", ")
+        ),
+    };
+    Error::invalid_argument(message).with_details(json!({ "field": "types", "types": all }))
 }
 
 /// Longest namespace, template name, version or step name (as in templates).

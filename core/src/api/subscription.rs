@@ -43,10 +43,7 @@ impl Subscription {
             .flatten()
             .find(|t| !crate::model::events::ALL.contains(&t.as_str()))
         {
-            return Err(
-                crate::Error::invalid_argument(format!("unknown event type `{bad}`"))
-                    .with_details(json!({ "field": "types" })),
-            );
+            return Err(super::ops::unknown_event_type(bad));
         }
         // One read waits this long for new events before re-checking the stop flag.
         let wait_ms = tasker.config().claim_poll_ms;

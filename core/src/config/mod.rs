@@ -86,6 +86,9 @@ pub struct Config {
     /// renewals and reports are tried again with growing pauses) before its calls
     /// return the error.
     pub worker_patience_ms: u64,
+    /// The clock the engine decides with: `system` (default) or `manual`, which starts
+    /// at the real time and moves only through `advance_clock` (for tests).
+    pub clock: String,
 }
 
 impl Default for Config {
@@ -120,6 +123,7 @@ impl Default for Config {
             default_timeout_s: 300,
             default_retry: RetryPolicy::default(),
             worker_patience_ms: 60_000,
+            clock: "system".into(),
         }
     }
 }
@@ -216,6 +220,13 @@ impl Config {
             return Err(Error::invalid_argument(
                 "sqlite_synchronous must be one of normal, full, off",
             ));
+        }
+        if !matches!(self.clock.as_str(), "system" | "manual") {
+            return Err(Error::invalid_argument(format!(
+                "clock: expected one of system, manual, got {:?}",
+                self.clock
+            ))
+            .with_details(serde_json::json!({ "field": "clock" })));
         }
         if self.lease_ms == 0 || self.sweep_interval_ms == 0 || self.claim_poll_ms == 0 {
             return Err(Error::invalid_argument(

@@ -29,6 +29,47 @@ pub struct StepExplanation {
     pub waiting_on: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub blocked_by: Vec<String>,
+    /// What an operator can do about it: the API operation with its request, and the
+    /// same as a `tasker` command.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<Action>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Action {
+    pub operation: &'static str,
+    pub request: serde_json::Value,
+    pub command: String,
+}
+
+/// Retrying or resolving a failed step: the two ways out of `error`.
+fn fix_actions(task_id: i64, step: &str) -> Vec<Action> {
+    let quoted = shell_word(step);
+    vec![
+        Action {
+            operation: "retry_step",
+            request: serde_json::json!({ "task_id": task_id, "step_name": step }),
+            command: format!("tasker step retry {task_id} {quoted}"),
+        },
+        Action {
+            operation: "resolve_step",
+            request: serde_json::json!({ "task_id": task_id, "step_name": step, "result": null }),
+            command: format!("tasker step resolve {task_id} {quoted} --result JSON"),
+        },
+    ]
+}
+
+/// A step name as one shell word (names are letters, digits, `_`, `-`, `.`; anything
+/// else is quoted).
+fn shell_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 pub fn explain(view: &TaskView, now: i64) -> Explanation {
@@ -59,16 +100,25 @@ pub fn explain(view: &TaskView, now: i64) -> Explanation {
             }
             _ => {}
         }
+        let task_id = view.summary.id;
+        let mut actions = Vec::new();
         let (status, reason, waiting_on) = match s.state.as_str() {
             "complete" | "resolved_manually" => continue,
-            "pending" if !blocked_by.is_empty() => (
-                "blocked",
-                format!(
-                    "cannot run: {} failed or was cancelled upstream; retry or resolve it",
-                    blocked_by.join(", ")
-                ),
-                Vec::new(),
-            ),
+            "pending" if !blocked_by.is_empty() => {
+                for b in &blocked_by {
+                    if state_of.get(b.as_str()) == Some(&"error") {
+                        actions.extend(fix_actions(task_id, b));
+                    }
+                }
+                (
+                    "blocked",
+                    format!(
+                        "cannot run: {} failed or was cancelled upstream; retry or resolve it",
+                        blocked_by.join(", ")
+                    ),
+                    Vec::new(),
+                )
+            }
             "pending" => {
                 let waiting: Vec<String> = s
                     .depends_on
@@ -96,8 +146,8 @@ pub fn explain(view: &TaskView, now: i64) -> Explanation {
                     "retry_scheduled",
                     format!(
                         "attempt {} of {} failed; retry at {} (in {} ms)",
-                        s.attempts,
-                        s.max_attempts,
+                        s.run_attempts,
+                        s.run_max_attempts,
                         rfc3339(at),
                         at - now
                     ),
@@ -113,7 +163,7 @@ pub fn explain(view: &TaskView, now: i64) -> Explanation {
                 "running",
                 format!(
                     "attempt {} running on worker {}; lease expires at {}",
-                    s.attempts,
+                    s.run_attempts,
                     s.worker.as_deref().unwrap_or("?"),
                     s.lease_expires_at_ms.map(rfc3339).unwrap_or_default()
                 ),
@@ -126,11 +176,12 @@ pub fn explain(view: &TaskView, now: i64) -> Explanation {
                     .and_then(|e| serde_json::from_str::<serde_json::Value>(e.get()).ok())
                     .and_then(|e| e.get("message").and_then(|m| m.as_str()).map(str::to_owned))
                     .unwrap_or_default();
+                actions = fix_actions(task_id, &s.name);
                 (
                     "failed",
                     format!(
-                        "failed after {} attempt(s): {message}; use retry_step or resolve_step",
-                        s.attempts
+                        "failed after {} attempt(s): {message}; retry it or resolve it by hand",
+                        s.run_attempts
                     ),
                     Vec::new(),
                 )
@@ -145,6 +196,7 @@ pub fn explain(view: &TaskView, now: i64) -> Explanation {
             reason,
             waiting_on,
             blocked_by,
+            actions,
         });
     }
     Explanation {

@@ -12,13 +12,13 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::api::validate::{check_str, field_error, MAX_DURATION_MS};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::template::{Template, TemplateDoc, TemplateLimits, MAX_PRIORITY, MAX_TIMEOUT_S};
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::*;
-use crate::time::now_ms;
 
 mod explain;
 mod templates;
@@ -41,6 +41,8 @@ pub struct Engine {
     signals: Arc<Signals>,
     /// This process's worker sessions on this database (the worker runtime).
     pub(crate) workers: crate::worker::Sessions,
+    /// The time every decision is made with (`clock` setting; see [`Clock`]).
+    clock: Clock,
     closed: AtomicBool,
 }
 
@@ -146,6 +148,7 @@ impl Engine {
     /// configured to.
     pub async fn open(config: Config) -> Result<Arc<Engine>> {
         let url = config.database_url.as_str();
+        let clock = Clock::from_setting(&config.clock)?;
         let signals = Arc::new(Signals::default());
         let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
             Arc::new(SqliteStore::open(&config)?)
@@ -165,12 +168,41 @@ impl Engine {
             templates: RwLock::new(HashMap::new()),
             signals,
             workers: crate::worker::Sessions::default(),
+            clock,
             closed: AtomicBool::new(false),
         }))
     }
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The engine's time in epoch milliseconds (its [`Clock`]).
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Moves a manual clock forward by `ms` and wakes every waiter, since retries and
+    /// timeouts may have come due; returns the new time.
+    pub fn advance_clock(&self, ms: i64) -> Result<i64> {
+        self.check_open()?;
+        let now = self.clock.advance(ms)?;
+        self.workers.clock_moved();
+        self.changed(true);
+        Ok(now)
+    }
+
+    /// The earliest `ready_at` of a ready step (of these handlers, when given): when
+    /// the next step becomes claimable, or `None` when no step is waiting to run.
+    /// Steps whose parents have not finished are not counted: they become ready when
+    /// a step completes, not at a time.
+    pub async fn next_ready_at(&self, handlers: Option<Vec<String>>) -> Result<Option<i64>> {
+        self.check_open()?;
+        self.store.next_ready_at(handlers).await
     }
 
     pub(crate) fn signals(&self) -> &Signals {
@@ -244,6 +276,16 @@ impl Engine {
         Ok(template)
     }
 
+    /// Every registered template (of this namespace and name, when given).
+    pub async fn list_templates(
+        &self,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<Vec<TemplateSummary>> {
+        self.check_open()?;
+        self.store.list_templates(namespace, name).await
+    }
+
     /// Validates and stores a template; returns it and whether the store changed.
     pub async fn register_template(
         &self,
@@ -264,7 +306,7 @@ impl Engine {
         let compiled = self.compile(template)?;
         let changed = self
             .store
-            .put_template(&compiled.template, replace, now_ms())
+            .put_template(&compiled.template, replace, self.now_ms())
             .await?;
         self.cache(compiled.clone());
         Ok((compiled, changed))
@@ -332,6 +374,23 @@ impl Engine {
             let (compiled, _) = self.register_compiled(doc, false).await?;
             return Ok(compiled);
         }
+        let versions: Vec<String> = self
+            .store
+            .list_templates(Some(namespace), Some(name))
+            .await?
+            .into_iter()
+            .map(|t| t.version)
+            .collect();
+        if let (Some(v), false) = (version, versions.is_empty()) {
+            return Err(Error::not_found(format!(
+                "no template {namespace}/{name} version {v}; the registered versions are: {} \
+                 (leave out the version for the highest)",
+                versions.join(", ")
+            ))
+            .with_details(serde_json::json!({
+                "namespace": namespace, "name": name, "version": v, "versions": versions
+            })));
+        }
         Err(Error::not_found(match version {
             Some(v) => format!(
                 "no template {namespace}/{name} version {v} in the registry or under {}",
@@ -377,7 +436,7 @@ impl Engine {
                 return Ok(existing);
             }
         }
-        let task = self.prepare_task(req, now_ms()).await?;
+        let task = self.prepare_task(req, self.now_ms()).await?;
         let created = self.store.create_task(task).await?;
         if created.created {
             self.changed(true);
@@ -420,7 +479,7 @@ impl Engine {
             New(usize),
             SameAs(usize),
         }
-        let now = now_ms();
+        let now = self.now_ms();
         let mut slots = Vec::with_capacity(reqs.len());
         let mut first: HashMap<TaskKey, usize> = HashMap::new();
         let mut batch = Vec::with_capacity(reqs.len());
@@ -572,7 +631,7 @@ impl Engine {
             let notified = self.signals.ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let now = now_ms();
+            let now = self.now_ms();
             params.now = now;
             let batch = self.store.claim(params.clone()).await?;
             if !batch.steps.is_empty() {
@@ -594,7 +653,7 @@ impl Engine {
     /// One claim query, no waiting (the worker runtime's claimer waits itself).
     pub(crate) async fn claim_now(&self, mut params: ClaimParams) -> Result<ClaimBatch> {
         self.check_open()?;
-        params.now = now_ms();
+        params.now = self.now_ms();
         let batch = self.store.claim(params).await?;
         if !batch.steps.is_empty() {
             self.changed(false);
@@ -626,7 +685,7 @@ impl Engine {
                 lease_ms
                     .unwrap_or(self.config.lease_ms)
                     .clamp(1, MAX_DURATION_MS as u64),
-                now_ms(),
+                self.now_ms(),
             )
             .await
     }
@@ -650,7 +709,7 @@ impl Engine {
             // worker sessions): no stored result may be unreadable.
             crate::api::validate::check_payload(&what, &item.result, self.config.max_json_depth)?;
         }
-        let now = now_ms();
+        let now = self.now_ms();
         let params = match next {
             Some(c) => Some(ClaimParams {
                 now,
@@ -695,7 +754,7 @@ impl Engine {
                 retryable: failure.retryable,
                 retry_after_ms: failure.retry_after_ms,
                 error_json,
-                now: now_ms(),
+                now: self.now_ms(),
             })
             .await?;
         self.changed(true);
@@ -714,7 +773,7 @@ impl Engine {
         self.check_open()?;
         let at = self
             .store
-            .release(step_id, token, delay_ms, reason, now_ms())
+            .release(step_id, token, delay_ms, reason, self.now_ms())
             .await?;
         self.changed(true);
         Ok(at)
@@ -725,7 +784,10 @@ impl Engine {
         self.check_open()?;
         let mut total = 0;
         loop {
-            let n = self.store.sweep(now_ms(), self.config.sweep_batch).await?;
+            let n = self
+                .store
+                .sweep(self.now_ms(), self.config.sweep_batch)
+                .await?;
             total += n;
             if n < self.config.sweep_batch {
                 break;
@@ -739,7 +801,10 @@ impl Engine {
 
     pub async fn cancel_task(&self, task_id: i64, reason: Option<String>) -> Result<TaskChange> {
         self.check_open()?;
-        let out = self.store.cancel_task(task_id, reason, now_ms()).await?;
+        let out = self
+            .store
+            .cancel_task(task_id, reason, self.now_ms())
+            .await?;
         self.changed(false);
         if out.changed {
             // Running handlers of this task in this process hear of it at once; other
@@ -751,7 +816,7 @@ impl Engine {
 
     pub async fn retry_step(&self, step: StepRef) -> Result<StepChange> {
         self.check_open()?;
-        let out = self.store.retry_step(step, now_ms()).await?;
+        let out = self.store.retry_step(step, self.now_ms()).await?;
         self.changed(true);
         Ok(out)
     }
@@ -772,7 +837,7 @@ impl Engine {
         }
         let out = self
             .store
-            .resolve_step(step, result, reason, now_ms())
+            .resolve_step(step, result, reason, self.now_ms())
             .await?;
         self.changed(true);
         Ok(out)
@@ -786,7 +851,58 @@ impl Engine {
             .await?
             .ok_or_else(|| Error::not_found(format!("task {task_id} does not exist")))?;
         set_levels(&mut view);
+        self.add_history(&mut view).await?;
         Ok(view)
+    }
+
+    /// Fills each step's run number and its failed attempts from the task's events:
+    /// `retry_step` starts a new run, and every failure event holds its error.
+    async fn add_history(&self, view: &mut TaskView) -> Result<()> {
+        const PAGE: u32 = 1_000;
+        let index: HashMap<i64, usize> = view
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id, i))
+            .collect();
+        let mut since = 0;
+        loop {
+            let page = self
+                .store
+                .events(since, PAGE, Some(view.summary.id))
+                .await?;
+            for e in &page {
+                let Some(&i) = e.step_id.as_ref().and_then(|id| index.get(id)) else {
+                    continue;
+                };
+                let step = &mut view.steps[i];
+                if e.event == "step.retry_requested" {
+                    step.run += 1;
+                    continue;
+                }
+                let Some(details) = &e.details else { continue };
+                let Ok(d) = serde_json::from_str::<Value>(details.get()) else {
+                    continue;
+                };
+                let Some(err) = d.get("error").filter(|v| v.is_object()) else {
+                    continue;
+                };
+                let text = |k: &str| err.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+                step.errors.push(AttemptError {
+                    run: step.run,
+                    attempt: e.attempt.unwrap_or(0),
+                    at: e.at,
+                    event: e.event,
+                    message: text("message"),
+                    kind: text("kind"),
+                });
+            }
+            match page.last() {
+                Some(last) if page.len() as u32 == PAGE => since = last.id,
+                _ => break,
+            }
+        }
+        Ok(())
     }
 
     pub async fn list_tasks(&self, mut filter: TaskFilter) -> Result<Vec<TaskSummary>> {
@@ -799,7 +915,7 @@ impl Engine {
         }
         if let Some(s) = &filter.state {
             if crate::model::state::TaskState::parse(s).is_none() {
-                return Err(Error::invalid_argument(format!("unknown task state `{s}`")));
+                return Err(crate::api::ops::unknown_task_state(s));
             }
         }
         filter.limit = filter.limit.min(self.config.list_page_max);
@@ -808,7 +924,7 @@ impl Engine {
 
     pub async fn explain_task(&self, task_id: i64) -> Result<Explanation> {
         let view = self.get_task(task_id).await?;
-        Ok(explain(&view, now_ms()))
+        Ok(explain(&view, self.now_ms()))
     }
 
     /// Health counts, throughput and rates over the last `window_ms` (default
@@ -816,7 +932,7 @@ impl Engine {
     pub async fn stats(&self, window_ms: Option<u64>) -> Result<Stats> {
         self.check_open()?;
         let window = window_ms.unwrap_or(self.config.stats_window_ms).max(1) as i64;
-        self.store.stats(now_ms(), window).await
+        self.store.stats(self.now_ms(), window).await
     }
 
     /// Reads events after `since`, waiting up to `wait_ms` for one to appear.

@@ -4,4 +4,6 @@
 pub mod events;
 pub mod retry;
 pub mod state;
+pub mod suggest;
 pub mod template;
+pub mod template_diff;

@@ -154,13 +154,54 @@ pub fn parse_text(text: &str) -> Result<TemplateDoc> {
 
 /// Reads a document from an already-parsed JSON value.
 pub fn parse_value(value: Value) -> Result<TemplateDoc> {
-    serde_json::from_value(value).map_err(|e| {
-        Error::invalid_template(
-            "shape",
-            format!("template has an invalid shape: {e}"),
-            json!({}),
-        )
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        let what = plain_shape_error(&e.inner().to_string());
+        if field.is_empty() || field == "." {
+            Error::invalid_template(
+                "shape",
+                format!("template has an invalid shape: {what}"),
+                json!({}),
+            )
+        } else {
+            Error::invalid_template(
+                "shape",
+                format!("template has an invalid shape: {field}: {what}"),
+                json!({ "field": field }),
+            )
+        }
     })
+}
+
+/// Serde's wording for people: `invalid type: string "high", expected i32` becomes
+/// `expected an integer, got the string "high"`.
+fn plain_shape_error(serde: &str) -> String {
+    let Some((got, expected)) = serde.split_once(", expected ") else {
+        return serde.to_owned();
+    };
+    let expected = match expected.trim() {
+        "i8" | "i16" | "i32" | "i64" | "isize" => "an integer",
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a non-negative integer",
+        "f32" | "f64" => "a number",
+        "a boolean" | "bool" => "true or false",
+        "a string" | "a borrowed string" => "a string",
+        "a sequence" => "a list",
+        "a map" => "a mapping",
+        other => other,
+    };
+    let shown = got
+        .strip_prefix("invalid type: ")
+        .or_else(|| got.strip_prefix("invalid value: "))
+        .map(|g| match g.split_once(' ') {
+            Some(("string" | "integer" | "floating" | "boolean" | "sequence" | "map", _)) => {
+                format!("the {g}")
+            }
+            _ => g.to_owned(),
+        });
+    match shown {
+        Some(g) => format!("expected {expected}, got {g}"),
+        None => format!("{got}, expected {expected}"),
+    }
 }
 
 fn valid_identifier(s: &str) -> bool {

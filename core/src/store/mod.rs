@@ -215,10 +215,17 @@ pub struct StepView {
     pub pending_parents: i64,
     pub attempts: i64,
     pub max_attempts: i64,
+    /// The run: 1, plus one per operator `retry_step` (each starts a fresh run).
+    pub run: i64,
+    /// Attempts of the current run, and the policy's attempts per run.
+    pub run_attempts: i64,
+    pub run_max_attempts: i64,
     pub priority: i64,
     pub config: Option<Box<RawValue>>,
     pub result: Option<Box<RawValue>>,
     pub error: Option<Box<RawValue>>,
+    /// Every failed attempt, oldest first (filled by the engine from the event log).
+    pub errors: Vec<AttemptError>,
     pub worker: Option<String>,
     pub ready_at: Option<Ts>,
     pub lease_expires_at: Option<Ts>,
@@ -231,6 +238,18 @@ pub struct StepView {
     pub ready_at_ms: Option<i64>,
     #[serde(skip)]
     pub lease_expires_at_ms: Option<i64>,
+}
+
+/// One failed attempt of a step, from its event.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptError {
+    pub run: i64,
+    pub attempt: i64,
+    pub at: Ts,
+    /// The event: `step.failed`, `step.retry_scheduled`, `step.lease_expired`, `step.timed_out`.
+    pub event: &'static str,
+    pub message: String,
+    pub kind: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -329,6 +348,18 @@ pub struct Stats {
     pub last_event_id: i64,
 }
 
+/// One registered template, as `list_templates` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TemplateSummary {
+    pub namespace: String,
+    pub name: String,
+    pub version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub steps: usize,
+    pub registered_at: Ts,
+}
+
 /// Operations every storage backend provides, each one transaction.
 pub trait Store: Send + Sync {
     /// Applies pending migrations; returns how many were applied.
@@ -343,6 +374,13 @@ pub trait Store: Send + Sync {
         name: &'a str,
         version: Option<&'a str>,
     ) -> BoxFut<'a, Option<Template>>;
+    /// Every registered template (of this namespace and name, when given), sorted by
+    /// namespace, name and version (versions compared as versions).
+    fn list_templates<'a>(
+        &'a self,
+        namespace: Option<&'a str>,
+        name: Option<&'a str>,
+    ) -> BoxFut<'a, Vec<TemplateSummary>>;
     /// Every handler name that a step of a registered template names, sorted.
     fn registered_handlers(&self) -> BoxFut<'_, Vec<String>>;
     /// The task created earlier with this idempotency key, if any.
@@ -401,6 +439,8 @@ pub trait Store: Send + Sync {
     fn stats(&self, now: i64, window_ms: i64) -> BoxFut<'_, Stats>;
     fn events(&self, since: i64, limit: u32, task_id: Option<i64>) -> BoxFut<'_, Vec<Event>>;
     fn last_event_id(&self) -> BoxFut<'_, i64>;
+    /// The earliest `ready_at` of a `ready` step (of these handlers when given).
+    fn next_ready_at(&self, handlers: Option<Vec<String>>) -> BoxFut<'_, Option<i64>>;
     /// Releases connections; later calls fail.
     fn close(&self) -> BoxFut<'_, ()>;
 }

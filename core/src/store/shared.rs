@@ -226,6 +226,35 @@ pub fn pick_template(
     .transpose()
 }
 
+/// Summaries of stored templates from `(namespace, name, version, body, created_at)`
+/// rows, sorted by namespace, name and version.
+pub fn template_summaries(
+    rows: Vec<(String, String, String, String, i64)>,
+) -> crate::error::Result<Vec<crate::store::TemplateSummary>> {
+    let mut out = rows
+        .into_iter()
+        .map(|(namespace, name, version, body, at)| {
+            let t: crate::model::template::Template = serde_json::from_str(&body).map_err(|e| {
+                crate::error::Error::internal(format!("stored template is unreadable: {e}"))
+            })?;
+            Ok(crate::store::TemplateSummary {
+                namespace,
+                name,
+                version,
+                description: t.description,
+                steps: t.steps.len(),
+                registered_at: crate::store::Ts(at),
+            })
+        })
+        .collect::<crate::error::Result<Vec<_>>>()?;
+    out.sort_by(|a, b| {
+        (&a.namespace, &a.name)
+            .cmp(&(&b.namespace, &b.name))
+            .then_with(|| crate::model::template::compare_versions(&a.version, &b.version))
+    });
+    Ok(out)
+}
+
 /// The handler names of every step of the stored template bodies, sorted, once each.
 pub fn handlers_of(bodies: impl IntoIterator<Item = String>) -> Vec<String> {
     #[derive(serde::Deserialize)]
@@ -261,4 +290,47 @@ pub fn raw_opt(
 
 pub fn ts(v: Option<i64>) -> Option<super::Ts> {
     v.map(super::Ts)
+}
+
+/// The `conflict` of a registration whose definition differs from the registered one
+/// (`registered` is `None` when the stored body no longer reads as a template).
+pub fn template_conflict(
+    registered: Option<&crate::model::template::Template>,
+    t: &crate::model::template::Template,
+) -> crate::error::Error {
+    match registered {
+        Some(r) => crate::model::template_diff::conflict(r, t),
+        None => crate::error::Error::new(
+            crate::error::ErrorCode::Conflict,
+            format!(
+                "template {}/{} {} is already registered with a definition this version \
+                 cannot read; register the template under a new version, or pass \
+                 replace: true to overwrite it",
+                t.namespace, t.name, t.version
+            ),
+        )
+        .with_details(json!({ "namespace": t.namespace, "name": t.name, "version": t.version })),
+    }
+}
+
+/// The `not_found` for a step named by task and name: the task does not exist, or it
+/// has no step of that name (then its steps are listed, with the nearest name).
+pub fn missing_named_step(
+    task_id: i64,
+    step_name: &str,
+    task_exists: bool,
+    names: &[String],
+) -> crate::error::Error {
+    if !task_exists {
+        return crate::error::Error::not_found(format!("task {task_id} does not exist"))
+            .with_details(json!({ "task_id": task_id }));
+    }
+    let hint = crate::model::suggest::did_you_mean(step_name, names.iter().map(String::as_str))
+        .map(|n| format!("did you mean `{n}`? "))
+        .unwrap_or_default();
+    crate::error::Error::not_found(format!(
+        "task {task_id} has no step `{step_name}`; {hint}its steps are: {}",
+        names.join(", ")
+    ))
+    .with_details(json!({ "task_id": task_id, "step_name": step_name, "steps": names }))
 }

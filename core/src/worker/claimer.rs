@@ -341,7 +341,7 @@ async fn serve(engine: Arc<Engine>, group: Arc<Group>) {
                     }
                 }
                 if let Some(at) = next_ready_at {
-                    let due = (at - crate::time::now_ms()).max(0) as u64 + 1;
+                    let due = (at - engine.now_ms()).max(0) as u64 + 1;
                     nap = nap.min(Duration::from_millis(due));
                 }
             }

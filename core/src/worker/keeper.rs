@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use crate::engine::Engine;
 use crate::error::{Error, ErrorCode};
-use crate::time::now_ms;
 
 use super::failure;
 use super::session::{Session, StopReason};
@@ -117,7 +116,7 @@ pub async fn run(engine: Arc<Engine>) {
         if engine.is_closed() {
             return;
         }
-        let now = now_ms();
+        let now = engine.now_ms();
         let mut next = now + IDLE_TICK_MS;
         for session in workers.all() {
             let mut due = Vec::new();
@@ -145,7 +144,7 @@ pub async fn run(engine: Arc<Engine>) {
                                         "database unavailable; lease renewals paused, trying again");
                                     outage = Some(Instant::now());
                                 }
-                                next = next.min(now_ms() + 250);
+                                next = next.min(engine.now_ms() + 250);
                             }
                             Err(e) if e.code == ErrorCode::Closed => return,
                             Err(e) => match stop_reason(&e) {
@@ -163,7 +162,7 @@ pub async fn run(engine: Arc<Engine>) {
                                 None => {
                                     tracing::warn!(target: "tasker::worker", step_id, error = %e,
                                         "lease renewal failed; trying again");
-                                    next = next.min(now_ms() + 1_000);
+                                    next = next.min(engine.now_ms() + 1_000);
                                 }
                             },
                         }
@@ -179,7 +178,7 @@ pub async fn run(engine: Arc<Engine>) {
         workers
             .keeper_next
             .store(next, std::sync::atomic::Ordering::Release);
-        let nap = (next - now_ms()).clamp(1, IDLE_TICK_MS) as u64;
+        let nap = (next - engine.now_ms()).clamp(1, IDLE_TICK_MS) as u64;
         let _ = tokio::time::timeout(Duration::from_millis(nap), woken).await;
     }
 }

@@ -15,7 +15,6 @@ use tokio::time::Instant;
 use crate::engine::{Claim, Engine, StepFailure};
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::{ClaimBatch, ClaimedStep, Completion};
-use crate::time::now_ms;
 
 use super::claimer::{Claimer, GroupKey};
 use super::failure;
@@ -198,12 +197,7 @@ fn bad(field: &str, message: String) -> Error {
 
 /// The registered handler name nearest to `name`, if it is near enough to be a typo.
 fn nearest<'a>(name: &str, registered: &'a [String]) -> Option<&'a str> {
-    registered
-        .iter()
-        .map(|r| (strsim::levenshtein(name, r), r))
-        .filter(|(d, r)| *d <= (name.len().max(r.len()) / 3).max(2))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, r)| r.as_str())
+    crate::model::suggest::did_you_mean(name, registered.iter().map(String::as_str))
 }
 
 impl Sessions {
@@ -262,6 +256,12 @@ impl Sessions {
         self.keeper_wake.notify_one();
     }
 
+    /// The engine's clock moved (a manual clock was advanced): held steps' renewals and
+    /// timeouts may be due now.
+    pub(crate) fn clock_moved(&self) {
+        self.keeper_wake.notify_one();
+    }
+
     /// Wakes the keeper when a step now held falls due before its planned wake-up.
     fn keeper_check(&self, due: i64) {
         let planned = self.keeper_next.load(Ordering::Acquire);
@@ -270,8 +270,7 @@ impl Sessions {
         }
     }
 
-    fn hold(&self, s: &Session, steps: &[ClaimedStep]) {
-        let now = now_ms();
+    fn hold(&self, now: i64, s: &Session, steps: &[ClaimedStep]) {
         if let Some(deadline) = s.hold(steps, now) {
             let renew = now + (s.lease_ms / 3).max(1) as i64;
             self.keeper_check(deadline.min(renew));
@@ -493,8 +492,11 @@ impl Sessions {
             }
             Err(e) => return Err(e),
         };
-        self.hold(s, &batch.steps);
-        let idle = !unavailable && batch.steps.is_empty() && batch.next_ready_at.is_none() && {
+        self.hold(engine.now_ms(), s, &batch.steps);
+        // On a manual clock a scheduled retry does not keep the session busy: only
+        // `advance_clock` can bring it due, and waiting never will.
+        let scheduled = batch.next_ready_at.is_some() && !engine.clock().is_manual();
+        let idle = !unavailable && batch.steps.is_empty() && !scheduled && {
             let st = s.state();
             was_empty && st.held.is_empty() && st.progress == progress
         };
@@ -617,7 +619,7 @@ impl Sessions {
             }
             st.progress += 1;
         }
-        self.hold(&s, &steps);
+        self.hold(engine.now_ms(), &s, &steps);
         s.wake.notify_waiters();
         let mut stop = s.take_stops();
         if let Some(nx) = next.filter(|nx| nx.wait_ms > 0 && claim_cap > 0 && steps.is_empty()) {

@@ -462,6 +462,14 @@ function freshStore(store) {
   };
 }
 
+// Appends `node <store> <vector> ok|FAIL` to the file TASKER_CONFORMANCE_LEDGER names:
+// scripts/conformance-coverage checks there that every runner ran every vector on both
+// stores (tests/conformance/README.md).
+function recordInLedger(store, vector, ok) {
+  const ledger = process.env.TASKER_CONFORMANCE_LEDGER;
+  if (ledger) fs.appendFileSync(ledger, `node\t${store}\t${vector}\t${ok ? 'ok' : 'FAIL'}\n`);
+}
+
 test('the vectors are there', () => {
   assert.ok(VECTORS.length >= MIN_VECTORS, `only ${VECTORS.length} vectors in ${VECTORS_DIR}`);
 });
@@ -469,25 +477,36 @@ test('the vectors are there', () => {
 for (const store of STORES) {
   test.describe(`conformance on ${store}`, () => {
     for (const file of VECTORS) {
-      test(file.replace(/\.json$/, ''), async () => {
-        const v = JSON.parse(fs.readFileSync(path.join(VECTORS_DIR, file), 'utf8'));
-        const fresh = freshStore(store);
-        const config = {
-          ...fresh.settings,
-          env: 'conformance',
-          lease_ms: 30000,
-          sweep_interval_ms: 3600000,
-          claim_poll_ms: 20,
-          ...(v.config || {}),
-        };
-        const t = await tasker.Tasker.open(config);
+      const vector = file.replace(/\.json$/, '');
+      test(vector, async () => {
+        let ok = false;
         try {
-          await new Run(v, t, Number(config.lease_ms)).run();
+          await runVector(file, store);
+          ok = true;
         } finally {
-          await t.close();
-          fresh.cleanup();
+          recordInLedger(store, vector, ok);
         }
       });
     }
   });
+}
+
+async function runVector(file, store) {
+  const v = JSON.parse(fs.readFileSync(path.join(VECTORS_DIR, file), 'utf8'));
+  const fresh = freshStore(store);
+  const config = {
+    ...fresh.settings,
+    env: 'conformance',
+    lease_ms: 30000,
+    sweep_interval_ms: 3600000,
+    claim_poll_ms: 20,
+    ...(v.config || {}),
+  };
+  const t = await tasker.Tasker.open(config);
+  try {
+    await new Run(v, t, Number(config.lease_ms)).run();
+  } finally {
+    await t.close();
+    fresh.cleanup();
+  }
 }

@@ -467,6 +467,18 @@ impl Store for PgStore {
         }))
     }
 
+    fn list_templates<'a>(
+        &'a self,
+        namespace: Option<&'a str>,
+        name: Option<&'a str>,
+    ) -> BoxFut<'a, Vec<TemplateSummary>> {
+        let (ns, n) = (namespace.map(str::to_owned), name.map(str::to_owned));
+        Box::pin(self.read(move |c| {
+            let (ns, n) = (ns.clone(), n.clone());
+            Box::pin(async move { reads::list_templates(c, ns.as_deref(), n.as_deref()).await })
+        }))
+    }
+
     fn registered_handlers(&self) -> BoxFut<'_, Vec<String>> {
         Box::pin(self.read(|c| Box::pin(reads::registered_handlers(c))))
     }
@@ -677,6 +689,13 @@ impl Store for PgStore {
     fn last_event_id(&self) -> BoxFut<'_, i64> {
         let key = self.lock_key;
         Box::pin(self.read(move |c| Box::pin(reads::last_event_id(c, key))))
+    }
+
+    fn next_ready_at(&self, handlers: Option<Vec<String>>) -> BoxFut<'_, Option<i64>> {
+        Box::pin(self.read(move |c| {
+            let handlers = handlers.clone();
+            Box::pin(async move { reads::next_ready_at(c, handlers.as_deref()).await })
+        }))
     }
 
     fn close(&self) -> BoxFut<'_, ()> {

@@ -2,12 +2,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde_json::json;
 use serde_json::value::RawValue;
 use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::Row;
 
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{Error, Result};
 use crate::model::events;
 use crate::model::template::Template;
 use crate::store::shared::{raw_opt, ts, SUMMARY_COLUMNS};
@@ -41,22 +40,15 @@ pub async fn put_template(
         .fetch_one(&mut *conn)
         .await?
         .try_get(0)?;
-    if serde_json::from_str::<Template>(&stored)
-        .map(|s| &s == t)
-        .unwrap_or(false)
-    {
+    let registered = serde_json::from_str::<Template>(&stored).ok();
+    if registered.as_ref() == Some(t) {
         return Ok(false);
     }
     if !replace {
-        return Err(Error::new(
-            ErrorCode::Conflict,
-            format!(
-                "template {}/{} {} is already registered with a different definition; \
-                 bump the version or register with replace: true",
-                t.namespace, t.name, t.version
-            ),
-        )
-        .with_details(json!({ "namespace": t.namespace, "name": t.name, "version": t.version })));
+        return Err(crate::store::shared::template_conflict(
+            registered.as_ref(),
+            t,
+        ));
     }
     sqlx::query("UPDATE tasker_templates SET body = $4, created_at = $5 WHERE namespace = $1 AND name = $2 AND version = $3")
         .bind(&t.namespace)
@@ -89,6 +81,34 @@ pub async fn get_template(
     crate::store::shared::pick_template(rows, version)
 }
 
+pub async fn list_templates(
+    conn: &mut PgConnection,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> Result<Vec<crate::store::TemplateSummary>> {
+    let rows = sqlx::query(
+        "SELECT namespace, name, version, body, created_at FROM tasker_templates
+         WHERE ($1::text IS NULL OR namespace = $1) AND ($2::text IS NULL OR name = $2)",
+    )
+    .bind(namespace)
+    .bind(name)
+    .fetch_all(conn)
+    .await?;
+    let rows = rows
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+                r.try_get(3)?,
+                r.try_get(4)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    crate::store::shared::template_summaries(rows)
+}
+
 pub async fn registered_handlers(conn: &mut PgConnection) -> Result<Vec<String>> {
     let rows = sqlx::query("SELECT body FROM tasker_templates")
         .fetch_all(conn)
@@ -98,6 +118,26 @@ pub async fn registered_handlers(conn: &mut PgConnection) -> Result<Vec<String>>
         .map(|row| Ok(row.try_get(0)?))
         .collect::<Result<Vec<String>>>()?;
     Ok(crate::store::shared::handlers_of(bodies))
+}
+
+pub async fn next_ready_at(
+    conn: &mut PgConnection,
+    handlers: Option<&[String]>,
+) -> Result<Option<i64>> {
+    let row = match handlers {
+        None => {
+            sqlx::query("SELECT min(ready_at) FROM tasker_steps WHERE state = 'ready'")
+                .fetch_one(conn)
+                .await?
+        }
+        Some(h) => sqlx::query(
+            "SELECT min(ready_at) FROM tasker_steps WHERE state = 'ready' AND handler = ANY($1)",
+        )
+        .bind(h)
+        .fetch_one(conn)
+        .await?,
+    };
+    Ok(row.try_get(0)?)
 }
 
 fn summary_from(row: &PgRow) -> Result<TaskSummary> {
@@ -165,6 +205,8 @@ pub async fn get_task(conn: &mut PgConnection, task_id: i64) -> Result<Option<Ta
         let finished: Option<i64> = r.try_get(17)?;
         let ready_at: Option<i64> = r.try_get(13)?;
         let lease: Option<i64> = r.try_get(14)?;
+        let attempts: i64 = r.try_get(5)?;
+        let policy_attempts: i64 = r.try_get::<i64, _>(7)?;
         let retry_base: i64 = r.try_get(6)?;
         steps.push(StepView {
             id,
@@ -174,11 +216,15 @@ pub async fn get_task(conn: &mut PgConnection, task_id: i64) -> Result<Option<Ta
             depends_on: parents.remove(&id).unwrap_or_default(),
             level: 0,
             pending_parents: r.try_get(4)?,
-            attempts: r.try_get(5)?,
-            max_attempts: r.try_get::<i64, _>(7)? + retry_base,
+            attempts,
+            max_attempts: policy_attempts + retry_base,
+            run: 1,
+            run_attempts: attempts - retry_base,
+            run_max_attempts: policy_attempts,
             priority: r.try_get(8)?,
             config: raw_opt(r.try_get(9)?)?,
             result: raw_opt(r.try_get(10)?)?,
+            errors: Vec::new(),
             error: raw_opt(r.try_get(11)?)?,
             worker: r.try_get(12)?,
             ready_at: ts(ready_at),

@@ -189,12 +189,24 @@ async fn find_step(conn: &mut PgConnection, step: &StepRef) -> Result<Target> {
         }
     };
     let Some(r) = row else {
-        return Err(Error::not_found(match step {
-            StepRef::Id(id) => format!("step {id} does not exist"),
+        return Err(match step {
+            StepRef::Id(id) => Error::not_found(format!("step {id} does not exist")),
             StepRef::Named { task_id, step_name } => {
-                format!("task {task_id} has no step `{step_name}`")
+                let names: Vec<String> = sqlx::query_scalar(
+                    "SELECT name FROM tasker_steps WHERE task_id = $1 ORDER BY id",
+                )
+                .bind(task_id)
+                .fetch_all(&mut *conn)
+                .await?;
+                let exists = !names.is_empty()
+                    || sqlx::query_scalar::<_, i64>("SELECT id FROM tasker_tasks WHERE id = $1")
+                        .bind(task_id)
+                        .fetch_optional(&mut *conn)
+                        .await?
+                        .is_some();
+                crate::store::shared::missing_named_step(*task_id, step_name, exists, &names)
             }
-        }));
+        });
     };
     let state: String = r.try_get(3)?;
     Ok(Target {

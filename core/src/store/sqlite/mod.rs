@@ -215,6 +215,14 @@ impl Store for SqliteStore {
         done(self.read(|c| reads::get_template(c, namespace, name, version)))
     }
 
+    fn list_templates<'a>(
+        &'a self,
+        namespace: Option<&'a str>,
+        name: Option<&'a str>,
+    ) -> BoxFut<'a, Vec<TemplateSummary>> {
+        done(self.read(|c| reads::list_templates(c, namespace, name)))
+    }
+
     fn registered_handlers(&self) -> BoxFut<'_, Vec<String>> {
         done(self.read(reads::registered_handlers))
     }
@@ -324,6 +332,10 @@ impl Store for SqliteStore {
 
     fn last_event_id(&self) -> BoxFut<'_, i64> {
         done(self.read(reads::last_event_id))
+    }
+
+    fn next_ready_at(&self, handlers: Option<Vec<String>>) -> BoxFut<'_, Option<i64>> {
+        done(self.read(|c| reads::next_ready_at(c, handlers.as_deref())))
     }
 
     fn close(&self) -> BoxFut<'_, ()> {

@@ -3,10 +3,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde_json::json;
 use serde_json::value::RawValue;
 
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{Error, Result};
 use crate::model::events;
 use crate::model::template::Template;
 use crate::store::shared::{raw_opt, ts, SUMMARY_COLUMNS};
@@ -21,23 +20,14 @@ pub fn put_template(conn: &Connection, t: &Template, replace: bool, now: i64) ->
         .query_row(params![t.namespace, t.name, t.version], |r| r.get(0))
         .optional()?;
     if let Some(stored) = stored {
-        let same = serde_json::from_str::<Template>(&stored)
-            .map(|s| &s == t)
-            .unwrap_or(false);
-        if same {
+        let registered = serde_json::from_str::<Template>(&stored).ok();
+        if registered.as_ref() == Some(t) {
             return Ok(false);
         }
         if !replace {
-            return Err(Error::new(
-                ErrorCode::Conflict,
-                format!(
-                    "template {}/{} {} is already registered with a different definition; \
-                     bump the version or register with replace: true",
-                    t.namespace, t.name, t.version
-                ),
-            )
-            .with_details(
-                json!({ "namespace": t.namespace, "name": t.name, "version": t.version }),
+            return Err(crate::store::shared::template_conflict(
+                registered.as_ref(),
+                t,
             ));
         }
         conn.prepare_cached(
@@ -70,12 +60,45 @@ pub fn get_template(
     crate::store::shared::pick_template(rows, version)
 }
 
+pub fn list_templates(
+    conn: &Connection,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> Result<Vec<crate::store::TemplateSummary>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT namespace, name, version, body, created_at FROM tasker_templates
+         WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR name = ?2)",
+    )?;
+    let rows = stmt
+        .query_map(params![namespace, name], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    crate::store::shared::template_summaries(rows)
+}
+
 pub fn registered_handlers(conn: &Connection) -> Result<Vec<String>> {
     let mut stmt = conn.prepare_cached("SELECT body FROM tasker_templates")?;
     let bodies = stmt
         .query_map([], |row| row.get(0))?
         .collect::<std::result::Result<Vec<String>, _>>()?;
     Ok(crate::store::shared::handlers_of(bodies))
+}
+
+pub fn next_ready_at(conn: &Connection, handlers: Option<&[String]>) -> Result<Option<i64>> {
+    Ok(match handlers {
+        None => conn
+            .prepare_cached("SELECT MIN(ready_at) FROM tasker_steps WHERE state = 'ready'")?
+            .query_row([], |r| r.get(0))?,
+        Some(h) => conn
+            .prepare_cached(
+                "SELECT MIN(ready_at) FROM tasker_steps
+                 WHERE state = 'ready' AND handler IN (SELECT value FROM json_each(?1))",
+            )?
+            .query_row([serde_json::Value::from(h.to_vec()).to_string()], |r| {
+                r.get(0)
+            })?,
+    })
 }
 
 fn summary_from(row: &Row<'_>) -> rusqlite::Result<TaskSummary> {
@@ -138,6 +161,8 @@ pub fn get_task(conn: &Connection, task_id: i64) -> Result<Option<TaskView>> {
         let finished: Option<i64> = r.get(17)?;
         let ready_at: Option<i64> = r.get(13)?;
         let lease: Option<i64> = r.get(14)?;
+        let attempts: i64 = r.get(5)?;
+        let policy_attempts: i64 = r.get::<_, i64>(7)?;
         let retry_base: i64 = r.get(6)?;
         steps.push(StepView {
             id,
@@ -147,11 +172,15 @@ pub fn get_task(conn: &Connection, task_id: i64) -> Result<Option<TaskView>> {
             depends_on: parents.remove(&id).unwrap_or_default(),
             level: 0,
             pending_parents: r.get(4)?,
-            attempts: r.get(5)?,
-            max_attempts: r.get::<_, i64>(7)? + retry_base,
+            attempts,
+            max_attempts: policy_attempts + retry_base,
+            run: 1,
+            run_attempts: attempts - retry_base,
+            run_max_attempts: policy_attempts,
             priority: r.get(8)?,
             config: raw_opt(r.get(9)?)?,
             result: raw_opt(r.get(10)?)?,
+            errors: Vec::new(),
             error: raw_opt(r.get(11)?)?,
             worker: r.get(12)?,
             ready_at: ts(ready_at),

@@ -236,12 +236,22 @@ fn find_step(conn: &Connection, step: &StepRef) -> Result<Target> {
             .optional()?,
     };
     let Some((mut target, state)) = row else {
-        return Err(Error::not_found(match step {
-            StepRef::Id(id) => format!("step {id} does not exist"),
+        return Err(match step {
+            StepRef::Id(id) => Error::not_found(format!("step {id} does not exist")),
             StepRef::Named { task_id, step_name } => {
-                format!("task {task_id} has no step `{step_name}`")
+                let names: Vec<String> = conn
+                    .prepare_cached("SELECT name FROM tasker_steps WHERE task_id = ?1 ORDER BY id")?
+                    .query_map([task_id], |r| r.get(0))?
+                    .collect::<std::result::Result<_, _>>()?;
+                let exists = !names.is_empty()
+                    || conn
+                        .prepare_cached("SELECT 1 FROM tasker_tasks WHERE id = ?1")?
+                        .query_row([task_id], |_| Ok(()))
+                        .optional()?
+                        .is_some();
+                crate::store::shared::missing_named_step(*task_id, step_name, exists, &names)
             }
-        }));
+        });
     };
     target.state = StepState::parse(&state)
         .ok_or_else(|| Error::internal(format!("unknown stored step state {state}")))?;
