@@ -550,8 +550,8 @@ fn notify_is_sent_only_when_work_becomes_claimable() {
             json!({ "tasks": [{ "namespace": "t", "name": "pair" }] }),
         );
     }));
-    // The listener's connection goes back inside its runtime.
-    drop(notified_after);
+    // The listener's connection goes back inside its runtime (the closure's borrow of
+    // it ended with its last call).
     rt.block_on(async move {
         let _ = listener.unlisten_all().await;
         drop(listener);
