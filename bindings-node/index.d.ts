@@ -96,6 +96,16 @@ export interface CreatedTask {
   state: TaskState;
 }
 
+/** One item of `createTasks`: `createTask`'s arguments as fields. */
+export interface NewTask {
+  namespace: string;
+  name: string;
+  version?: string;
+  context?: Json;
+  idempotencyKey?: string;
+  priority?: number;
+}
+
 /** A task without its context and steps (`list_tasks` items). */
 export interface TaskSummary {
   id: number;
@@ -282,6 +292,8 @@ export class Tasker {
     name: string,
     options?: { version?: string; context?: Json; idempotencyKey?: string; priority?: number },
   ): Promise<CreatedTask>;
+  /** Many tasks in one transaction: all of them, or none. One answer per task, in order. */
+  createTasks(tasks: NewTask[]): Promise<CreatedTask[]>;
   getTask(taskId: number): Promise<TaskInfo>;
   listTasks(filter?: {
     state?: TaskState;

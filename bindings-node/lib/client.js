@@ -247,6 +247,38 @@ class Tasker {
   }
 
   /**
+   * Creates many tasks in one transaction: every one of them, or none. Each item takes
+   * `createTask`'s arguments as fields and is checked and created as `createTask` would,
+   * in order: a key that made a task before, or that an earlier item of the batch has,
+   * returns that task (`created: false`). Rejects with `createTask`'s errors for the
+   * first item that has one (its message starts with `tasks[i]`, `details.index` is `i`);
+   * nothing of the batch is stored then. Resolves to one `{task_id, created, state}` per
+   * task, in order.
+   * @param {Array<{namespace: string, name: string, version?: string, context?: unknown, idempotencyKey?: string, priority?: number}>} tasks
+   */
+  async createTasks(tasks) {
+    if (!Array.isArray(tasks)) throw new TypeError(`tasks must be an array, not ${typeof tasks}`);
+    const items = tasks.map((task, i) => {
+      const at = `tasks[${i}]`;
+      check.options(at, task, ['namespace', 'name', 'version', 'context', 'idempotencyKey', 'priority']);
+      const { namespace, name, version, context, idempotencyKey, priority } = task;
+      check.string(`${at}.namespace`, namespace);
+      check.string(`${at}.name`, name);
+      check.optString(`${at}.version`, version);
+      check.optString(`${at}.idempotencyKey`, idempotencyKey);
+      check.optInt(`${at}.priority`, priority);
+      const req = request({ namespace, name, version, idempotency_key: idempotencyKey, priority });
+      if (context !== undefined) {
+        check.json(`${at}.context`, context);
+        req.context = context;
+      }
+      return req;
+    });
+    const out = await this._op('create_tasks', { tasks: items });
+    return out.tasks;
+  }
+
+  /**
    * A task with its context and every step (state, attempts, result, latest error
    * document). Rejects with `NotFoundError`.
    * @param {number} taskId

@@ -67,6 +67,36 @@ for (const store of STORES) {
         assert.deepEqual(await fingerprint(t), before);
       }));
 
+    test('createTasks: one transaction, keys as createTask, a bad item stores nothing', () =>
+      withTasker(store, async (t) => {
+        await t.registerTemplate(ORDERS);
+        const first = await t.createTask('t', 'orders', { idempotencyKey: 'k0' });
+        const out = await t.createTasks([
+          { namespace: 't', name: 'orders', idempotencyKey: 'k0' },
+          { namespace: 't', name: 'orders', context: { order_id: 1 }, idempotencyKey: 'k1' },
+          { namespace: 't', name: 'orders', context: { order_id: 2 }, idempotencyKey: 'k1' },
+          { namespace: 't', name: 'orders', version: '1', priority: 3 },
+        ]);
+        assert.deepEqual(out.map((x) => x.created), [false, true, false, true]);
+        assert.equal(out[0].task_id, first.task_id);
+        assert.equal(out[1].task_id, out[2].task_id);
+        assert.deepEqual((await t.getTask(out[1].task_id)).context, { order_id: 1 });
+        assert.deepEqual(await t.createTasks([]), []);
+        const before = await fingerprint(t);
+        await assert.rejects(
+          t.createTasks([{ namespace: 't', name: 'orders' }, { namespace: 't', name: 'nope' }]),
+          (e) => {
+            assert.ok(e instanceof tasker.NotFoundError);
+            assert.ok(e.message.startsWith('tasks[1]'), e.message);
+            assert.equal(e.details.index, 1);
+            return true;
+          },
+        );
+        await assert.rejects(t.createTasks([{ namespace: 't', name: 'orders', idempotency_key: 'x' }]), TypeError);
+        await assert.rejects(t.createTasks('nope'), TypeError);
+        assert.deepEqual(await fingerprint(t), before);
+      }));
+
     test('createTask with an idempotency key, getTask, listTasks, explainTask', () =>
       withTasker(store, async (t) => {
         await t.registerTemplate(ORDERS);

@@ -132,6 +132,39 @@ def test_create_task_idempotency(tk: tasker.Tasker) -> None:
     assert len(tk.list_tasks(namespace="t", name="order")["tasks"]) == 1
 
 
+def test_create_tasks_batch_with_keys(tk: tasker.Tasker) -> None:
+    tk.register_template(ORDER)
+    first = tk.create_task("t", "order", context={"n": 0}, idempotency_key="k-0")
+    out = tk.create_tasks(
+        [
+            {"namespace": "t", "name": "order", "context": {"n": 0}, "idempotency_key": "k-0"},
+            {"namespace": "t", "name": "order", "context": {"n": 1}, "idempotency_key": "k-1"},
+            {"namespace": "t", "name": "order", "context": {"n": 2}, "idempotency_key": "k-1"},
+            {"namespace": "t", "name": "order", "version": "1", "priority": 3},
+        ]
+    )
+    assert [t["created"] for t in out] == [False, True, False, True]
+    assert out[0]["task_id"] == first["task_id"]
+    assert out[1]["task_id"] == out[2]["task_id"]
+    assert tk.get_task(out[1]["task_id"])["context"] == {"n": 1}
+    assert tk.get_task(out[3]["task_id"])["context"] == {}
+    assert len(tk.list_tasks(namespace="t", name="order")["tasks"]) == 3
+    assert tk.create_tasks([]) == []
+
+
+def test_create_tasks_bad_item_stores_nothing(tk: tasker.Tasker) -> None:
+    tk.register_template(ORDER)
+    before = fingerprint(tk)
+    with pytest.raises(tasker.NotFoundError) as e:
+        tk.create_tasks([{"namespace": "t", "name": "order"}, {"namespace": "t", "name": "nope"}])
+    assert e.value.message.startswith("tasks[1]")
+    assert e.value.details["index"] == 1
+    with pytest.raises(tasker.InvalidArgumentError) as e:
+        tk.create_tasks([{"namespace": "t", "name": "order", "priority": "high"}])
+    assert "tasks[0].priority" in e.value.message
+    assert fingerprint(tk) == before
+
+
 def test_create_task_bad_context_and_unknown_template(tk: tasker.Tasker) -> None:
     tk.register_template(
         chain("typed", [("a", [])], input_schema={"type": "object", "required": ["order_id"]})

@@ -158,6 +158,32 @@ module ClientTests
     assert_equal({ "n" => 1 }, tasker.get_task(a["task_id"])["context"])
   end
 
+  def test_create_tasks_in_one_batch
+    tasker.register_template(ORDER)
+    first = tasker.create_task("t", "order", idempotency_key: "k-0")
+    out = tasker.create_tasks([
+      { namespace: "t", name: "order", idempotency_key: "k-0" },
+      { namespace: "t", name: "order", context: { "n" => 1 }, idempotency_key: "k-1" },
+      { "namespace" => "t", "name" => "order", "context" => { "n" => 2 }, "idempotency_key" => "k-1" },
+      { namespace: "t", name: "order", priority: 3 }
+    ])
+    assert_equal [false, true, false, true], out.map { |t| t["created"] }
+    assert_equal first["task_id"], out[0]["task_id"]
+    assert_equal out[1]["task_id"], out[2]["task_id"]
+    assert_equal({ "n" => 1 }, tasker.get_task(out[1]["task_id"])["context"])
+    assert_equal [], tasker.create_tasks([])
+    before = fingerprint(tasker)
+    e = assert_raises(Tasker::NotFoundError) do
+      tasker.create_tasks([{ namespace: "t", name: "order" }, { namespace: "t", name: "nope" }])
+    end
+    assert e.message.start_with?("tasks[1]"), e.message
+    assert_equal 1, e.details["index"]
+    assert_raises(TypeError) { tasker.create_tasks([{ namespace: "t", name: "order", priority: "high" }]) }
+    assert_raises(ArgumentError) { tasker.create_tasks([{ namespace: "t", name: "order", idempotencyKey: "x" }]) }
+    assert_raises(TypeError) { tasker.create_tasks("nope") }
+    assert_equal before, fingerprint(tasker)
+  end
+
   def test_create_errors_store_nothing
     schema = { "type" => "object", "required" => ["order_id"],
                "properties" => { "order_id" => { "type" => "integer" } } }

@@ -396,3 +396,165 @@ fn event_readers_wait_for_writers_in_flight_and_writers_wait_for_no_one() {
     assert_eq!(events["next_cursor"].as_i64(), Some(got[3].0));
     assert_eq!(stats["last_event_id"].as_i64(), Some(got[3].0));
 }
+
+/// Calls 0008's `tasker_create_tasks` for one-step tasks with `ids` and `keys`; returns
+/// its rows `(position, id, created, state)`.
+async fn create_batch_with_ids(
+    c: &mut sqlx::PgConnection,
+    schema: &str,
+    ids: &[i64],
+    keys: &[Option<&str>],
+) -> Vec<(i32, i64, bool, String)> {
+    let n = ids.len();
+    let positions: Vec<i32> = (1..=n as i32).collect();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT r_n, r_id, r_created, r_state FROM \"{schema}\".tasker_create_tasks(
+             $1, array_fill('sql'::text, ARRAY[$3]), array_fill('one'::text, ARRAY[$3]),
+             array_fill('1.0.0'::text, ARRAY[$3]), array_fill('{{}}'::text, ARRAY[$3]), $2,
+             array_fill(0::bigint, ARRAY[$3]), array_fill(1::bigint, ARRAY[$3]),
+             array_fill(1::bigint, ARRAY[$3]), 0,
+             $4, array_fill('a'::text, ARRAY[$3]), array_fill('h'::text, ARRAY[$3]),
+             array_fill(0::bigint, ARRAY[$3]), array_fill(3::bigint, ARRAY[$3]),
+             array_fill('exponential'::text, ARRAY[$3]), array_fill(10::bigint, ARRAY[$3]),
+             array_fill(100::bigint, ARRAY[$3]), array_fill(0::float8, ARRAY[$3]),
+             array_fill(1000::bigint, ARRAY[$3]), array_fill(0::bigint, ARRAY[$3]),
+             array_fill(NULL::text, ARRAY[$3]), ARRAY[]::int[], ARRAY[]::int[], {})",
+        lock_args(schema)
+    )))
+    .bind(ids)
+    .bind(keys)
+    .bind(n as i32)
+    .bind(positions)
+    .fetch_all(c)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+    .collect()
+}
+
+/// Migration 0008: the batch creation is safe to repeat as 0005's single one is: a
+/// repeat of a committed call finds its own tasks (created, nothing written twice), and
+/// a taken idempotency key returns the task that has it.
+#[test]
+fn a_repeated_batch_creation_makes_each_task_once() {
+    if skip() {
+        return;
+    }
+    let db = open(json!({}));
+    let schema = db.schema.clone().unwrap();
+    let (ids, first, again, other) = with_conn(async |c| {
+        let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT \"{schema}\".tasker_reserve_task_ids(5)"
+        )))
+        .fetch_all(&mut *c)
+        .await
+        .unwrap();
+        let keys = [None, Some("k1"), Some("k2")];
+        let first = create_batch_with_ids(c, &schema, &ids[..3], &keys).await;
+        // The repeat a lost answer causes: the same ids and keys again.
+        let again = create_batch_with_ids(c, &schema, &ids[..3], &keys).await;
+        // Another call with fresh ids, one of them under a taken key.
+        let other = create_batch_with_ids(c, &schema, &ids[3..], &[Some("k2"), None]).await;
+        (ids, first, again, other)
+    });
+    let made = |i: usize| (i as i32 + 1, ids[i], true, "pending".to_owned());
+    assert_eq!(first, vec![made(0), made(1), made(2)]);
+    assert_eq!(again, first, "a repeat answers as the call it repeats");
+    assert_eq!(
+        other,
+        vec![
+            (1, ids[2], false, "pending".to_owned()),
+            (2, ids[4], true, "pending".to_owned())
+        ]
+    );
+    let stats = db.call("stats", json!({}));
+    assert_eq!(stats["tasks"]["pending"], 4);
+    assert_eq!(stats["steps"]["ready"], 4);
+    // Two transitions per task (the task's and its step's), none written twice.
+    let rows: i64 = with_conn(async |c| {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM \"{schema}\".tasker_transitions"
+        )))
+        .fetch_one(c)
+        .await
+        .unwrap()
+    });
+    assert_eq!(rows, 8);
+}
+
+/// Migration 0008: a write sends NOTIFY only when it makes a step ready: a creation and
+/// a completion that releases a child do; a claim and a completion that releases
+/// nothing do not.
+#[test]
+fn notify_is_sent_only_when_work_becomes_claimable() {
+    if skip() {
+        return;
+    }
+    let db = open(json!({}));
+    let schema = db.schema.clone().unwrap();
+    db.register(template(
+        "pair",
+        &[("a", &[]), ("b", &["a"])],
+        fast_retry(1),
+    ));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut listener = rt.block_on(async {
+        let mut l = sqlx::postgres::PgListener::connect(&postgres_url())
+            .await
+            .unwrap();
+        l.listen(&format!("tasker_{schema}")).await.unwrap();
+        l
+    });
+    // Whether a notification arrives within a while after `f` (the engine's own calls
+    // return after their commit; the creation's NOTIFY follows from its notifier).
+    let mut notified_after = |what: &str, f: &dyn Fn()| -> bool {
+        rt.block_on(async {
+            // Drain what earlier steps sent.
+            while let Ok(Ok(Some(_))) =
+                tokio::time::timeout(std::time::Duration::from_millis(300), listener.try_recv())
+                    .await
+            {}
+        });
+        f();
+        let got = rt.block_on(async {
+            matches!(
+                tokio::time::timeout(std::time::Duration::from_secs(2), listener.try_recv()).await,
+                Ok(Ok(Some(_)))
+            )
+        });
+        eprintln!("{what}: notified {got}");
+        got
+    };
+    let created = std::cell::Cell::new(0);
+    assert!(notified_after("create_task", &|| created.set(db.create("pair", json!({})))));
+    let claimed = std::cell::RefCell::new(Vec::new());
+    assert!(!notified_after("claim", &|| *claimed.borrow_mut() =
+        db.claim(&["a"], 1, 60_000)));
+    // Completing `a` releases `b`.
+    assert!(notified_after("complete a", &|| {
+        db.complete(&claimed.borrow()[0], json!(1));
+    }));
+    let b = db.claim(&["b"], 1, 60_000);
+    // Completing `b` releases nothing (the task completes).
+    assert!(!notified_after("complete b", &|| {
+        db.complete(&b[0], json!(2));
+    }));
+    assert_eq!(db.task(created.get())["state"], "complete");
+    assert!(notified_after("create_tasks", &|| {
+        db.call(
+            "create_tasks",
+            json!({ "tasks": [{ "namespace": "t", "name": "pair" }] }),
+        );
+    }));
+    // The listener's connection goes back inside its runtime (the closure's borrow of
+    // it ended with its last call).
+    rt.block_on(async move {
+        let _ = listener.unlisten_all().await;
+        drop(listener);
+        tokio::task::yield_now().await;
+    });
+}

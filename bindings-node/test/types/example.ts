@@ -89,6 +89,11 @@ async function main(): Promise<void> {
     priority: 1,
   });
   const id: number = created.task_id;
+  const batch: CreatedTask[] = await t.createTasks([
+    { namespace: 'shop', name: 'order', context: { order_id: 43 }, idempotencyKey: 'order-43' },
+    { namespace: 'shop', name: 'order' },
+  ]);
+  const firstOfBatch: number = batch[0].task_id;
   const task: TaskInfo = await t.getTask(id);
   const firstStep: StepInfo = task.steps[0];
   const err: ErrorDocument | null = firstStep.error;
@@ -168,7 +173,7 @@ async function main(): Promise<void> {
   const after: number | null = new RetryableError('y').retryAfterMs;
   const lists: readonly string[] = [...TASK_STATES, ...STEP_STATES, ...EVENT_NAMES, ...STOP_REASONS];
   const reason: StopReason = 'timeout';
-  console.log(v, reg, regFile, regText, valid, validText, tpl, summaries, err, state, stepState, explained);
+  console.log(v, reg, regFile, regText, firstOfBatch, valid, validText, tpl, summaries, err, state, stepState, explained);
   console.log(cancelled, retried, resolved, name, raw, rawText, fromCode, byCode, codes, he, after, lists, reason);
   await t2.close();
   await t.close();

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union, cast
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union, cast
 
 from . import _native
 from .types import (
     CreatedTask,
     EventPage,
+    NewTask,
     Explanation,
     Registered,
     TaskInfo,
@@ -266,6 +267,28 @@ class Tasker:
         if context is not _UNSET:
             req["context"] = context
         return cast(CreatedTask, self._h.call_obj("create_task", req))
+
+    def create_tasks(self, tasks: Iterable[Union[NewTask, Mapping[str, Any]]]) -> List[CreatedTask]:
+        """Creates many tasks in one transaction: every one of them, or none.
+
+        Args:
+            tasks: One mapping per task, with :meth:`create_task`'s arguments as keys
+                (``namespace`` and ``name``; ``version``, ``context``,
+                ``idempotency_key`` and ``priority`` as needed). Each is checked and
+                created as ``create_task`` would, in order: a key that made a task
+                before, or that an earlier item of the batch has, returns that task
+                (``created`` is False). At most 10000.
+
+        Returns:
+            One ``{"task_id", "created", "state"}`` per task, in order.
+
+        Raises:
+            The errors of :meth:`create_task`, for the first item that has one: its
+            message starts with ``tasks[i]`` and ``details["index"]`` is ``i``. Nothing
+            of the batch is stored.
+        """
+        items = [dict(t) for t in tasks]
+        return cast(List[CreatedTask], self._h.call_obj("create_tasks", {"tasks": items})["tasks"])
 
     def get_task(self, task_id: int) -> TaskInfo:
         """A task with its context and every step (state, attempts, result, latest

@@ -23,6 +23,7 @@ __all__ = [
     "Step",
     "WorkerStats",
     "CreatedTask",
+    "NewTask",
     "Event",
     "EventPage",
     "Explanation",
@@ -56,6 +57,17 @@ class CreatedTask(TypedDict):
     task_id: int
     created: bool
     state: str
+
+
+class NewTask(TypedDict):
+    """One item of ``create_tasks``: :meth:`tasker.Tasker.create_task`'s arguments."""
+
+    namespace: str
+    name: str
+    version: NotRequired[str]
+    context: NotRequired[Any]
+    idempotency_key: NotRequired[str]
+    priority: NotRequired[int]
 
 
 class TaskSummary(TypedDict):

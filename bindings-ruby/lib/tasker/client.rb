@@ -160,6 +160,38 @@ module Tasker
       @h.call_obj("create_task", req)
     end
 
+    # Creates many tasks in one transaction: every one of them, or none. +tasks+ is an
+    # Array of Hashes with create_task's arguments as keys (Symbols or Strings):
+    # namespace, name, and as needed version, context, idempotency_key, priority. Each is
+    # checked and created as create_task would, in order: a key that made a task before,
+    # or that an earlier item of the batch has, returns that task ("created" false).
+    # Returns one {"task_id", "created", "state"} per task, in order.
+    #
+    # Raises create_task's errors for the first item that has one (the message starts
+    # with tasks[i], details["index"] is i); nothing of the batch is stored then.
+    def create_tasks(tasks)
+      raise TypeError, "tasks must be an Array, got #{Types.describe(tasks)}" unless tasks.is_a?(Array)
+
+      items = tasks.each_with_index.map do |task, i|
+        at = "tasks[#{i}]"
+        Types.hash!(at, task)
+        task = task.transform_keys(&:to_s)
+        unknown = task.keys - CREATE_FIELDS
+        raise ArgumentError, "#{at} has unknown keys #{unknown.join(", ")} (known: #{CREATE_FIELDS.join(", ")})" unless unknown.empty?
+
+        Types.string!("#{at}.namespace", task["namespace"])
+        Types.string!("#{at}.name", task["name"])
+        Types.string!("#{at}.version", task["version"], allow_nil: true)
+        Types.string!("#{at}.idempotency_key", task["idempotency_key"], allow_nil: true)
+        Types.integer!("#{at}.priority", task["priority"], allow_nil: true)
+        task.compact
+      end
+      @h.call_obj("create_tasks", { "tasks" => items })["tasks"]
+    end
+
+    # The keys of one create_tasks item.
+    CREATE_FIELDS = %w[namespace name version context idempotency_key priority].freeze
+
     # A task with its context and every step (state, attempts, result, latest error
     # document). Raises Tasker::NotFoundError.
     def get_task(task_id)

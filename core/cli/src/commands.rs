@@ -272,6 +272,18 @@ fn task(cli: &Cli, cmd: &TaskCmd) -> Outcome {
             }
             say(&s, text)
         }
+        TaskCmd::Import { file, batch } => {
+            let done = crate::import::import(&s, file, *batch)?;
+            say(
+                &s,
+                format!(
+                    "imported {} tasks: {} created, {} existing (same idempotency key)\n",
+                    done.created + done.existing,
+                    done.created,
+                    done.existing
+                ),
+            )
+        }
         TaskCmd::Cancel { id, reason } => {
             let r = s.call("cancel_task", &json!({ "task_id": id, "reason": reason }))?;
             let text = if r["changed"].as_bool() == Some(true) {

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 mod commands;
 mod completion;
 mod create;
+mod import;
 mod session;
 
 use session::Failure;
@@ -160,6 +161,14 @@ pub enum TaskCmd {
         /// Why (recorded in the audit trail)
         #[arg(long, value_name = "REASON")]
         reason: Option<String>,
+    },
+    /// Create tasks from JSON lines, one create_task request per line, in batches
+    Import {
+        /// File of JSON lines, or - for standard input
+        file: String,
+        /// Most lines per batch; each batch is stored whole or not at all
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        batch: usize,
     },
 }
 

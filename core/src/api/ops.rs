@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::engine::{Claim, CreateTask, Engine, StepFailure};
+use crate::engine::{in_batch, Claim, CreateTask, Engine, StepFailure, MAX_CREATE_BATCH};
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::template::{self, TemplateDoc};
 use crate::store::{Completion, StepRef, TaskFilter};
@@ -42,6 +42,7 @@ pub const OPERATIONS: &[&str] = &[
     "worker_report",
     "worker_close",
     "worker_stats",
+    "create_tasks",
     "advance_clock",
     "next_ready_at",
     "list_templates",
@@ -148,31 +149,46 @@ pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<S
             json!({ "template": c.template.to_value() })
         }
         "create_task" => {
-            let namespace = f.req_string("namespace", 1, IDENT_MAX)?;
-            let name = f.req_string("name", 1, IDENT_MAX)?;
-            let version = f.string("version", 1, IDENT_MAX)?;
-            let context = f.payload("context")?;
-            let idempotency_key = f.string("idempotency_key", 1, 256)?;
-            let priority = f.int("priority", -MAX_PRIORITY, MAX_PRIORITY)?;
-            f.finish(&[
-                "namespace",
-                "name",
-                "version",
-                "context",
-                "idempotency_key",
-                "priority",
-            ])?;
-            let created = engine
-                .create_task(CreateTask {
-                    namespace,
-                    name,
-                    version,
-                    context,
-                    idempotency_key,
-                    priority: priority.unwrap_or(0) as i32,
+            let req = create_fields(&mut f)?;
+            f.finish(CREATE_FIELDS)?;
+            return to_string(&engine.create_task(req).await?);
+        }
+        "create_tasks" => {
+            let items = f.objects("tasks", MAX_CREATE_BATCH).map_err(|e| {
+                // An item that is not an object: name its index as every item error does.
+                let at = e
+                    .details
+                    .as_ref()
+                    .and_then(|d| d["field"].as_str())
+                    .and_then(|f| {
+                        f.strip_prefix("tasks[")?
+                            .strip_suffix(']')?
+                            .parse::<usize>()
+                            .ok()
+                    });
+                match at {
+                    Some(i) => in_batch(e, i),
+                    None => e,
+                }
+            })?;
+            let Some(items) = items else {
+                return Err(validate::field_error(
+                    "tasks",
+                    format!("missing (expected an array of at most {MAX_CREATE_BATCH} objects)"),
+                ));
+            };
+            let reqs = items
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut item)| {
+                    let req = create_fields(&mut item).map_err(|e| in_batch(e, i))?;
+                    item.finish(CREATE_FIELDS).map_err(|e| in_batch(e, i))?;
+                    Ok(req)
                 })
-                .await?;
-            return to_string(&created);
+                .collect::<Result<Vec<_>>>()?;
+            f.finish(&["tasks"])?;
+            let created = engine.create_tasks(reqs).await?;
+            return to_string(&CreatedTasksResponse { tasks: &created });
         }
         "claim" => {
             let claim = claim_fields(&mut f, config, true)?;
@@ -641,4 +657,36 @@ struct ClaimResponse<'a> {
 struct CompleteAndClaimResponse<'a> {
     results: &'a [crate::store::ItemOutcome],
     steps: &'a [crate::store::ClaimedStep],
+}
+
+/// The fields of a `create_task` request, and of each item of `create_tasks`.
+const CREATE_FIELDS: &[&str] = &[
+    "namespace",
+    "name",
+    "version",
+    "context",
+    "idempotency_key",
+    "priority",
+];
+
+fn create_fields(f: &mut Fields) -> Result<CreateTask> {
+    let namespace = f.req_string("namespace", 1, IDENT_MAX)?;
+    let name = f.req_string("name", 1, IDENT_MAX)?;
+    let version = f.string("version", 1, IDENT_MAX)?;
+    let context = f.payload("context")?;
+    let idempotency_key = f.string("idempotency_key", 1, 256)?;
+    let priority = f.int("priority", -MAX_PRIORITY, MAX_PRIORITY)?;
+    Ok(CreateTask {
+        namespace,
+        name,
+        version,
+        context,
+        idempotency_key,
+        priority: priority.unwrap_or(0) as i32,
+    })
+}
+
+#[derive(serde::Serialize)]
+struct CreatedTasksResponse<'a> {
+    tasks: &'a [crate::store::CreatedTask],
 }

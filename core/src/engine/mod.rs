@@ -425,11 +425,7 @@ impl Engine {
     pub async fn create_task(&self, req: CreateTask) -> Result<CreatedTask> {
         self.check_open()?;
         if let Some(key) = &req.idempotency_key {
-            if key.is_empty() || key.len() > 256 {
-                return Err(Error::invalid_argument(
-                    "idempotency_key must be 1-256 characters",
-                ));
-            }
+            check_key(key)?;
             // A repeat returns the task the key made, whatever its context: it is the
             // same request, and the first one was already validated.
             if let Some(existing) = self
@@ -440,6 +436,106 @@ impl Engine {
                 return Ok(existing);
             }
         }
+        let task = self.prepare_task(req, self.now_ms()).await?;
+        let created = self.store.create_task(task).await?;
+        if created.created {
+            self.changed(true);
+        }
+        Ok(created)
+    }
+
+    /// Creates many tasks in one transaction: every task of the batch is stored, or
+    /// none is (the first invalid one is named by its index). Each is checked and made
+    /// as [`Engine::create_task`] would, in order: a task whose idempotency key made a
+    /// task before gets that task back (`created: false`) without further checks, and a
+    /// later task of the batch with the key of an earlier one gets the earlier one's.
+    pub async fn create_tasks(&self, reqs: Vec<CreateTask>) -> Result<Vec<CreatedTask>> {
+        self.check_open()?;
+        if reqs.len() > MAX_CREATE_BATCH {
+            return Err(Error::invalid_argument(format!(
+                "a batch may create at most {MAX_CREATE_BATCH} tasks, not {}",
+                reqs.len()
+            )));
+        }
+        let mut keys = Vec::new();
+        for (i, req) in reqs.iter().enumerate() {
+            if let Some(key) = &req.idempotency_key {
+                check_key(key).map_err(|e| in_batch(e, i))?;
+                keys.push(TaskKey {
+                    namespace: req.namespace.clone(),
+                    name: req.name.clone(),
+                    key: key.clone(),
+                });
+            }
+        }
+        let mut existing = if keys.is_empty() {
+            Vec::new()
+        } else {
+            self.store.find_tasks_by_keys(keys).await?
+        }
+        .into_iter();
+        enum Slot {
+            Known(CreatedTask),
+            New(usize),
+            SameAs(usize),
+        }
+        let now = self.now_ms();
+        let mut slots = Vec::with_capacity(reqs.len());
+        let mut first: HashMap<TaskKey, usize> = HashMap::new();
+        let mut batch = Vec::with_capacity(reqs.len());
+        for (i, req) in reqs.into_iter().enumerate() {
+            if let Some(key) = &req.idempotency_key {
+                if let Some(found) = existing.next().flatten() {
+                    slots.push(Slot::Known(found));
+                    continue;
+                }
+                let k = TaskKey {
+                    namespace: req.namespace.clone(),
+                    name: req.name.clone(),
+                    key: key.clone(),
+                };
+                if let Some(&j) = first.get(&k) {
+                    slots.push(Slot::SameAs(j));
+                    continue;
+                }
+                first.insert(k, i);
+            }
+            let task = self
+                .prepare_task(req, now)
+                .await
+                .map_err(|e| in_batch(e, i))?;
+            slots.push(Slot::New(batch.len()));
+            batch.push(task);
+        }
+        let made = if batch.is_empty() {
+            Vec::new()
+        } else {
+            self.store.create_tasks(batch).await?
+        };
+        if made.iter().any(|c| c.created) {
+            self.changed(true);
+        }
+        let mut out: Vec<CreatedTask> = Vec::with_capacity(slots.len());
+        for slot in slots {
+            let task = match slot {
+                Slot::Known(t) => t,
+                Slot::New(k) => made
+                    .get(k)
+                    .cloned()
+                    .ok_or_else(|| Error::internal("the store answered fewer tasks than given"))?,
+                Slot::SameAs(j) => CreatedTask {
+                    created: false,
+                    ..out[j].clone()
+                },
+            };
+            out.push(task);
+        }
+        Ok(out)
+    }
+
+    /// Checks a creation request against its template (found as `find_template` does):
+    /// the context's size, depth and `input_schema`.
+    async fn prepare_task(&self, req: CreateTask, now: i64) -> Result<NewTask> {
         let compiled = self
             .find_template(&req.namespace, &req.name, req.version.as_deref())
             .await?;
@@ -477,20 +573,13 @@ impl Engine {
                 .with_details(serde_json::json!({ "errors": problems })));
             }
         }
-        let created = self
-            .store
-            .create_task(NewTask {
-                template: compiled.template.clone(),
-                context,
-                idempotency_key: req.idempotency_key,
-                priority: req.priority,
-                now: self.now_ms(),
-            })
-            .await?;
-        if created.created {
-            self.changed(true);
-        }
-        Ok(created)
+        Ok(NewTask {
+            template: compiled.template.clone(),
+            context,
+            idempotency_key: req.idempotency_key,
+            priority: req.priority,
+            now,
+        })
     }
 
     /// Validates a claim request into store parameters (handlers sorted and deduped).
@@ -954,4 +1043,37 @@ impl Engine {
         self.workers.shut();
         self.store.close().await
     }
+}
+
+/// Most tasks one `create_tasks` call may create.
+pub const MAX_CREATE_BATCH: usize = 10_000;
+
+fn check_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.len() > 256 {
+        return Err(Error::invalid_argument(
+            "idempotency_key must be 1-256 characters",
+        ));
+    }
+    Ok(())
+}
+
+/// An error about task `i` of a `create_tasks` batch: its message names `tasks[i]` and
+/// its details carry `index`.
+pub(crate) fn in_batch(mut e: Error, i: usize) -> Error {
+    let path = format!("tasks[{i}]");
+    if !e.message.starts_with(&path) {
+        e.message = format!("{path}: {}", e.message);
+    }
+    let mut details = match e.details.take() {
+        Some(Value::Object(m)) => m,
+        Some(other) => {
+            let mut m = serde_json::Map::new();
+            m.insert("details".into(), other);
+            m
+        }
+        None => serde_json::Map::new(),
+    };
+    details.insert("index".into(), Value::from(i));
+    e.details = Some(Value::Object(details));
+    e
 }

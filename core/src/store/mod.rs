@@ -56,6 +56,14 @@ pub struct NewTask {
     pub now: i64,
 }
 
+/// An idempotency key with the template it is scoped to: namespace, name, key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TaskKey {
+    pub namespace: String,
+    pub name: String,
+    pub key: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CreatedTask {
     pub task_id: i64,
@@ -384,6 +392,13 @@ pub trait Store: Send + Sync {
     ) -> BoxFut<'a, Option<CreatedTask>>;
     /// Creates a task; an existing task with the same idempotency key is returned instead.
     fn create_task(&self, task: NewTask) -> BoxFut<'_, CreatedTask>;
+    /// The tasks created earlier with these idempotency keys, one answer per key in order
+    /// (one read for a whole `create_tasks` batch).
+    fn find_tasks_by_keys(&self, keys: Vec<TaskKey>) -> BoxFut<'_, Vec<Option<CreatedTask>>>;
+    /// Creates many tasks in one transaction, one answer per task in order; each is
+    /// created as [`Store::create_task`] would (an existing task with the same key is
+    /// returned instead). The engine passes no two tasks with the same key.
+    fn create_tasks(&self, tasks: Vec<NewTask>) -> BoxFut<'_, Vec<CreatedTask>>;
     fn claim(&self, params: ClaimParams) -> BoxFut<'_, ClaimBatch>;
     /// Renews a lease; returns the new expiry.
     fn heartbeat(&self, step_id: i64, token: i64, lease_ms: u64, now: i64) -> BoxFut<'_, i64>;

@@ -8,14 +8,15 @@
 //! tasker-bench --pg-worker --pg-url URL --schema S --limit L [--pg-loops N]   (child mode)
 //! ```
 //! Benchmarks (`--only`): ffi, latency, steps, dag, commits (SQLite); pg-commits,
-//! pg-latency, pg-steps, pg-4proc, pg-stmts, peer (PostgreSQL, need `--pg-url`; `peer`
-//! also `--peer-dir`). `--pg-loops` (default 3) is how many claim loops the one worker
+//! pg-latency, pg-steps, pg-create, pg-flows, pg-4proc, pg-stmts, peer (PostgreSQL, need
+//! `--pg-url`; `peer` also `--peer-dir`). `--pg-loops` (default 3) is how many claim loops the one worker
 //! process of `pg-steps` runs at once.
 
 mod commits;
 mod cpu;
 mod dag;
 mod ffi;
+mod flows;
 mod latency;
 mod multiproc;
 mod peer;
@@ -57,7 +58,7 @@ struct WorkerArgs {
 
 const USAGE: &str = "usage: tasker-bench [--quick] [--sync normal|full] [--out PATH] [--ffi-bin PATH] [--c-worker-bin PATH]
                     [--pg-url URL] [--pg-loops N] [--peer-dir DIR] [--node PATH]
-                    [--only ffi,latency,steps,dag,commits,pg-commits,pg-latency,pg-steps,pg-4proc,pg-stmts,peer]";
+                    [--only ffi,latency,steps,dag,commits,pg-commits,pg-latency,pg-steps,pg-create,pg-flows,pg-4proc,pg-stmts,peer]";
 
 /// Every benchmark `--only` accepts.
 const BENCHES: &[&str] = &[
@@ -69,6 +70,8 @@ const BENCHES: &[&str] = &[
     "pg-commits",
     "pg-latency",
     "pg-steps",
+    "pg-create",
+    "pg-flows",
     "pg-4proc",
     "pg-stmts",
     "peer",
@@ -174,6 +177,8 @@ fn run() -> Res<()> {
         "pg-commits",
         "pg-latency",
         "pg-steps",
+        "pg-create",
+        "pg-flows",
         "pg-4proc",
         "pg-stmts",
         "peer",
@@ -286,13 +291,27 @@ fn postgres(args: &Args, url: &str, r: &mut Results) -> Res<()> {
         eprintln!("steps (postgres):");
         throughput::run(Store::Postgres(&pg), steps, 256, args.pg_loops.max(1), r)?;
     }
+    if wants("pg-create") {
+        eprintln!("create_tasks (postgres):");
+        flows::creation(&pg, steps, r)?;
+    }
+    let flows_n = if q { 2_000 } else { 5_000 };
+    if wants("pg-flows") {
+        eprintln!("workflows (postgres):");
+        let loops = args.pg_loops.max(1);
+        flows::run(&pg, "chain4", &flows::chain(4), flows_n, loops, r)?;
+        flows::run(&pg, "fanout10", &flows::fanout(10), flows_n, loops, r)?;
+    }
     if wants("pg-4proc") {
         eprintln!("steps (postgres, 4 processes):");
         let exe = std::env::current_exe()?;
         let loops = args.pg_loops.max(1);
-        multiproc::run(&pg, &exe, 4, loops, steps, 256, "", false, r)?;
-        // The same four processes through worker sessions (the worker runtime).
-        multiproc::run(&pg, &exe, 4, loops, steps, 256, "_sessions", true, r)?;
+        // `steps_per_s_postgres_4proc` is four processes driving worker sessions (the
+        // worker runtime in core: what every binding's worker runs); the same four
+        // processes calling claim/complete directly are `..._4proc_claims`
+        // (docs/architecture.md says why).
+        multiproc::run(&pg, &exe, 4, loops, steps, 256, "", true, r)?;
+        multiproc::run(&pg, &exe, 4, loops, steps, 256, "_claims", false, r)?;
         if loops > 1 {
             // One claim loop per process, as the engine's own workers run (one claimer,
             // handlers on threads): fewer claimers skipping each other's locked rows.
@@ -320,6 +339,10 @@ fn postgres(args: &Args, url: &str, r: &mut Results) -> Res<()> {
                 r,
             )?,
             None => eprintln!("  skipped (no --peer-dir)"),
+        }
+        if let Some(dir) = &args.peer_dir {
+            let (chains, fanouts) = if q { (500, 300) } else { (2_000, 1_000) };
+            peer::workflows(&args.node, dir, &pg, chains, fanouts, r)?;
         }
     }
     Ok(())

@@ -1,7 +1,8 @@
 //! The graphile-worker peer: `tests/bench/peers/graphile-worker/bench.js` run under
 //! Node (the package installed from npm by `scripts/bench`), once in graphile-worker's
 //! documented fastest configuration and once with its defaults, each in a fresh schema
-//! of the same server and TLS mode as the engine.
+//! of the same server and TLS mode as the engine; then the workflows of `flows.rs` built
+//! from its jobs (each job adds its successors), in the fastest configuration.
 
 use std::path::Path;
 use std::process::Command;
@@ -33,6 +34,7 @@ fn one(node: &str, dir: &Path, pg: &Pg, jobs: usize, mode: &str) -> Res<Value> {
     let line = text.lines().last().unwrap_or("");
     let v: Value = serde_json::from_str(line)
         .map_err(|e| format!("graphile-worker peer printed `{line}`: {e}"))?;
+    // `ran`: jobs, or for the workflow modes the workflows whose last job ran.
     if v["ran"].as_u64() != Some(jobs as u64) {
         return Err(format!("graphile-worker peer ran {} of {jobs} jobs", v["ran"]).into());
     }
@@ -91,5 +93,33 @@ pub fn run(
         }
     };
     out.text("pg_tls_peer", tls(&fast));
+    Ok(())
+}
+
+/// The workflows: `peer_graphile_worker_chain4_per_s` and `..._fanout10_per_s`
+/// (workflows per second), `chains` and `fanouts` of them. Fewer than the engine runs:
+/// each peer job that adds a job commits on its own, so these take far longer.
+pub fn workflows(
+    node: &str,
+    dir: &Path,
+    pg: &Pg,
+    chains: usize,
+    fanouts: usize,
+    out: &mut Results,
+) -> Res<()> {
+    for (mode, flows) in [("chain4", chains), ("fanout10", fanouts)] {
+        let v = one(node, dir, pg, flows, mode)?;
+        let rate = v["jobs_per_s"].as_f64().unwrap_or(f64::NAN);
+        out.num(&format!("peer_graphile_worker_{mode}_per_s"), rate);
+        out.int(&format!("peer_graphile_worker_{mode}_flows"), flows as u64);
+        out.num(
+            &format!("peer_graphile_worker_{mode}_server_cpu_us_per_flow"),
+            v["server_cpu_us_per_job"].as_f64().unwrap_or(f64::NAN),
+        );
+        eprintln!(
+            "  graphile-worker {mode} (each job adds the next): {rate:.0} workflows/s ({flows}); {:.1} us of postgres CPU per workflow",
+            v["server_cpu_us_per_job"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
     Ok(())
 }

@@ -18,6 +18,8 @@ pub enum Target {
     AtLeast(f64),
     /// At least another number of the same run (the peer, or the one-process rate).
     NotBelow(&'static str),
+    /// At least this multiple of another number of the same run.
+    Times(f64, &'static str),
 }
 
 impl Results {
@@ -69,14 +71,33 @@ impl Results {
             ("diamond4_p50_ms_postgres", None),
             (
                 "steps_per_s_postgres",
-                Some(Target::NotBelow("peer_graphile_worker_jobs_per_s")),
+                Some(Target::Times(0.8, "peer_graphile_worker_jobs_per_s")),
             ),
             ("peer_graphile_worker_jobs_per_s", None),
             ("peer_graphile_worker_default_jobs_per_s", None),
             (
                 "steps_per_s_postgres_4proc",
-                Some(Target::NotBelow("steps_per_s_postgres")),
+                Some(Target::Times(1.2, "steps_per_s_postgres")),
             ),
+            ("steps_per_s_postgres_4proc_claims", None),
+            (
+                "chain4_tasks_per_s_postgres",
+                Some(Target::Times(8.0, "peer_graphile_worker_chain4_per_s")),
+            ),
+            ("peer_graphile_worker_chain4_per_s", None),
+            (
+                "fanout10_tasks_per_s_postgres",
+                Some(Target::Times(3.0, "peer_graphile_worker_fanout10_per_s")),
+            ),
+            ("peer_graphile_worker_fanout10_per_s", None),
+            (
+                "create_tasks_per_s_postgres_batch",
+                Some(Target::NotBelow("peer_graphile_worker_add_jobs_per_s")),
+            ),
+            ("peer_graphile_worker_add_jobs_per_s", None),
+            ("create_tasks_per_s_postgres", None),
+            ("steps_server_cpu_us_per_step_postgres", None),
+            ("peer_graphile_worker_server_cpu_us_per_job", None),
             ("pg_commits_per_s", None),
             ("pg_statements_per_step", Some(Target::AtMost(3.0))),
         ];
@@ -103,6 +124,13 @@ impl Results {
                         if v >= x { "ok" } else { "MISSED" },
                     ),
                     None => (format!(">= {other}"), "no peer number"),
+                },
+                (Some(Target::Times(f, other)), Some(v)) => match self.get(other) {
+                    Some(x) => (
+                        format!(">= {}", fmt(f * x)),
+                        if v >= f * x { "ok" } else { "MISSED" },
+                    ),
+                    None => (format!(">= {f}x {other}"), "no peer number"),
                 },
                 (Some(_), None) => ("".into(), "not measured"),
                 (None, _) => ("".into(), ""),

@@ -1,7 +1,9 @@
 //! Commits per second from many connections at once, raw and through the engine's
 //! transition writer. Each connection commits a tiny transaction in a loop: a single-row
 //! update (raw), or one call of `tasker_insert_transitions` with one row, the statement
-//! every engine write ends with (it takes the event-order lock and sends the NOTIFY).
+//! every engine write ends with (it takes the event-order lock): a task's row, which
+//! sends no NOTIFY, and a step turning ready, which does (migration 0008: only work that
+//! becomes claimable notifies).
 //! When writers serialize on a lock held to commit, the second rate stays near one
 //! connection's commit rate whatever the number of connections; when they do not, it
 //! follows the raw rate, which grows with connections as the server flushes several
@@ -38,13 +40,25 @@ pub fn run(pg: &Pg, clients: usize, seconds: f64, out: &mut Results) -> Res<()> 
                  0, {LOCK_KEY}, 'tasker_bench_writers')"
         )
     })?;
+    let notifying = rate(pg, clients, seconds, |_| {
+        format!(
+            "SELECT \"{schema}\".tasker_insert_transitions(
+                 ARRAY[ROW(1, 1, 'a', 'pending', 'ready', NULL, NULL, 'parents_done', NULL)]::\"{schema}\".tasker_tr[],
+                 0, {LOCK_KEY}, 'tasker_bench_writers')"
+        )
+    })?;
     drop(db);
     out.int("pg_writers_clients", clients as u64);
     out.num(&format!("pg_commits_per_s_{clients}clients"), raw);
     out.num(&format!("pg_event_commits_per_s_{clients}clients"), events);
+    out.num(
+        &format!("pg_notify_commits_per_s_{clients}clients"),
+        notifying,
+    );
     eprintln!(
-        "  {clients} connections: {raw:.0} raw commits/s, {events:.0} transition-writer commits/s ({:.2} of raw)",
-        events / raw
+        "  {clients} connections: {raw:.0} raw commits/s, {events:.0} transition-writer commits/s ({:.2} of raw), {notifying:.0} with a NOTIFY ({:.2} of raw)",
+        events / raw,
+        notifying / raw
     );
     Ok(())
 }

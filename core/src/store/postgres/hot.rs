@@ -14,6 +14,7 @@ use sqlx::Row;
 use super::claims::not_held;
 use super::Ctx;
 use crate::error::{Error, Result};
+use crate::model::template::Template;
 use crate::store::*;
 
 /// The columns of `tasker_hot_row`, in the order [`decode`] reads them.
@@ -30,6 +31,61 @@ fn raw(text: String) -> Result<Box<RawValue>> {
     RawValue::from_string(text).map_err(|e| Error::internal(format!("stored JSON is invalid: {e}")))
 }
 
+/// The step and edge arrays of one or more tasks' steps, as the creation functions
+/// take them: every task's steps one task after the other, in template order.
+#[derive(Default)]
+struct StepArrays<'a> {
+    /// The 1-based position of each step's task in the batch.
+    task: Vec<i32>,
+    names: Vec<&'a str>,
+    handlers: Vec<&'a str>,
+    pending: Vec<i64>,
+    max_attempts: Vec<i64>,
+    backoff: Vec<&'a str>,
+    base_ms: Vec<i64>,
+    max_ms: Vec<i64>,
+    jitter: Vec<f64>,
+    timeout_ms: Vec<i64>,
+    priority: Vec<i64>,
+    config: Vec<Option<String>>,
+    /// Edges as 1-based positions in the step arrays.
+    parents: Vec<i32>,
+    children: Vec<i32>,
+}
+
+impl<'a> StepArrays<'a> {
+    /// Appends the steps of the task at 1-based batch position `task`.
+    fn push(&mut self, task: i32, t: &'a Template, task_priority: i32) {
+        let base = self.names.len() as i32;
+        let position: HashMap<&str, i32> = t
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), base + i as i32 + 1))
+            .collect();
+        for (i, s) in t.steps.iter().enumerate() {
+            self.task.push(task);
+            self.names.push(s.name.as_str());
+            self.handlers.push(s.handler.as_str());
+            self.pending.push(s.depends_on.len() as i64);
+            self.max_attempts.push(i64::from(s.retry.max_attempts));
+            self.backoff.push(s.retry.backoff.as_str());
+            self.base_ms.push(s.retry.base_ms as i64);
+            self.max_ms.push(s.retry.max_ms as i64);
+            self.jitter.push(s.retry.jitter);
+            self.timeout_ms
+                .push(s.timeout_s.saturating_mul(1000) as i64);
+            self.priority
+                .push(i64::from(s.priority) + i64::from(task_priority));
+            self.config.push(s.config.as_ref().map(Value::to_string));
+            for d in &s.depends_on {
+                self.parents.push(position[d.as_str()]);
+                self.children.push(base + i as i32 + 1);
+            }
+        }
+    }
+}
+
 /// Creates task `task_id` (reserved by the caller), its steps, edges and transitions;
 /// `Some(task_id)` also when a repeat of this call finds that the first one committed;
 /// `None` when a task with the same idempotency key already exists (the caller reads
@@ -41,48 +97,8 @@ pub async fn create(
     task: &NewTask,
 ) -> Result<Option<i64>> {
     let t = &task.template;
-    let n = t.steps.len();
-    let position: HashMap<&str, i32> = t
-        .steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.name.as_str(), i as i32 + 1))
-        .collect();
-    let (mut names, mut handlers, mut pending) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut max_attempts, mut backoff, mut base_ms, mut max_ms, mut jitter) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut timeout_ms, mut priority, mut config) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut parents, mut children) = (Vec::new(), Vec::new());
-    for (i, s) in t.steps.iter().enumerate() {
-        names.push(s.name.as_str());
-        handlers.push(s.handler.as_str());
-        pending.push(s.depends_on.len() as i64);
-        max_attempts.push(i64::from(s.retry.max_attempts));
-        backoff.push(s.retry.backoff.as_str());
-        base_ms.push(s.retry.base_ms as i64);
-        max_ms.push(s.retry.max_ms as i64);
-        jitter.push(s.retry.jitter);
-        timeout_ms.push(s.timeout_s.saturating_mul(1000) as i64);
-        priority.push(i64::from(s.priority) + i64::from(task.priority));
-        config.push(s.config.as_ref().map(Value::to_string));
-        for d in &s.depends_on {
-            parents.push(position[d.as_str()]);
-            children.push(i as i32 + 1);
-        }
-    }
+    let mut s = StepArrays::default();
+    s.push(1, t, task.priority);
     let id: Option<i64> = sqlx::query(
         "SELECT tasker_create_task($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
                                    $15, $16, $17, $18, $19, $20, $21, $22, $23)",
@@ -95,25 +111,114 @@ pub async fn create(
     .bind(&task.idempotency_key)
     .bind(i64::from(task.priority))
     .bind(task.now)
-    .bind(names)
-    .bind(handlers)
-    .bind(pending)
-    .bind(max_attempts)
-    .bind(backoff)
-    .bind(base_ms)
-    .bind(max_ms)
-    .bind(jitter)
-    .bind(timeout_ms)
-    .bind(priority)
-    .bind(config)
-    .bind(parents)
-    .bind(children)
+    .bind(s.names)
+    .bind(s.handlers)
+    .bind(s.pending)
+    .bind(s.max_attempts)
+    .bind(s.backoff)
+    .bind(s.base_ms)
+    .bind(s.max_ms)
+    .bind(s.jitter)
+    .bind(s.timeout_ms)
+    .bind(s.priority)
+    .bind(s.config)
+    .bind(s.parents)
+    .bind(s.children)
     .bind(ctx.lock_key)
-    .bind(&ctx.channel)
+    // No NOTIFY inside: the store sends it after the commit (`PgStore::wake_others`).
+    .bind(None::<&str>)
     .fetch_one(&mut *conn)
     .await?
     .try_get(0)?;
     Ok(id)
+}
+
+/// Creates `tasks`, task `i` with the reserved id `ids[i]`, in one call of
+/// `tasker_create_tasks` (migration 0008): one answer per task, in order, as
+/// [`create`] answers (a committed repeat of this call finds its own tasks; a taken
+/// idempotency key returns the task that has it).
+pub async fn create_many(
+    conn: &mut PgConnection,
+    ctx: &Ctx,
+    ids: &[i64],
+    tasks: &[NewTask],
+) -> Result<Vec<CreatedTask>> {
+    let n = tasks.len();
+    let mut s = StepArrays::default();
+    let (mut namespaces, mut names, mut versions, mut contexts) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut keys, mut priorities, mut totals, mut actives) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (i, task) in tasks.iter().enumerate() {
+        let t = &task.template;
+        namespaces.push(t.namespace.as_str());
+        names.push(t.name.as_str());
+        versions.push(t.version.as_str());
+        contexts.push(task.context.as_str());
+        keys.push(task.idempotency_key.clone());
+        priorities.push(i64::from(task.priority));
+        totals.push(t.steps.len() as i64);
+        actives.push(t.steps.iter().filter(|s| s.depends_on.is_empty()).count() as i64);
+        s.push(i as i32 + 1, t, task.priority);
+    }
+    let now = tasks.first().map_or(0, |t| t.now);
+    let rows = sqlx::query(
+        "SELECT r_n, r_id, r_created, r_state FROM tasker_create_tasks($1, $2, $3, $4, $5, $6, $7,
+             $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24,
+             $25, $26)",
+    )
+    .bind(ids)
+    .bind(namespaces)
+    .bind(names)
+    .bind(versions)
+    .bind(contexts)
+    .bind(keys)
+    .bind(priorities)
+    .bind(totals)
+    .bind(actives)
+    .bind(now)
+    .bind(s.task)
+    .bind(s.names)
+    .bind(s.handlers)
+    .bind(s.pending)
+    .bind(s.max_attempts)
+    .bind(s.backoff)
+    .bind(s.base_ms)
+    .bind(s.max_ms)
+    .bind(s.jitter)
+    .bind(s.timeout_ms)
+    .bind(s.priority)
+    .bind(s.config)
+    .bind(s.parents)
+    .bind(s.children)
+    .bind(ctx.lock_key)
+    // No NOTIFY inside: the store sends it after the commit (`PgStore::wake_others`).
+    .bind(None::<&str>)
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.len() != n {
+        return Err(Error::internal(format!(
+            "tasker_create_tasks answered {} of {n} tasks",
+            rows.len()
+        )));
+    }
+    rows.into_iter()
+        .map(|r| {
+            Ok(CreatedTask {
+                task_id: r.try_get(1)?,
+                created: r.try_get(2)?,
+                state: r.try_get(3)?,
+            })
+        })
+        .collect()
 }
 
 /// A fresh claim token: below 2^53, so it survives every JSON reader as a number.

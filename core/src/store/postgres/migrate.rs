@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "bounded_timeouts",
         include_str!("../../../../migrations/postgres/0007_bounded_timeouts.sql"),
     ),
+    (
+        8,
+        "batch_create",
+        include_str!("../../../../migrations/postgres/0008_batch_create.sql"),
+    ),
 ];
 
 pub async fn run(conn: &mut PgConnection, lock_key: i64) -> Result<u32> {

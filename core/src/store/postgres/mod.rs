@@ -42,6 +42,11 @@ pub struct PgStore {
     /// Task ids reserved from the server for this process's next creations, ascending
     /// (see [`TASK_ID_BLOCK`]).
     task_ids: std::sync::Mutex<std::collections::VecDeque<i64>>,
+    /// Asks the notifier task for one NOTIFY (requests made while it is busy coalesce).
+    wanted: Arc<tokio::sync::Notify>,
+    notifier: tokio::task::JoinHandle<()>,
+    /// The notifier's one connection (outside `pool`).
+    notify_pool: PgPool,
 }
 
 /// How many task ids one reservation takes (`tasker_reserve_task_ids`, migration 0005).
@@ -131,8 +136,19 @@ impl PgStore {
         let listen_pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
-            .connect_lazy_with(opts);
+            .connect_lazy_with(opts.clone());
+        let opts_for_notify = opts;
         let listener = tokio::spawn(listen(listen_pool.clone(), channel.clone(), signals));
+        let notify_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+            .connect_lazy_with(opts_for_notify);
+        let wanted = Arc::new(tokio::sync::Notify::new());
+        let notifier = tokio::spawn(notify_forever(
+            notify_pool.clone(),
+            channel.clone(),
+            wanted.clone(),
+        ));
         Ok(PgStore {
             pool,
             lock_key: key_of(&schema),
@@ -142,7 +158,16 @@ impl PgStore {
             pool_size: config.postgres_pool_size.max(1),
             acquire_timeout_ms: config.acquire_timeout_ms,
             task_ids: Default::default(),
+            wanted,
+            notifier,
+            notify_pool,
         })
+    }
+
+    /// Wakes waiting claimers in other processes after a commit that made work ready
+    /// without notifying inside its transaction (creations: migration 0008).
+    fn wake_others(&self) {
+        self.wanted.notify_one();
     }
 
     /// sqlx's own timeout message ("pool timed out while waiting for an open
@@ -341,6 +366,32 @@ pub struct Ctx {
     pub channel: String,
 }
 
+/// Sends one NOTIFY each time it is asked (requests made meanwhile coalesce into the
+/// next one), each in a transaction of its own with `synchronous_commit = off`: a
+/// notifying commit holds a cluster-wide lock until it is done, and this one has
+/// nothing to flush (the change it announces committed durably before). A NOTIFY lost
+/// in a server crash only delays the waiters until their `claim_poll_ms` re-check.
+async fn notify_forever(pool: PgPool, channel: String, wanted: Arc<tokio::sync::Notify>) {
+    loop {
+        wanted.notified().await;
+        let sent = async {
+            let mut tx = pool
+                .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+                .await?;
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(&channel)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "cannot NOTIFY other processes; they notice new work within claim_poll_ms");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 /// Wakes this process's waiters when any process commits a change.
 async fn listen(pool: PgPool, channel: String, signals: Arc<Signals>) {
     loop {
@@ -380,6 +431,7 @@ async fn listen(pool: PgPool, channel: String, signals: Arc<Signals>) {
 impl Drop for PgStore {
     fn drop(&mut self) {
         self.listener.abort();
+        self.notifier.abort();
     }
 }
 
@@ -458,11 +510,14 @@ impl Store for PgStore {
                 })
                 .await?;
             match id {
-                Some(task_id) => Ok(CreatedTask {
-                    task_id,
-                    created: true,
-                    state: "pending".into(),
-                }),
+                Some(task_id) => {
+                    self.wake_others();
+                    Ok(CreatedTask {
+                        task_id,
+                        created: true,
+                        state: "pending".into(),
+                    })
+                }
                 None => {
                     let t = &task.template;
                     let key = task.idempotency_key.as_deref().unwrap_or_default();
@@ -471,6 +526,53 @@ impl Store for PgStore {
                         .ok_or_else(|| Error::internal("idempotency conflict without a task"))
                 }
             }
+        })
+    }
+
+    fn find_tasks_by_keys(&self, keys: Vec<TaskKey>) -> BoxFut<'_, Vec<Option<CreatedTask>>> {
+        let keys = Arc::new(keys);
+        Box::pin(self.read(move |c| {
+            let keys = keys.clone();
+            Box::pin(async move { tasks::find_by_keys(c, &keys).await })
+        }))
+    }
+
+    fn create_tasks(&self, batch: Vec<NewTask>) -> BoxFut<'_, Vec<CreatedTask>> {
+        Box::pin(async move {
+            if batch.is_empty() {
+                return Ok(Vec::new());
+            }
+            // One id per task, reserved in one round trip and sent with the call, so a
+            // repeat after a lost connection finds the tasks the first call made.
+            let n = i32::try_from(batch.len())
+                .map_err(|_| Error::invalid_argument("too many tasks in one batch"))?;
+            let ids: Arc<Vec<i64>> = Arc::new(
+                self.read(move |c| {
+                    Box::pin(async move {
+                        Ok(sqlx::query_scalar("SELECT tasker_reserve_task_ids($1)")
+                            .bind(n)
+                            .fetch_all(c)
+                            .await?)
+                    })
+                })
+                .await?,
+            );
+            if ids.len() != batch.len() {
+                return Err(Error::internal(
+                    "tasker_reserve_task_ids returned too few ids",
+                ));
+            }
+            let batch = Arc::new(batch);
+            let made = self
+                .autocommit(|c, ctx| {
+                    let (ids, batch) = (ids.clone(), batch.clone());
+                    Box::pin(async move { hot::create_many(c, &ctx, &ids, &batch).await })
+                })
+                .await?;
+            if made.iter().any(|t| t.created) {
+                self.wake_others();
+            }
+            Ok(made)
         })
     }
 
@@ -599,8 +701,10 @@ impl Store for PgStore {
     fn close(&self) -> BoxFut<'_, ()> {
         Box::pin(async move {
             self.listener.abort();
+            self.notifier.abort();
             self.pool.close().await;
             self.listen_pool.close().await;
+            self.notify_pool.close().await;
             Ok(())
         })
     }

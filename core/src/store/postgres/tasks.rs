@@ -34,6 +34,40 @@ pub async fn find_by_key(
     .transpose()
 }
 
+/// The tasks with these idempotency keys, one answer per key in order (one query; each
+/// key is a lookup in the unique key index).
+pub async fn find_by_keys(
+    conn: &mut PgConnection,
+    keys: &[TaskKey],
+) -> Result<Vec<Option<CreatedTask>>> {
+    let namespaces: Vec<&str> = keys.iter().map(|k| k.namespace.as_str()).collect();
+    let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+    let values: Vec<&str> = keys.iter().map(|k| k.key.as_str()).collect();
+    let rows = sqlx::query(
+        "SELECT u.n, t.id, t.state
+         FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS u(ns, name, key, n)
+         JOIN tasker_tasks t ON t.namespace = u.ns AND t.name = u.name AND t.idempotency_key = u.key",
+    )
+    .bind(namespaces)
+    .bind(names)
+    .bind(values)
+    .fetch_all(conn)
+    .await?;
+    let mut out = vec![None; keys.len()];
+    for r in rows {
+        let n: i64 = r.try_get(0)?;
+        let slot = out
+            .get_mut((n - 1) as usize)
+            .ok_or_else(|| Error::internal("a key lookup answered an unknown position"))?;
+        *slot = Some(CreatedTask {
+            task_id: r.try_get(1)?,
+            created: false,
+            state: r.try_get(2)?,
+        });
+    }
+    Ok(out)
+}
+
 async fn lock_task(conn: &mut PgConnection, task_id: i64) -> Result<String> {
     sqlx::query("SELECT state FROM tasker_tasks WHERE id = $1 FOR UPDATE")
         .bind(task_id)

@@ -18,6 +18,26 @@ use crate::store::shared::{bump, Deltas, FailedStep, Tr};
 /// ids below the sequence's value (migration 0006), and sends the NOTIFY that wakes
 /// waiters in every process at commit. One statement: the lock is a CTE every inserted
 /// row is joined with, so it is held before the first id is drawn from the sequence.
+/// The insert of [`insert_transitions`], with and without the NOTIFY.
+const INSERT_TRANSITIONS_NOTIFY: &str =
+    "WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($11), pg_notify($12, ''))
+     INSERT INTO tasker_transitions
+        (task_id, step_id, step_name, from_state, to_state, at, attempt, worker, reason, details)
+     SELECT u.task_id, u.step_id, u.step_name, u.from_state, u.to_state, $10, u.attempt, u.worker, u.reason, u.details
+     FROM lock CROSS JOIN unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+                 $7::text[], $8::text[], $9::text[])
+          WITH ORDINALITY AS u(task_id, step_id, step_name, from_state, to_state, attempt, worker, reason, details, n)
+     ORDER BY u.n";
+const INSERT_TRANSITIONS: &str =
+    "WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($11), $12::text AS channel)
+     INSERT INTO tasker_transitions
+        (task_id, step_id, step_name, from_state, to_state, at, attempt, worker, reason, details)
+     SELECT u.task_id, u.step_id, u.step_name, u.from_state, u.to_state, $10, u.attempt, u.worker, u.reason, u.details
+     FROM lock CROSS JOIN unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+                 $7::text[], $8::text[], $9::text[])
+          WITH ORDINALITY AS u(task_id, step_id, step_name, from_state, to_state, attempt, worker, reason, details, n)
+     ORDER BY u.n";
+
 pub async fn insert_transitions(
     conn: &mut PgConnection,
     ctx: &Ctx,
@@ -47,16 +67,14 @@ pub async fn insert_transitions(
         reasons.push(r.reason.map(str::to_owned));
         details.push(r.details.clone());
     }
-    sqlx::query(
-        "WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($11), pg_notify($12, ''))
-         INSERT INTO tasker_transitions
-            (task_id, step_id, step_name, from_state, to_state, at, attempt, worker, reason, details)
-         SELECT u.task_id, u.step_id, u.step_name, u.from_state, u.to_state, $10, u.attempt, u.worker, u.reason, u.details
-         FROM lock CROSS JOIN unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
-                     $7::text[], $8::text[], $9::text[])
-              WITH ORDINALITY AS u(task_id, step_id, step_name, from_state, to_state, attempt, worker, reason, details, n)
-         ORDER BY u.n",
-    )
+    // NOTIFY only when a step becomes ready (migration 0008): a notifying commit waits
+    // for every other notifying commit on the server.
+    let wakes = rows.iter().any(|r| r.step_id.is_some() && r.to == "ready");
+    sqlx::query(if wakes {
+        INSERT_TRANSITIONS_NOTIFY
+    } else {
+        INSERT_TRANSITIONS
+    })
     .bind(task_ids)
     .bind(step_ids)
     .bind(names)

@@ -240,6 +240,19 @@ impl Store for SqliteStore {
         done(self.write(|c| tasks::create(c, task)))
     }
 
+    fn find_tasks_by_keys(&self, keys: Vec<TaskKey>) -> BoxFut<'_, Vec<Option<CreatedTask>>> {
+        done(self.read(|c| {
+            keys.iter()
+                .map(|k| tasks::find_by_key(c, &k.namespace, &k.name, &k.key))
+                .collect()
+        }))
+    }
+
+    fn create_tasks(&self, batch: Vec<NewTask>) -> BoxFut<'_, Vec<CreatedTask>> {
+        // One write transaction: every task of the batch commits, or none does.
+        done(self.write(|c| batch.into_iter().map(|t| tasks::create(c, t)).collect()))
+    }
+
     fn claim(&self, params: ClaimParams) -> BoxFut<'_, ClaimBatch> {
         done(self.write(|c| claims::claim(c, &params)))
     }

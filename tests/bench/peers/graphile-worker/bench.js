@@ -1,6 +1,6 @@
 // scripts/bench peer: graphile-worker (installed from npm by `npm ci`, see package.json).
 //
-//   node bench.js <postgres-url> <schema> <jobs> <fast|default>
+//   node bench.js <postgres-url> <schema> <jobs> <fast|default|chain4|fanout10>
 //
 // In a fresh schema: adds <jobs> no-op jobs in one addJobs batch (not timed), then one
 // worker pool (this process) at concurrency 24 burns them down. The clock runs from
@@ -8,6 +8,14 @@
 // `fast` is the configuration graphile-worker's performance page documents as its
 // fastest (local queue of 500, batched completion and failure with delay 0, pool of 25);
 // `default` leaves those at their defaults. Prints one JSON line; drops the schema.
+//
+// `chain4` and `fanout10` (fast configuration) are workflows built the way
+// graphile-worker's users build them, <jobs> of them, their first jobs added in one
+// addJobs batch (not timed): a chain of four jobs where each job adds the next
+// (`helpers.addJob`); and a fan-out of ten with a join: the root job inserts a counter
+// row and adds ten jobs, each of those decrements the counter, and the one that takes it
+// to zero adds the join job. The clock stops when every workflow's last job ran and the
+// jobs table is empty.
 // Also reports the CPU time per job over the burn-down: this process's, and the server's
 // (every `postgres` process on this machine, read as tests/bench/src/cpu.rs does).
 "use strict";
@@ -52,10 +60,10 @@ async function main() {
   const [url, schema, jobsArg, mode] = process.argv.slice(2);
   const jobs = Number(jobsArg);
   if (!url || !/^[a-z_][a-z0-9_]{0,62}$/.test(schema || "") || !(jobs > 0) ||
-      !["fast", "default"].includes(mode)) {
-    throw new Error("usage: node bench.js <postgres-url> <schema> <jobs> <fast|default>");
+      !["fast", "default", "chain4", "fanout10"].includes(mode)) {
+    throw new Error("usage: node bench.js <postgres-url> <schema> <jobs> <fast|default|chain4|fanout10>");
   }
-  const worker = mode === "fast"
+  const worker = mode !== "default"
     ? { localQueue: { size: 500 }, completeJobBatchDelay: 0, failJobBatchDelay: 0, maxPoolSize: 25 }
     : {};
   // Only errors: graphile-worker logs every worker start and stop at info.
@@ -72,8 +80,16 @@ async function main() {
   let result;
   try {
     await utils.migrate();
+    const flows = mode === "chain4" || mode === "fanout10";
+    if (mode === "fanout10") {
+      await admin.query(
+        `CREATE TABLE "${schema}".fanout (id integer PRIMARY KEY, left_count integer NOT NULL)`);
+    }
+    const first = mode === "chain4" ? "chain" : mode === "fanout10" ? "root" : "noop";
     const specs = [];
-    for (let i = 0; i < jobs; i++) specs.push({ identifier: "noop", payload: { n: i } });
+    for (let i = 0; i < jobs; i++) {
+      specs.push({ identifier: first, payload: mode === "chain4" ? { w: i, step: 0 } : mode === "fanout10" ? { w: i } : { n: i } });
+    }
     let t = process.hrtime.bigint();
     await utils.addJobs(specs);
     const addS = Number(process.hrtime.bigint() - t) / 1e9;
@@ -81,11 +97,32 @@ async function main() {
     let ran = 0;
     let drained;
     const allRan = new Promise((resolve) => { drained = resolve; });
+    const finished = () => {
+      ran += 1;
+      if (ran === jobs) drained();
+    };
     const taskList = {
-      noop: async () => {
-        ran += 1;
-        if (ran === jobs) drained();
+      noop: async () => finished(),
+      chain: async (payload, helpers) => {
+        if (payload.step < 3) {
+          await helpers.addJob("chain", { w: payload.w, step: payload.step + 1 });
+        } else {
+          finished();
+        }
       },
+      root: async (payload, helpers) => {
+        await helpers.withPgClient((c) => c.query(
+          `INSERT INTO "${schema}".fanout (id, left_count) VALUES ($1, 10)`, [payload.w]));
+        await Promise.all(Array.from({ length: 10 }, (_, i) =>
+          helpers.addJob("branch", { w: payload.w, i })));
+      },
+      branch: async (payload, helpers) => {
+        const { rows } = await helpers.withPgClient((c) => c.query(
+          `UPDATE "${schema}".fanout SET left_count = left_count - 1 WHERE id = $1 RETURNING left_count`,
+          [payload.w]));
+        if (rows[0].left_count === 0) await helpers.addJob("join", { w: payload.w });
+      },
+      join: async () => finished(),
     };
     t = process.hrtime.bigint();
     const ticks = serverTicks();
@@ -119,6 +156,7 @@ async function main() {
       ran,
       concurrency: CONCURRENCY,
       jobs_per_s: jobs / runS,
+      flows: flows,
       run_s: runS,
       add_jobs_per_s: jobs / addS,
       server_cpu_us_per_job: (serverS * 1e6) / jobs,
