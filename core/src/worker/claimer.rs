@@ -291,7 +291,8 @@ async fn serve(engine: Arc<Engine>, group: Arc<Group>) {
         }
         let handlers = quarantine.healthy(&group.key.handlers, now);
         if handlers.is_empty() {
-            // Every handler is left out for now: wait as if nothing were claimable.
+            // Every handler of the group is in its 30 s quarantine: wait as if nothing
+            // were claimable, then try again (`healthy` lets each back in when its time is up).
             let until = (Instant::now() + poll).min(first_deadline);
             tokio::select! {
                 _ = &mut arrived => {}
