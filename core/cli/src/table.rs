@@ -1,30 +1,36 @@
 //! Plain aligned text tables: a header row, then one row per record, columns separated
-//! by two spaces, no trailing whitespace.
+//! by two spaces, no trailing whitespace. Layout comes from `comfy-table` (borderless
+//! style, no wrapping); this module only fixes the look every command shares.
+
+use comfy_table::{presets, CellAlignment, ContentArrangement};
 
 /// A table under construction.
 #[derive(Debug, Clone)]
 pub struct Table {
-    headers: Vec<String>,
-    right: Vec<bool>,
-    rows: Vec<Vec<String>>,
+    inner: comfy_table::Table,
+    columns: usize,
+    right: Vec<usize>,
 }
 
 impl Table {
     pub fn new(headers: &[&str]) -> Table {
+        let mut inner = comfy_table::Table::new();
+        inner
+            .load_style(presets::NOTHING)
+            // Never wrap or squeeze to a terminal width: output is often piped or grepped.
+            .set_content_arrangement(ContentArrangement::Disabled)
+            .set_header(headers.to_vec());
         Table {
-            headers: headers.iter().map(|h| h.to_string()).collect(),
-            right: vec![false; headers.len()],
-            rows: Vec::new(),
+            inner,
+            columns: headers.len(),
+            right: Vec::new(),
         }
     }
 
     /// Right-aligns the given columns (numbers read better that way).
     pub fn right_align(mut self, columns: &[usize]) -> Table {
-        for &c in columns {
-            if let Some(r) = self.right.get_mut(c) {
-                *r = true;
-            }
-        }
+        self.right
+            .extend(columns.iter().filter(|&&c| c < self.columns));
         self
     }
 
@@ -35,39 +41,28 @@ impl Table {
         S: Into<String>,
     {
         let mut row: Vec<String> = cells.into_iter().map(Into::into).collect();
-        row.resize(self.headers.len(), String::new());
-        self.rows.push(row);
+        row.resize(self.columns, String::new());
+        self.inner.add_row(row);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.inner.is_empty()
     }
 
     /// Renders the header and every row, each line ending in a newline.
     pub fn render(&self) -> String {
-        let width = |s: &str| s.chars().count();
-        let mut widths: Vec<usize> = self.headers.iter().map(|h| width(h)).collect();
-        for row in &self.rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(width(cell));
+        let mut table = self.inner.clone();
+        let last = self.columns.saturating_sub(1);
+        for (i, column) in table.column_iter_mut().enumerate() {
+            // One space each side of an inner edge: two spaces between columns, none
+            // before the first or after the last.
+            column.set_padding((u16::from(i > 0), u16::from(i < last)));
+            if self.right.contains(&i) {
+                column.set_cell_alignment(CellAlignment::Right);
             }
         }
         let mut out = String::new();
-        for row in std::iter::once(&self.headers).chain(&self.rows) {
-            let mut line = String::new();
-            for (i, cell) in row.iter().enumerate() {
-                if i > 0 {
-                    line.push_str("  ");
-                }
-                let pad = widths[i] - width(cell);
-                if self.right[i] {
-                    line.push_str(&" ".repeat(pad));
-                    line.push_str(cell);
-                } else {
-                    line.push_str(cell);
-                    line.push_str(&" ".repeat(pad));
-                }
-            }
+        for line in table.lines() {
             out.push_str(line.trim_end());
             out.push('\n');
         }
@@ -94,5 +89,13 @@ mod tests {
             t.render(),
             "NAME       N  NOTE\nvalidate   1\nship      12  slow\n"
         );
+    }
+
+    #[test]
+    fn wide_characters_and_short_rows_keep_columns_aligned() {
+        let mut t = Table::new(&["A", "B"]);
+        t.row(["né", "x"]);
+        t.row(["long cell"]);
+        assert_eq!(t.render(), "A          B\nné         x\nlong cell\n");
     }
 }
