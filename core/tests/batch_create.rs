@@ -281,3 +281,23 @@ fn racing_batches_with_the_same_key_make_one_task() {
     // Four unkeyed tasks and one keyed task per round.
     assert_eq!(db.call("stats", json!({}))["tasks"]["pending"], 25);
 }
+
+#[test]
+fn ids_follow_creation_order_within_a_process_across_single_and_batch_creations() {
+    // PostgreSQL hands each process blocks of task ids; a batch takes what is left of
+    // the block before reserving more, so a later single creation never gets a lower id.
+    let db = open(json!({}));
+    db.register(template("flow", &[("a", &[])], fast_retry(1)));
+    let mut ids = vec![db.call("create_task", item("flow", json!({}), None))["task_id"].clone()];
+    for size in [2, 40, 1] {
+        let items: Vec<Value> = (0..size).map(|_| item("flow", json!({}), None)).collect();
+        ids.extend(batch(&db, &items).iter().map(|t| t["task_id"].clone()));
+        ids.push(db.call("create_task", item("flow", json!({}), None))["task_id"].clone());
+    }
+    let ids: Vec<i64> = ids.iter().map(|v| v.as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), 1 + 3 + 41 + 2);
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids out of creation order: {ids:?}"
+    );
+}

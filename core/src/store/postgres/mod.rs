@@ -262,17 +262,7 @@ impl PgStore {
         if let Some(id) = next {
             return Ok(id);
         }
-        let block: Vec<i64> = self
-            .read(|c| {
-                Box::pin(async move {
-                    Ok(sqlx::query_scalar("SELECT tasker_reserve_task_ids($1)")
-                        .bind(TASK_ID_BLOCK)
-                        .fetch_all(c)
-                        .await?)
-                })
-            })
-            .await?;
-        let mut block = block.into_iter();
+        let mut block = self.reserve_from_server(TASK_ID_BLOCK).await?.into_iter();
         let first = block
             .next()
             .ok_or_else(|| Error::internal("tasker_reserve_task_ids returned no id"))?;
@@ -282,6 +272,42 @@ impl PgStore {
         all.sort_unstable();
         ids.extend(all);
         Ok(first)
+    }
+
+    /// `n` ids for a batch of creations, ascending: what is left of this process's
+    /// reserved block first, then one round trip for the rest. Taking the block first
+    /// keeps ids in creation order within the process (a later `create_task` does not
+    /// go back to lower ids than a batch got).
+    async fn reserve_task_ids(&self, n: usize) -> Result<Vec<i64>> {
+        let mut ids: Vec<i64> = {
+            let mut cached = self.task_ids.lock().unwrap_or_else(|p| p.into_inner());
+            let take = n.min(cached.len());
+            cached.drain(..take).collect()
+        };
+        if ids.len() < n {
+            let more = i32::try_from(n - ids.len())
+                .map_err(|_| Error::invalid_argument("too many tasks in one batch"))?;
+            ids.extend(self.reserve_from_server(more).await?);
+        }
+        if ids.len() != n {
+            return Err(Error::internal(
+                "tasker_reserve_task_ids returned too few ids",
+            ));
+        }
+        Ok(ids)
+    }
+
+    /// Takes `n` fresh ids from the server's task id sequence (one round trip).
+    async fn reserve_from_server(&self, n: i32) -> Result<Vec<i64>> {
+        self.read(move |c| {
+            Box::pin(async move {
+                Ok(sqlx::query_scalar("SELECT tasker_reserve_task_ids($1)")
+                    .bind(n)
+                    .fetch_all(c)
+                    .await?)
+            })
+        })
+        .await
     }
 
     /// What every write needs besides its connection.
@@ -542,26 +568,9 @@ impl Store for PgStore {
             if batch.is_empty() {
                 return Ok(Vec::new());
             }
-            // One id per task, reserved in one round trip and sent with the call, so a
-            // repeat after a lost connection finds the tasks the first call made.
-            let n = i32::try_from(batch.len())
-                .map_err(|_| Error::invalid_argument("too many tasks in one batch"))?;
-            let ids: Arc<Vec<i64>> = Arc::new(
-                self.read(move |c| {
-                    Box::pin(async move {
-                        Ok(sqlx::query_scalar("SELECT tasker_reserve_task_ids($1)")
-                            .bind(n)
-                            .fetch_all(c)
-                            .await?)
-                    })
-                })
-                .await?,
-            );
-            if ids.len() != batch.len() {
-                return Err(Error::internal(
-                    "tasker_reserve_task_ids returned too few ids",
-                ));
-            }
+            // One id per task, reserved before the call and sent with it, so a repeat
+            // after a lost connection finds the tasks the first call made.
+            let ids: Arc<Vec<i64>> = Arc::new(self.reserve_task_ids(batch.len()).await?);
             let batch = Arc::new(batch);
             let made = self
                 .autocommit(|c, ctx| {
