@@ -334,3 +334,31 @@ pub fn missing_named_step(
     ))
     .with_details(json!({ "task_id": task_id, "step_name": step_name, "steps": names }))
 }
+
+/// The details of the transitions a task timeout writes (`reason: timeout`).
+pub fn task_timeout_details(timeout_ms: Option<i64>) -> String {
+    let s = timeout_ms.unwrap_or(0) / 1000;
+    json!({
+        "reason": "timeout",
+        "timeout_s": s,
+        "message": format!("the task ran past its timeout of {s} s"),
+    })
+    .to_string()
+}
+
+/// A `lease_lost` for a step that its task's timeout cancelled (the step `cancelled`,
+/// the task `error`: nothing else leaves that pair) says so, so the worker raises the
+/// stop signal `task_timeout`.
+pub fn mark_task_timeout(
+    mut e: crate::error::Error,
+    state: &str,
+    task_state: &str,
+) -> crate::error::Error {
+    if state == "cancelled" && task_state == "error" {
+        if let Some(Value::Object(d)) = e.details.as_mut() {
+            d.insert("task_timed_out".into(), Value::Bool(true));
+        }
+        e.message = format!("{} (its task ran past its timeout)", e.message);
+    }
+    e
+}

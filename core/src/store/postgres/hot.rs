@@ -100,8 +100,8 @@ pub async fn create(
     let mut s = StepArrays::default();
     s.push(1, t, task.priority);
     let id: Option<i64> = sqlx::query(
-        "SELECT tasker_create_task($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-                                   $15, $16, $17, $18, $19, $20, $21, $22, $23)",
+        "SELECT tasker_create_task($1, $2, $3, $4, $5, $6, $7, $8, $24, $24, $25, $26, $9, $10,
+                                   $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
     )
     .bind(task_id)
     .bind(&t.namespace)
@@ -127,6 +127,10 @@ pub async fn create(
     .bind(ctx.lock_key)
     // No NOTIFY inside: the store sends it after the commit (`PgStore::wake_others`).
     .bind(None::<&str>)
+    // Migration 0009: the delay (run_at and due_at) and the timeout.
+    .bind(task.run_at)
+    .bind(task.timeout_ms)
+    .bind(task.deadline_at())
     .fetch_one(&mut *conn)
     .await?
     .try_get(0)?;
@@ -157,6 +161,11 @@ pub async fn create_many(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let (mut run_ats, mut timeouts, mut deadlines) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for (i, task) in tasks.iter().enumerate() {
         let t = &task.template;
         namespaces.push(t.namespace.as_str());
@@ -168,12 +177,15 @@ pub async fn create_many(
         totals.push(t.steps.len() as i64);
         actives.push(t.steps.iter().filter(|s| s.depends_on.is_empty()).count() as i64);
         s.push(i as i32 + 1, t, task.priority);
+        run_ats.push(task.run_at);
+        timeouts.push(task.timeout_ms);
+        deadlines.push(task.deadline_at());
     }
     let now = tasks.first().map_or(0, |t| t.now);
     let rows = sqlx::query(
         "SELECT r_n, r_id, r_created, r_state FROM tasker_create_tasks($1, $2, $3, $4, $5, $6, $7,
-             $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24,
-             $25, $26)",
+             $8, $9, $10, $27, $27, $28, $29, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
+             $22, $23, $24, $25, $26)",
     )
     .bind(ids)
     .bind(namespaces)
@@ -202,6 +214,10 @@ pub async fn create_many(
     .bind(ctx.lock_key)
     // No NOTIFY inside: the store sends it after the commit (`PgStore::wake_others`).
     .bind(None::<&str>)
+    // Migration 0009: the delays (run_at and due_at) and the timeouts.
+    .bind(run_ats)
+    .bind(timeouts)
+    .bind(deadlines)
     .fetch_all(&mut *conn)
     .await?;
     if rows.len() != n {
