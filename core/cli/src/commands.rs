@@ -17,6 +17,7 @@ pub fn run(cli: &Cli) -> Outcome {
         Command::Step(cmd) => step(cli, cmd),
         Command::Stats => stats(cli),
         Command::Events(args) => events(cli, args),
+        Command::Schedule(cmd) => crate::schedule::run(cli, cmd),
         Command::Completion { shell } => crate::completion::print(*shell),
     }
 }
