@@ -175,6 +175,36 @@ fn create_tasks_items_take_delays_and_bad_timing_is_refused() {
 }
 
 #[test]
+fn a_delayed_task_explains_itself_and_refuses_resolves_until_due() {
+    let db = manual();
+    let id = db.call(
+        "create_task",
+        json!({ "namespace": "t", "name": "chain", "delay_ms": 1_000 }),
+    )["task_id"]
+        .as_i64()
+        .unwrap();
+    let ex = db.call("explain_task", json!({ "task_id": id }));
+    assert_eq!(ex["steps"][0]["status"], "delayed", "{ex}");
+    let before = db.fingerprint();
+    let e = db.call_err(
+        "resolve_step",
+        json!({ "task_id": id, "step_name": "a", "result": 1 }),
+    );
+    assert_eq!(e.code, ErrorCode::InvalidState, "{e}");
+    assert!(e.message.contains("delayed until"), "{e}");
+    assert_eq!(db.fingerprint(), before);
+    advance(&db, 1_000);
+    // Once due, the usual rules: resolving the ready root releases its child.
+    db.call(
+        "resolve_step",
+        json!({ "task_id": id, "step_name": "a", "result": 1 }),
+    );
+    let b = db.claim(&["b"], 1, 30_000);
+    db.complete(&b[0], json!(2));
+    assert_eq!(db.task(id)["state"], "complete");
+}
+
+#[test]
 fn a_cancelled_delayed_task_stays_cancelled_when_it_comes_due() {
     let db = manual();
     let id = db.call(

@@ -362,3 +362,16 @@ pub fn mark_task_timeout(
     }
     e
 }
+
+/// The `invalid_state` of resolving a step of a delayed task before it came due: its
+/// steps start at its due time (cancel it to stop it).
+pub fn delayed_task_refusal(task_id: i64, step: &str, due_at: i64) -> crate::error::Error {
+    crate::error::Error::invalid_state(format!(
+        "task {task_id} is delayed until {}; its step `{step}` cannot be resolved before the \
+         task starts (cancel the task to stop it)",
+        crate::time::rfc3339(due_at)
+    ))
+    .with_details(
+        json!({ "task_id": task_id, "step_name": step, "run_at": crate::time::rfc3339(due_at) }),
+    )
+}

@@ -290,6 +290,15 @@ pub async fn resolve_step(
             json!({ "step_id": t.id, "state": t.state.as_str(), "task_state": t.task_state }),
         ));
     }
+    let due: Option<i64> = sqlx::query_scalar("SELECT due_at FROM tasker_tasks WHERE id = $1")
+        .bind(t.task_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    if let Some(at) = due {
+        return Err(crate::store::shared::delayed_task_refusal(
+            t.task_id, &t.name, at,
+        ));
+    }
     sqlx::query(
         "UPDATE tasker_steps SET state = 'resolved_manually', result = $2, claim_token = NULL,
              lease_expires_at = NULL, finished_at = $3, updated_at = $3 WHERE id = $1",

@@ -328,6 +328,14 @@ pub fn resolve_step(
             json!({ "step_id": t.id, "state": t.state.as_str(), "task_state": t.task_state }),
         ));
     }
+    let due: Option<i64> = conn
+        .prepare_cached("SELECT due_at FROM tasker_tasks WHERE id = ?1")?
+        .query_row([t.task_id], |r| r.get(0))?;
+    if let Some(at) = due {
+        return Err(crate::store::shared::delayed_task_refusal(
+            t.task_id, &t.name, at,
+        ));
+    }
     conn.prepare_cached(
         "UPDATE tasker_steps SET state = 'resolved_manually', result = ?2, claim_token = NULL,
              lease_expires_at = NULL, finished_at = ?3, updated_at = ?3 WHERE id = ?1",
