@@ -295,6 +295,7 @@ pub async fn complete(
     let (batch, missed) = decode(rows, token)?;
     let mut reported: HashSet<i64> = HashSet::with_capacity(items.len());
     let mut missed: HashMap<i64, Option<String>> = missed.into_iter().collect();
+    let timed_out = task_timed_out(conn, &missed).await?;
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         let error = if !reported.insert(item.step_id) {
@@ -303,9 +304,14 @@ pub async fn complete(
                 item.step_id
             )))
         } else {
-            missed
-                .remove(&item.step_id)
-                .map(|state| not_held(item.step_id, state))
+            missed.remove(&item.step_id).map(|state| {
+                let e = not_held(item.step_id, state);
+                if timed_out.contains(&item.step_id) {
+                    crate::store::shared::mark_task_timeout(e, "cancelled", "error")
+                } else {
+                    e
+                }
+            })
         };
         out.push(ItemOutcome {
             step_id: item.step_id,
@@ -314,6 +320,30 @@ pub async fn complete(
         });
     }
     Ok((out, batch))
+}
+
+/// Of the steps whose completion was refused, the cancelled ones whose task ran past
+/// its timeout (a second query on this error path only), so their `lease_lost` says so.
+async fn task_timed_out(
+    conn: &mut PgConnection,
+    missed: &HashMap<i64, Option<String>>,
+) -> Result<HashSet<i64>> {
+    let cancelled: Vec<i64> = missed
+        .iter()
+        .filter(|(_, s)| s.as_deref() == Some("cancelled"))
+        .map(|(id, _)| *id)
+        .collect();
+    if cancelled.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT s.id FROM tasker_steps s JOIN tasker_tasks t ON t.id = s.task_id
+         WHERE s.id = ANY($1) AND t.state = 'error'",
+    )
+    .bind(&cancelled)
+    .fetch_all(conn)
+    .await?;
+    Ok(ids.into_iter().collect())
 }
 
 /// Completions that were not recorded: the step and its state now (`None`: no such step).
