@@ -532,3 +532,45 @@ fn bad_schedules_get_clear_errors_and_store_nothing() {
     );
     assert_eq!(e.code, ErrorCode::SchemaViolation, "{e}");
 }
+
+#[test]
+fn waiting_claims_and_sessions_wake_when_a_delayed_task_comes_due() {
+    // The system clock: no advance_clock, no sweep (it runs hourly here).
+    let db = open(json!({ "sweep_interval_ms": 3_600_000 }));
+    db.register(template("one", &[("a", &[])], fast_retry(3)));
+    let start = std::time::Instant::now();
+    db.call(
+        "create_task",
+        json!({ "namespace": "t", "name": "one", "delay_ms": 400 }),
+    );
+    let got = db.claim_wait(&["a"], 1, 30_000);
+    assert_eq!(
+        got.len(),
+        1,
+        "the waiting claim got the delayed task's step"
+    );
+    let waited = start.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(390),
+        "{waited:?}"
+    );
+    db.complete(&got[0], json!(null));
+
+    let w = db.call(
+        "worker_open",
+        json!({ "handlers": ["a"], "concurrency": 1 }),
+    )["worker_id"]
+        .clone();
+    let start = std::time::Instant::now();
+    db.call(
+        "create_task",
+        json!({ "namespace": "t", "name": "one", "delay_ms": 400 }),
+    );
+    let next = db.call(
+        "worker_next",
+        json!({ "worker_id": w, "max": 1, "wait_ms": 5000 }),
+    );
+    assert_eq!(next["steps"].as_array().unwrap().len(), 1, "{next}");
+    assert!(start.elapsed() >= std::time::Duration::from_millis(390));
+    db.call("worker_close", json!({ "worker_id": w, "grace_ms": 0 }));
+}

@@ -47,7 +47,10 @@ pub fn run(store: Store, n: usize, batch: u32, out: &mut Results) -> Res<()> {
     let rate = n as f64 / drain_s;
     out.num("steps_per_s_sqlite_with_100k_delayed", rate);
     out.int("delayed_tasks_waiting", DELAYED as u64);
-    out.num("delayed_create_tasks_per_s_sqlite", DELAYED as f64 / delayed_s);
+    out.num(
+        "delayed_create_tasks_per_s_sqlite",
+        DELAYED as f64 / delayed_s,
+    );
     times.record("steps_with_100k_delayed", out);
     if let Some(plain) = out.get("steps_per_s_sqlite") {
         out.num("delayed_over_steps_sqlite", rate / plain);
