@@ -176,6 +176,12 @@ fn task_create_takes_a_delay_a_start_time_and_a_timeout() {
         "60",
     ]);
     assert!(r.stdout.contains(", starting at "), "{}", r.stdout);
+    let shown = db.ok(&["task", "show", "1"]).stdout;
+    assert!(
+        shown.contains("runs at") && shown.contains("(waiting)"),
+        "{shown}"
+    );
+    assert!(shown.contains("timeout   60 s (until "), "{shown}");
     let t = db.json(&["task", "show", "1"]);
     assert_eq!(t["task"]["delayed"], true);
     assert_eq!(t["task"]["timeout_s"], 60);
