@@ -113,7 +113,7 @@ pub async fn cancel(
     .fetch_all(&mut *conn)
     .await?;
     sqlx::query(
-        "UPDATE tasker_tasks SET prev_state = state, state = 'cancelled', n_active = 0, n_error = 0,
+        "UPDATE tasker_tasks SET prev_state = state, state = 'cancelled', n_active = 0, n_error = 0, due_at = NULL,
              finished_at = $2, updated_at = $2 WHERE id = $1",
     )
     .bind(task_id)

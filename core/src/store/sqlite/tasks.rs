@@ -169,7 +169,7 @@ pub fn cancel(
     )?
     .execute(params![task_id, now])?;
     conn.prepare_cached(
-        "UPDATE tasker_tasks SET prev_state = state, state = 'cancelled', n_active = 0, n_error = 0,
+        "UPDATE tasker_tasks SET prev_state = state, state = 'cancelled', n_active = 0, n_error = 0, due_at = NULL,
              finished_at = ?2, updated_at = ?2 WHERE id = ?1",
     )?
     .execute(params![task_id, now])?;
