@@ -30,7 +30,8 @@ def advance(t: tasker.Tasker, ms: int) -> Dict[str, Any]:
 def test_a_delayed_task_waits_for_its_time(clocked: tasker.Tasker) -> None:
     t = clocked
     now = advance(t, 0)["now_ms"]
-    at = datetime.datetime.fromtimestamp((now + 90_000) / 1000, tz=datetime.timezone.utc)
+    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+    at = epoch + datetime.timedelta(milliseconds=now + 90_000)
     made = t.create_task("t", "c", run_at=at)
     info = t.get_task(made["task_id"])
     assert info["delayed"] is True

@@ -23,7 +23,7 @@ module SchedulingTests
   def test_a_delayed_task_waits_for_its_time
     t = clocked
     now = advance(0)["now_ms"]
-    at = Time.at((now + 90_000) / 1000.0).utc
+    at = Time.at(0, now + 90_000, :millisecond).utc
     c = t.create_task("t", "c", run_at: at)
     info = t.get_task(c["task_id"])
     assert_equal true, info["delayed"]
