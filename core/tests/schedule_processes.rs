@@ -119,3 +119,88 @@ fn child_fires_the_schedule() {
     }
     t.close();
 }
+
+/// A delayed task created in one process comes due for a claim waiting in another: the
+/// creating process's sweep promotes it, and on PostgreSQL its NOTIFY wakes the waiter
+/// (whose own re-check interval is a minute, and whose own sweep is off).
+#[test]
+fn a_delayed_task_wakes_a_claim_waiting_in_another_process() {
+    let db = common::open(json!({}));
+    db.register(common::template(
+        "later",
+        &[("a", &[])],
+        common::fast_retry(1),
+    ));
+    let mut config = json!({
+        "database_url": db.url,
+        "sweep_interval_ms": 3_600_000,
+        "claim_poll_ms": if common::on_postgres() { 60_000 } else { 100 },
+    });
+    if let Some(schema) = &db.schema {
+        config["postgres_schema"] = json!(schema);
+        config["postgres_pool_size"] = json!(2);
+    }
+    let ready = db.dir.path().join("waiting");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_waits_for_the_delayed_task",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("SCHED_CHILD_CONFIG", config.to_string())
+        .env("SCHED_CHILD_READY", &ready)
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while !ready.exists() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the child never started waiting"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    db.call(
+        "create_task",
+        json!({ "namespace": "t", "name": "later", "delay_ms": 500 }),
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "the waiting child failed: {status}");
+    let tasks = db.call("list_tasks", json!({ "state": "complete" }))["tasks"].clone();
+    assert_eq!(tasks.as_array().unwrap().len(), 1, "{tasks}");
+}
+
+#[test]
+#[ignore = "a child process of a_delayed_task_wakes_a_claim_waiting_in_another_process"]
+fn child_waits_for_the_delayed_task() {
+    let config = std::env::var("SCHED_CHILD_CONFIG").expect("run by the parent test");
+    let ready = std::env::var("SCHED_CHILD_READY").unwrap();
+    let t = Tasker::open(&config).unwrap();
+    // One claim first, so this process knows of no delayed task of its own.
+    let none = call(&t, "claim", json!({ "handlers": ["a"], "limit": 1 }));
+    assert_eq!(none["steps"].as_array().unwrap().len(), 0);
+    std::fs::write(&ready, "waiting").unwrap();
+    let start = std::time::Instant::now();
+    let got = call(
+        &t,
+        "claim",
+        json!({ "handlers": ["a"], "limit": 1, "wait_ms": 20_000, "lease_ms": 60_000 }),
+    );
+    let steps = got["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 1, "no step came: {got}");
+    let waited = start.elapsed();
+    // Due 500 ms after creation (200 ms after this wait began); found by the other
+    // process's sweep within its sweep_interval_ms (1 s) of that.
+    assert!(
+        waited >= Duration::from_millis(600),
+        "too early: {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(5), "too late: {waited:?}");
+    call(
+        &t,
+        "complete_step",
+        json!({ "step_id": steps[0]["step_id"], "claim_token": steps[0]["claim_token"], "result": null }),
+    );
+    t.close();
+}
