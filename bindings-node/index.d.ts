@@ -38,7 +38,7 @@ export type EventName =
   | 'step.retry_requested'
   | 'step.resolved_manually'
   | 'step.cancelled';
-export type StopReason = 'cancelled' | 'timeout' | 'lease_lost';
+export type StopReason = 'cancelled' | 'timeout' | 'lease_lost' | 'task_timeout';
 export type ErrorCode =
   | 'invalid_json'
   | 'invalid_utf8'
@@ -104,6 +104,51 @@ export interface NewTask {
   context?: Json;
   idempotencyKey?: string;
   priority?: number;
+  /** A delayed task: its steps first run at this time (RFC 3339 text or a Date). Not with `delayMs`. */
+  runAt?: string | Date;
+  /** The same, as a delay from now. */
+  delayMs?: number;
+  /** The task timeout in seconds, counted from when the task is due. */
+  timeoutS?: number;
+}
+
+/** The template a schedule runs (`version` null: the highest at each tick). */
+export interface ScheduleTemplate {
+  namespace: string;
+  name: string;
+  version: string | null;
+}
+
+/** A cron schedule (`createSchedule`, `getSchedule`, ...). */
+export interface Schedule {
+  name: string;
+  template: ScheduleTemplate;
+  cron: string;
+  timezone: string;
+  context: Json;
+  catch_up: { policy: 'skip' | 'all'; limit?: number };
+  paused: boolean;
+  /** null while paused. */
+  next_fire_at: string | null;
+  last_tick_at: string | null;
+  last_task_id: number | null;
+  created_at: string;
+  updated_at: string;
+}
+
+/** `createSchedule`'s options. */
+export interface ScheduleOptions {
+  /** 5 fields (minute hour day month weekday), or 6 with seconds first. */
+  cron: string;
+  /** An IANA time zone; default `UTC`. */
+  timezone?: string;
+  version?: string;
+  context?: Json;
+  /** Missed ticks after downtime: `skip` (default: only the latest) or `all`. */
+  catchUp?: 'skip' | 'all';
+  /** With `catchUp: 'all'`: the most missed ticks fired (default 100). */
+  catchUpLimit?: number;
+  paused?: boolean;
 }
 
 /** A task without its context and steps (`list_tasks` items). */
@@ -163,6 +208,13 @@ export interface StepInfo {
 export interface TaskInfo extends TaskSummary {
   context: Json;
   steps: StepInfo[];
+  /** A delayed task's due time. */
+  run_at?: string;
+  /** True while a delayed task waits for its due time. */
+  delayed?: boolean;
+  timeout_s?: number;
+  /** When the task times out (absent once it did). */
+  deadline_at?: string;
 }
 
 /** `listTasks`: pass `next_cursor` as `cursor` for the next page. */
@@ -290,10 +342,27 @@ export class Tasker {
   createTask(
     namespace: string,
     name: string,
-    options?: { version?: string; context?: Json; idempotencyKey?: string; priority?: number },
+    options?: {
+      version?: string;
+      context?: Json;
+      idempotencyKey?: string;
+      priority?: number;
+      runAt?: string | Date;
+      delayMs?: number;
+      timeoutS?: number;
+    },
   ): Promise<CreatedTask>;
   /** Many tasks in one transaction: all of them, or none. One answer per task, in order. */
   createTasks(tasks: NewTask[]): Promise<CreatedTask[]>;
+  /** A cron schedule: each tick creates one task of the template (docs/scheduling.md). */
+  createSchedule(name: string, namespace: string, template: string, options: ScheduleOptions): Promise<Schedule>;
+  listSchedules(): Promise<Schedule[]>;
+  getSchedule(name: string): Promise<Schedule>;
+  pauseSchedule(name: string): Promise<Schedule>;
+  /** Fires again from the next tick after now (ticks missed while paused never fire). */
+  resumeSchedule(name: string): Promise<Schedule>;
+  /** The tasks the schedule created stay. */
+  deleteSchedule(name: string): Promise<void>;
   getTask(taskId: number): Promise<TaskInfo>;
   listTasks(filter?: {
     state?: TaskState;

@@ -26,6 +26,26 @@ function rethrow(e) {
 }
 
 /** A request object with the fields that were given (undefined means "not given"). */
+/** The options of `createTask` (and the fields of a `createTasks` item besides the key). */
+const CREATE_OPTIONS = ['version', 'context', 'idempotencyKey', 'priority', 'runAt', 'delayMs', 'timeoutS'];
+
+/** The delay and timeout fields of a creation (`runAt` may be a Date). */
+function timing(at, o) {
+  let runAt = o.runAt;
+  if (runAt instanceof Date) {
+    if (Number.isNaN(runAt.getTime())) throw new TypeError(`${at}.runAt is an invalid Date`);
+    runAt = runAt.toISOString();
+  }
+  check.optString(`${at}.runAt`, runAt);
+  check.optInt(`${at}.delayMs`, o.delayMs);
+  check.optInt(`${at}.timeoutS`, o.timeoutS);
+  const out = {};
+  if (runAt !== undefined) out.run_at = runAt;
+  if (o.delayMs !== undefined) out.delay_ms = o.delayMs;
+  if (o.timeoutS !== undefined) out.timeout_s = o.timeoutS;
+  return out;
+}
+
 function request(fields) {
   const out = {};
   for (const k of Object.keys(fields)) {
@@ -228,17 +248,19 @@ class Tasker {
    * used for this template's namespace and name (the existing task is returned).
    * @param {string} namespace
    * @param {string} name
-   * @param {{version?: string, context?: unknown, idempotencyKey?: string, priority?: number}} [options]
+   * `runAt` (RFC 3339 text or a Date) or `delayMs` delays the task; `timeoutS` fails it
+   * when it runs past that many seconds after it is due (docs/scheduling.md).
+   * @param {{version?: string, context?: unknown, idempotencyKey?: string, priority?: number, runAt?: string|Date, delayMs?: number, timeoutS?: number}} [options]
    */
   async createTask(namespace, name, options = {}) {
     check.string('namespace', namespace);
     check.string('name', name);
-    check.options('options', options, ['version', 'context', 'idempotencyKey', 'priority']);
+    check.options('options', options, CREATE_OPTIONS);
     const { version, context, idempotencyKey, priority } = options;
     check.optString('version', version);
     check.optString('idempotencyKey', idempotencyKey);
     check.optInt('priority', priority);
-    const req = request({ namespace, name, version, idempotency_key: idempotencyKey, priority });
+    const req = request({ namespace, name, version, idempotency_key: idempotencyKey, priority, ...timing('options', options) });
     if (context !== undefined) {
       check.json('context', context);
       req.context = context;
@@ -260,14 +282,14 @@ class Tasker {
     if (!Array.isArray(tasks)) throw new TypeError(`tasks must be an array, not ${typeof tasks}`);
     const items = tasks.map((task, i) => {
       const at = `tasks[${i}]`;
-      check.options(at, task, ['namespace', 'name', 'version', 'context', 'idempotencyKey', 'priority']);
+      check.options(at, task, ['namespace', 'name', ...CREATE_OPTIONS]);
       const { namespace, name, version, context, idempotencyKey, priority } = task;
       check.string(`${at}.namespace`, namespace);
       check.string(`${at}.name`, name);
       check.optString(`${at}.version`, version);
       check.optString(`${at}.idempotencyKey`, idempotencyKey);
       check.optInt(`${at}.priority`, priority);
-      const req = request({ namespace, name, version, idempotency_key: idempotencyKey, priority });
+      const req = request({ namespace, name, version, idempotency_key: idempotencyKey, priority, ...timing(at, task) });
       if (context !== undefined) {
         check.json(`${at}.context`, context);
         req.context = context;
@@ -276,6 +298,76 @@ class Tasker {
     });
     const out = await this._op('create_tasks', { tasks: items });
     return out.tasks;
+  }
+
+  /**
+   * Creates a cron schedule: at each tick of `options.cron` in `options.timezone` (IANA,
+   * default UTC) a task of the template is created with `options.context`, exactly one
+   * per tick whatever the number of processes. `catchUp` (`'skip'`, default, or `'all'`
+   * with `catchUpLimit`) says what happens to ticks missed while no process ran.
+   * Rejects with `InvalidArgumentError` (cron, time zone, policy), `NotFoundError`
+   * (template) or `ConflictError` (the name is taken).
+   * @param {string} name
+   * @param {string} namespace
+   * @param {string} template
+   * @param {{cron: string, timezone?: string, version?: string, context?: unknown, catchUp?: string, catchUpLimit?: number, paused?: boolean}} options
+   */
+  async createSchedule(name, namespace, template, options) {
+    check.string('name', name);
+    check.string('namespace', namespace);
+    check.string('template', template);
+    check.options('options', options, ['cron', 'timezone', 'version', 'context', 'catchUp', 'catchUpLimit', 'paused']);
+    const { cron, timezone, version, context, catchUp, catchUpLimit, paused } = options;
+    check.string('options.cron', cron);
+    check.optString('options.timezone', timezone);
+    check.optString('options.version', version);
+    check.optString('options.catchUp', catchUp);
+    check.optInt('options.catchUpLimit', catchUpLimit);
+    if (paused !== undefined) check.bool('options.paused', paused);
+    const req = request({
+      name,
+      template: request({ namespace, name: template, version }),
+      cron,
+      timezone,
+      catch_up: request({ policy: catchUp === undefined ? 'skip' : catchUp, limit: catchUpLimit }),
+      paused,
+    });
+    if (context !== undefined) {
+      check.json('options.context', context);
+      req.context = context;
+    }
+    const out = await this._op('create_schedule', req);
+    return out.schedule;
+  }
+
+  /** Every schedule, by name. */
+  async listSchedules() {
+    const out = await this._op('list_schedules', {});
+    return out.schedules;
+  }
+
+  /** @param {string} name */
+  async getSchedule(name) {
+    check.string('name', name);
+    return (await this._op('get_schedule', { name })).schedule;
+  }
+
+  /** Stops a schedule from firing. @param {string} name */
+  async pauseSchedule(name) {
+    check.string('name', name);
+    return (await this._op('pause_schedule', { name })).schedule;
+  }
+
+  /** Lets a paused schedule fire again, from its next tick after now. @param {string} name */
+  async resumeSchedule(name) {
+    check.string('name', name);
+    return (await this._op('resume_schedule', { name })).schedule;
+  }
+
+  /** Deletes a schedule; the tasks it created stay. @param {string} name */
+  async deleteSchedule(name) {
+    check.string('name', name);
+    await this._op('delete_schedule', { name });
   }
 
   /**

@@ -39,7 +39,9 @@ class Harness {
 
   /**
    * Moves the clock forward by `seconds` (0 to 30 days); resolves with the new time
-   * (RFC 3339). Steps whose retry or delay came due are claimable at once.
+   * (RFC 3339). Steps whose retry or delay came due are claimable at once; delayed
+   * tasks that came due start, task timeouts that passed fire, and cron schedule ticks
+   * that came due create their tasks before it resolves.
    * @param {number} seconds
    */
   async advance(seconds) {

@@ -39,6 +39,6 @@ const EVENT_NAMES = Object.freeze([
 ]);
 
 /** Why a held step must stop (`worker_next`'s `stop[].reason`, `step.signal.reason`). */
-const STOP_REASONS = Object.freeze(['cancelled', 'timeout', 'lease_lost']);
+const STOP_REASONS = Object.freeze(['cancelled', 'timeout', 'lease_lost', 'task_timeout']);
 
 module.exports = { TASK_STATES, STEP_STATES, EVENT_NAMES, STOP_REASONS };

@@ -177,6 +177,8 @@ class Run:
         create: Dict[str, Any] = {"context": v.get("context", {}), "version": tpl["version"]}
         if "priority" in v:
             create["priority"] = v["priority"]
+        # Scheduling vectors: more create_task fields (run_at, delay_ms, timeout_s).
+        create.update(v.get("create", {}))
         idem = v.get("idempotency")
         if idem is not None:
             create["idempotency_key"] = idem["key"]
@@ -283,6 +285,9 @@ class Run:
                 fn, args, kw = t.heartbeat, (step_id, token), {}
             else:
                 raise VectorFailure(f"report_stale: unknown report `{report}`")
+        elif what == "advance_clock":
+            # Scheduling vectors: move the manual clock (config.clock: manual).
+            fn, args, kw = t.call, ("advance_clock", {"ms": a["ms"]}), {}
         else:
             raise VectorFailure(f"unknown action `{what}`")
         resp = self.checked(a.get("expect_error"), fn, *args, **kw)

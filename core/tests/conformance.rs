@@ -421,6 +421,12 @@ impl Run<'_> {
         if let Some(p) = self.v.get("priority") {
             create["priority"] = p.clone();
         }
+        // Scheduling vectors: more create_task fields (run_at, delay_ms, timeout_s).
+        if let Some(Value::Object(extra)) = self.v.get("create") {
+            for (k, x) in extra {
+                create[k] = x.clone();
+            }
+        }
         let idem = self.v.get("idempotency");
         if let Some(key) = idem.map(|i| &i["key"]) {
             create["idempotency_key"] = key.clone();
@@ -653,6 +659,8 @@ impl Run<'_> {
                     other => return Err(format!("report_stale: unknown report `{other}`")),
                 }
             }
+            // Scheduling vectors: move the manual clock (`config.clock: manual`).
+            "advance_clock" => ("advance_clock", json!({"ms": a["ms"]})),
             other => return Err(format!("unknown action `{other}`")),
         };
         let resp = self

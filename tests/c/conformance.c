@@ -413,6 +413,11 @@ static int act(Run *r, const cJSON *a) {
                 rc = failf("report_stale: unknown report `%s`", report ? report : "");
             }
         }
+    } else if (strcmp(what, "advance_clock") == 0) {
+        /* Scheduling vectors: move the manual clock (config.clock: manual). */
+        op = "advance_clock";
+        const cJSON *ms = field(a, "ms");
+        cJSON_AddItemToObject(req, "ms", ms ? cJSON_Duplicate(ms, 1) : cJSON_CreateNull());
     } else {
         rc = failf("unknown action `%s`", what);
     }
@@ -801,6 +806,15 @@ static cJSON *create_request(const Run *r) {
     if (field(r->v, "priority")) cJSON_AddItemToObject(req, "priority", cJSON_Duplicate(field(r->v, "priority"), 1));
     const cJSON *idem = field(r->v, "idempotency");
     if (idem) cJSON_AddItemToObject(req, "idempotency_key", cJSON_Duplicate(field(idem, "key"), 1));
+    /* Scheduling vectors: more create_task fields (run_at, delay_ms, timeout_s). */
+    const cJSON *extra = field(r->v, "create");
+    if (cJSON_IsObject(extra)) {
+        const cJSON *x;
+        cJSON_ArrayForEach(x, extra) {
+            cJSON_DeleteItemFromObject(req, x->string);
+            cJSON_AddItemToObject(req, x->string, cJSON_Duplicate(x, 1));
+        }
+    }
     return req;
 }
 

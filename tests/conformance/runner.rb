@@ -183,6 +183,8 @@ module Conformance
 
       create = { context: @v.fetch("context", {}) }
       create[:priority] = @v["priority"] if @v.key?("priority")
+      # Scheduling vectors: more create_task fields (run_at, delay_ms, timeout_s).
+      @v.fetch("create", {}).each { |k, x| create[k.to_sym] = x }
       idem = @v["idempotency"]
       create[:idempotency_key] = idem["key"] unless idem.nil?
       version = tpl["version"]
@@ -291,6 +293,9 @@ module Conformance
           when "heartbeat" then -> { @t.heartbeat(step_id, token) }
           else fail!("report_stale: unknown report `#{a['report']}`")
           end
+        when "advance_clock"
+          # Scheduling vectors: move the manual clock (config.clock: manual).
+          -> { @t.call("advance_clock", { "ms" => a["ms"] }) }
         else fail!("unknown action `#{what}`")
         end
       resp = checked(a["expect_error"], what) { blk.call }

@@ -61,6 +61,9 @@ import type {
   WorkerStats,
   LogRecord,
   WorkerOptions,
+  Schedule,
+  ScheduleOptions,
+  ScheduleTemplate,
 } from 'tasker';
 
 async function main(): Promise<void> {
@@ -94,6 +97,29 @@ async function main(): Promise<void> {
     { namespace: 'shop', name: 'order' },
   ]);
   const firstOfBatch: number = batch[0].task_id;
+  const later: CreatedTask = await t.createTask('shop', 'order', {
+    runAt: new Date(Date.now() + 60000),
+    timeoutS: 600,
+  });
+  const delayed: CreatedTask[] = await t.createTasks([
+    { namespace: 'shop', name: 'order', delayMs: 5000, runAt: undefined },
+    { namespace: 'shop', name: 'order', runAt: '2030-01-01T00:00:00Z' },
+  ]);
+  const scheduleOptions: ScheduleOptions = {
+    cron: '0 3 * * *',
+    timezone: 'Europe/Berlin',
+    context: { kind: 'daily' },
+    catchUp: 'all',
+    catchUpLimit: 7,
+  };
+  const schedule: Schedule = await t.createSchedule('nightly', 'shop', 'order', scheduleOptions);
+  const scheduled: ScheduleTemplate = schedule.template;
+  const nextTick: string | null = (await t.pauseSchedule('nightly')).next_fire_at;
+  const schedules: Schedule[] = await t.listSchedules();
+  await t.resumeSchedule((await t.getSchedule('nightly')).name);
+  await t.deleteSchedule('nightly');
+  const dueAt: string | undefined = (await t.getTask(later.task_id)).run_at;
+  console.log(delayed, scheduled, nextTick, schedules, dueAt);
   const task: TaskInfo = await t.getTask(id);
   const firstStep: StepInfo = task.steps[0];
   const err: ErrorDocument | null = firstStep.error;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import threading
@@ -14,6 +15,7 @@ from .types import (
     NewTask,
     Explanation,
     Registered,
+    Schedule,
     TaskInfo,
     TaskPage,
 )
@@ -39,6 +41,15 @@ PathLike = Union[str, "os.PathLike[str]"]
 def _request(**fields: Any) -> Dict[str, Any]:
     """A request with the fields that were given (None means "not given")."""
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def _time(value: Union[str, datetime.datetime, None]) -> Optional[str]:
+    """An RFC 3339 time for the engine: a string as given, or an aware datetime."""
+    if value is None or isinstance(value, str):
+        return value
+    if value.tzinfo is None:
+        raise ValueError("run_at: a datetime needs a time zone (datetime.timezone.utc, ...)")
+    return value.isoformat()
 
 
 class Tasker:
@@ -237,6 +248,9 @@ class Tasker:
         context: Any = _UNSET,
         idempotency_key: Optional[str] = None,
         priority: Optional[int] = None,
+        run_at: Union[str, datetime.datetime, None] = None,
+        delay_ms: Optional[int] = None,
+        timeout_s: Optional[int] = None,
     ) -> CreatedTask:
         """Creates a task (one run of a template) with all its steps.
 
@@ -248,6 +262,13 @@ class Tasker:
             idempotency_key: With a key already used for this template's namespace and
                 name, the existing task is returned (``created`` is False).
             priority: Added to every step's priority.
+            run_at: A delayed task: its steps first run at this time (RFC 3339 text or
+                an aware ``datetime``) on the engine's clock. Not with ``delay_ms``.
+            delay_ms: The same, as a delay from now.
+            timeout_s: The task timeout, counted from when the task is due: when it
+                passes the task ends in ``error`` and running handlers get the stop
+                signal (``step.cancelled`` is set; the engine's reason is
+                ``task_timeout``).
 
         Returns:
             ``{"task_id", "created", "state"}``.
@@ -263,6 +284,9 @@ class Tasker:
             version=version,
             idempotency_key=idempotency_key,
             priority=priority,
+            run_at=_time(run_at),
+            delay_ms=delay_ms,
+            timeout_s=timeout_s,
         )
         if context is not _UNSET:
             req["context"] = context
@@ -288,7 +312,70 @@ class Tasker:
             of the batch is stored.
         """
         items = [dict(t) for t in tasks]
+        for item in items:
+            if isinstance(item.get("run_at"), datetime.datetime):
+                item["run_at"] = _time(item["run_at"])
         return cast(List[CreatedTask], self._h.call_obj("create_tasks", {"tasks": items})["tasks"])
+
+    # -- Schedules (docs/scheduling.md) --
+
+    def create_schedule(
+        self,
+        name: str,
+        namespace: str,
+        template: str,
+        cron: str,
+        timezone: str = "UTC",
+        version: Optional[str] = None,
+        context: Any = _UNSET,
+        catch_up: str = "skip",
+        catch_up_limit: Optional[int] = None,
+        paused: bool = False,
+    ) -> Schedule:
+        """Creates a cron schedule: at each tick of ``cron`` in ``timezone`` a task of
+        the template ``namespace``/``template`` is created with ``context`` (exactly
+        one per tick, whatever the number of processes).
+
+        Args:
+            catch_up: Ticks missed while no process ran: ``"skip"`` fires only the
+                latest, ``"all"`` fires each (at most ``catch_up_limit``, default 100).
+
+        Raises:
+            InvalidArgumentError: a bad cron pattern, time zone or catch-up policy.
+            NotFoundError: no such template. ConflictError: the name is taken.
+        """
+        tpl = _request(namespace=namespace, name=template, version=version)
+        req: Dict[str, Any] = {
+            "name": name,
+            "template": tpl,
+            "cron": cron,
+            "timezone": timezone,
+            "catch_up": _request(policy=catch_up, limit=catch_up_limit),
+            "paused": paused,
+        }
+        if context is not _UNSET:
+            req["context"] = context
+        return cast(Schedule, self._h.call_obj("create_schedule", req)["schedule"])
+
+    def list_schedules(self) -> List[Schedule]:
+        """Every schedule, by name."""
+        return cast(List[Schedule], self._h.call_obj("list_schedules", {})["schedules"])
+
+    def get_schedule(self, name: str) -> Schedule:
+        """One schedule. Raises :class:`tasker.NotFoundError`."""
+        return cast(Schedule, self._h.call_obj("get_schedule", {"name": name})["schedule"])
+
+    def pause_schedule(self, name: str) -> Schedule:
+        """Stops a schedule from firing."""
+        return cast(Schedule, self._h.call_obj("pause_schedule", {"name": name})["schedule"])
+
+    def resume_schedule(self, name: str) -> Schedule:
+        """Lets a paused schedule fire again, from its next tick after now."""
+        return cast(Schedule, self._h.call_obj("resume_schedule", {"name": name})["schedule"])
+
+    def delete_schedule(self, name: str) -> None:
+        """Deletes a schedule (the tasks it created stay)."""
+        self._h.call_obj("delete_schedule", {"name": name})
 
     def get_task(self, task_id: int) -> TaskInfo:
         """A task with its context and every step (state, attempts, result, latest

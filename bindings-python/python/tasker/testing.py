@@ -62,7 +62,9 @@ class Harness(Tasker):
 
     def advance(self, seconds: float) -> str:
         """Moves the clock forward by ``seconds`` (0 to 30 days) and returns the new
-        time (RFC 3339). Steps whose retry or delay came due are claimable at once."""
+        time (RFC 3339). Steps whose retry or delay came due are claimable at once;
+        delayed tasks that came due start, task timeouts that passed fire, and cron
+        schedule ticks that came due create their tasks before this returns."""
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
             raise TypeError(f"seconds must be a number, not {type(seconds).__name__}")
         return str(self.call("advance_clock", {"ms": round(seconds * 1000)})["now"])

@@ -24,6 +24,9 @@ __all__ = [
     "WorkerStats",
     "CreatedTask",
     "NewTask",
+    "Schedule",
+    "ScheduleTemplate",
+    "CatchUp",
     "Event",
     "EventPage",
     "Explanation",
@@ -68,6 +71,41 @@ class NewTask(TypedDict):
     context: NotRequired[Any]
     idempotency_key: NotRequired[str]
     priority: NotRequired[int]
+    run_at: NotRequired[str]
+    delay_ms: NotRequired[int]
+    timeout_s: NotRequired[int]
+
+
+class ScheduleTemplate(TypedDict):
+    """The template a schedule runs (``version`` None: the highest at each tick)."""
+
+    namespace: str
+    name: str
+    version: Optional[str]
+
+
+class CatchUp(TypedDict):
+    """What happens to missed ticks: ``policy`` ``skip`` or ``all`` (with ``limit``)."""
+
+    policy: str
+    limit: NotRequired[int]
+
+
+class Schedule(TypedDict):
+    """A cron schedule (``create_schedule``, ``get_schedule``, ...)."""
+
+    name: str
+    template: ScheduleTemplate
+    cron: str
+    timezone: str
+    context: Any
+    catch_up: CatchUp
+    paused: bool
+    next_fire_at: Optional[str]
+    last_tick_at: Optional[str]
+    last_task_id: Optional[int]
+    created_at: str
+    updated_at: str
 
 
 class TaskSummary(TypedDict):
@@ -115,10 +153,16 @@ class StepInfo(TypedDict):
 
 
 class TaskInfo(TaskSummary):
-    """``get_task``: the summary fields plus the context and every step."""
+    """``get_task``: the summary fields plus the context and every step; a delayed
+    task has ``run_at`` (and ``delayed`` while it waits), a task with a timeout has
+    ``timeout_s`` and ``deadline_at``."""
 
     context: Any
     steps: List[StepInfo]
+    run_at: NotRequired[str]
+    delayed: NotRequired[bool]
+    timeout_s: NotRequired[int]
+    deadline_at: NotRequired[str]
 
 
 class TaskPage(TypedDict):

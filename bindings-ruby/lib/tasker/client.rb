@@ -146,7 +146,12 @@ module Tasker
     #
     # Raises Tasker::NotFoundError (no such template), Tasker::SchemaViolationError,
     # Tasker::TooLargeError.
-    def create_task(namespace, name, version = nil, context: UNSET, idempotency_key: nil, priority: nil)
+    #
+    # Scheduling (docs/scheduling.md): +run_at+ (an RFC 3339 String or a Time) or
+    # +delay_ms+ delays the task; +timeout_s+ fails it when it has not finished that many
+    # seconds after it is due (running handlers see step.cancelled?, reason task_timeout).
+    def create_task(namespace, name, version = nil, context: UNSET, idempotency_key: nil, priority: nil,
+                    run_at: nil, delay_ms: nil, timeout_s: nil)
       Types.string!("namespace", namespace)
       Types.string!("name", name)
       Types.string!("version", version, allow_nil: true)
@@ -157,6 +162,7 @@ module Tasker
       req["context"] = context unless UNSET.equal?(context)
       req["idempotency_key"] = idempotency_key unless idempotency_key.nil?
       req["priority"] = priority unless priority.nil?
+      req.merge!(timing("", run_at, delay_ms, timeout_s))
       @h.call_obj("create_task", req)
     end
 
@@ -184,13 +190,73 @@ module Tasker
         Types.string!("#{at}.version", task["version"], allow_nil: true)
         Types.string!("#{at}.idempotency_key", task["idempotency_key"], allow_nil: true)
         Types.integer!("#{at}.priority", task["priority"], allow_nil: true)
-        task.compact
+        task.merge(timing("#{at}.", task["run_at"], task["delay_ms"], task["timeout_s"])).compact
       end
       @h.call_obj("create_tasks", { "tasks" => items })["tasks"]
     end
 
     # The keys of one create_tasks item.
-    CREATE_FIELDS = %w[namespace name version context idempotency_key priority].freeze
+    CREATE_FIELDS = %w[namespace name version context idempotency_key priority run_at delay_ms timeout_s].freeze
+
+    # -- Schedules (docs/scheduling.md) --
+
+    # Creates a cron schedule: at each tick of +cron+ in +timezone+ (IANA) a task of the
+    # template +namespace+/+template+ is created with +context+, exactly one per tick
+    # whatever the number of processes. +catch_up+ is "skip" (only the latest missed
+    # tick fires after downtime) or "all" (each, at most +catch_up_limit+, default 100).
+    # Raises InvalidArgumentError (cron, time zone, policy), NotFoundError (template),
+    # ConflictError (the name is taken).
+    def create_schedule(name, namespace, template, cron:, timezone: "UTC", version: nil, context: UNSET,
+                        catch_up: "skip", catch_up_limit: nil, paused: false)
+      Types.string!("name", name)
+      Types.string!("namespace", namespace)
+      Types.string!("template", template)
+      Types.string!("cron", cron)
+      Types.string!("timezone", timezone)
+      Types.string!("version", version, allow_nil: true)
+      Types.string!("catch_up", catch_up.to_s)
+      Types.integer!("catch_up_limit", catch_up_limit, allow_nil: true)
+      req = {
+        "name" => name,
+        "template" => compact(namespace: namespace, name: template, version: version),
+        "cron" => cron,
+        "timezone" => timezone,
+        "catch_up" => compact(policy: catch_up.to_s, limit: catch_up_limit),
+        "paused" => paused ? true : false
+      }
+      req["context"] = context unless UNSET.equal?(context)
+      @h.call_obj("create_schedule", req)["schedule"]
+    end
+
+    # Every schedule, by name.
+    def list_schedules
+      @h.call_obj("list_schedules", {})["schedules"]
+    end
+
+    # One schedule. Raises Tasker::NotFoundError.
+    def get_schedule(name)
+      Types.string!("name", name)
+      @h.call_obj("get_schedule", { "name" => name })["schedule"]
+    end
+
+    # Stops a schedule from firing.
+    def pause_schedule(name)
+      Types.string!("name", name)
+      @h.call_obj("pause_schedule", { "name" => name })["schedule"]
+    end
+
+    # Lets a paused schedule fire again, from its next tick after now.
+    def resume_schedule(name)
+      Types.string!("name", name)
+      @h.call_obj("resume_schedule", { "name" => name })["schedule"]
+    end
+
+    # Deletes a schedule (the tasks it created stay).
+    def delete_schedule(name)
+      Types.string!("name", name)
+      @h.call_obj("delete_schedule", { "name" => name })
+      nil
+    end
 
     # A task with its context and every step (state, attempts, result, latest error
     # document). Raises Tasker::NotFoundError.
@@ -381,6 +447,15 @@ module Tasker
         v = request.key?(k) ? request[k] : request[k.to_sym]
         v.is_a?(Integer) && v.positive?
       end
+    end
+
+    # The delay and timeout fields of a creation (+run_at+ may be a Time).
+    def timing(at, run_at, delay_ms, timeout_s)
+      run_at = run_at.utc.strftime("%Y-%m-%dT%H:%M:%S.%LZ") if run_at.is_a?(Time)
+      Types.string!("#{at}run_at", run_at, allow_nil: true)
+      Types.integer!("#{at}delay_ms", delay_ms, allow_nil: true)
+      Types.integer!("#{at}timeout_s", timeout_s, allow_nil: true)
+      compact(run_at: run_at, delay_ms: delay_ms, timeout_s: timeout_s)
     end
 
     def compact(**fields)

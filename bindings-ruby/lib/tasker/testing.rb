@@ -45,7 +45,9 @@ module Tasker
       end
 
       # Moves the clock forward by +seconds+ (0 to 30 days) and returns the new time
-      # (RFC 3339). Steps whose retry or delay came due are claimable at once.
+      # (RFC 3339). Steps whose retry or delay came due are claimable at once; delayed
+      # tasks that came due start, task timeouts that passed fire, and cron schedule ticks
+      # that came due create their tasks before it returns.
       def advance(seconds)
         unless seconds.is_a?(Numeric) && seconds.real?
           raise TypeError, "seconds must be a number, got #{seconds.class}"

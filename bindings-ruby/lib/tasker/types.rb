@@ -72,7 +72,7 @@ module Tasker
     # The step's timeout in milliseconds (nil: none); when the lease runs out unless
     # core renews it (RFC 3339).
     attr_reader :timeout_ms, :lease_expires_at
-    # Why the run should stop ("cancelled", "timeout", "lease_lost"), or nil.
+    # Why the run should stop ("cancelled", "timeout", "lease_lost", "task_timeout"), or nil.
     attr_reader :stop_reason
 
     # A step from the native worker's flat form.

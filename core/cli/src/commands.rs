@@ -17,6 +17,7 @@ pub fn run(cli: &Cli) -> Outcome {
         Command::Step(cmd) => step(cli, cmd),
         Command::Stats => stats(cli),
         Command::Events(args) => events(cli, args),
+        Command::Schedule(cmd) => crate::schedule::run(cli, cmd),
         Command::Completion { shell } => crate::completion::print(*shell),
     }
 }
@@ -308,6 +309,26 @@ pub fn show_task(t: &Value) -> String {
     );
     let mut facts = Table::new(&["", ""]);
     facts.row(["created".into(), time(&t["created_at"])]);
+    // Scheduling: a delayed start and a task timeout (docs/scheduling.md).
+    if !t["run_at"].is_null() {
+        let waiting = if t["delayed"] == json!(true) {
+            " (waiting)"
+        } else {
+            ""
+        };
+        facts.row(["runs at".into(), format!("{}{waiting}", time(&t["run_at"]))]);
+    }
+    if !t["timeout_s"].is_null() {
+        let until = if t["deadline_at"].is_null() {
+            String::new()
+        } else {
+            format!(" (until {})", time(&t["deadline_at"]))
+        };
+        facts.row([
+            "timeout".into(),
+            format!("{} s{until}", cell(&t["timeout_s"])),
+        ]);
+    }
     facts.row(["started".into(), time(&t["started_at"])]);
     facts.row(["finished".into(), time(&t["finished_at"])]);
     facts.row(["duration".into(), duration(t["duration_ms"].as_i64())]);

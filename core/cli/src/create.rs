@@ -39,11 +39,30 @@ pub fn create_task(s: &Session, a: &CreateArgs) -> Outcome {
     if let Some(p) = a.priority {
         req["priority"] = json!(p);
     }
+    if let Some(at) = &a.run_at {
+        req["run_at"] = json!(at);
+    }
+    if let Some(d) = &a.delay {
+        req["delay_ms"] = json!(parse_duration_ms(d)?);
+    }
+    if let Some(t) = a.timeout {
+        req["timeout_s"] = json!(t);
+    }
     let r = s.call("create_task", &req)?;
     let id = cell(&r["task_id"]);
     let text = if r["created"].as_bool() == Some(true) {
+        let when = if a.run_at.is_some() || a.delay.is_some() {
+            let t = s.call_quiet("get_task", &json!({ "task_id": r["task_id"] }))?;
+            let t: Value = crate::session::parse(&t)?;
+            match t["task"]["run_at"].as_str() {
+                Some(at) if t["task"]["delayed"] == json!(true) => format!(", starting at {at}"),
+                _ => String::new(),
+            }
+        } else {
+            String::new()
+        };
         format!(
-            "created task {id} ({}/{}); see it with `tasker task show {id}`\n",
+            "created task {id} ({}/{}){when}; see it with `tasker task show {id}`\n",
             a.namespace, a.name
         )
     } else {
@@ -53,4 +72,27 @@ pub fn create_task(s: &Session, a: &CreateArgs) -> Outcome {
         )
     };
     crate::commands::say(s, text)
+}
+
+/// `500ms`, `30s`, `5m`, `2h`, `1d` as milliseconds.
+pub fn parse_duration_ms(text: &str) -> Outcome<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let factor = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => 0,
+    };
+    match n.parse::<u64>() {
+        Ok(n) if factor > 0 => n
+            .checked_mul(factor)
+            .ok_or_else(|| Failure::Usage(format!("--delay {text} is too long"))),
+        _ => Err(Failure::Usage(format!(
+            "--delay {text}: expected a number with a unit: 500ms, 30s, 5m, 2h or 1d"
+        ))),
+    }
 }

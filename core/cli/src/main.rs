@@ -13,6 +13,7 @@ mod commands;
 mod completion;
 mod create;
 mod import;
+mod schedule;
 mod session;
 
 use session::Failure;
@@ -59,6 +60,9 @@ pub enum Command {
     Stats,
     /// Print lifecycle events from the durable event log
     Events(EventsArgs),
+    /// Create, list, pause, resume and delete cron schedules
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCmd),
     /// Print a shell completion script: `tasker completion bash > /etc/bash_completion.d/tasker`
     Completion {
         /// bash, zsh, fish, elvish or powershell
@@ -88,6 +92,15 @@ pub struct CreateArgs {
     /// Added to every step's priority
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub priority: Option<i64>,
+    /// Start the task at this time (RFC 3339, for example 2026-05-01T09:00:00Z)
+    #[arg(long, value_name = "TIME", conflicts_with = "delay")]
+    pub run_at: Option<String>,
+    /// Start the task after this delay: 500ms, 30s, 5m, 2h or 1d
+    #[arg(long, value_name = "DURATION")]
+    pub delay: Option<String>,
+    /// Fail the task when it has not finished this many seconds after it is due
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]

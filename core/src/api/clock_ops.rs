@@ -29,7 +29,10 @@ pub async fn dispatch(engine: &Arc<Engine>, op: &str, mut f: Fields) -> Result<S
                 ));
             };
             let now = engine.advance_clock(ms)?;
-            json!({ "now": rfc3339(now), "now_ms": now })
+            // What the move made due happens before the answer: delayed tasks come
+            // due, task timeouts fire, schedule ticks create their tasks.
+            let scheduled = engine.run_due().await?;
+            json!({ "now": rfc3339(now), "now_ms": now, "scheduled": scheduled })
         }
         "next_ready_at" => {
             let handlers = f.strings("handlers", (1, MAX_CLAIM_HANDLERS), (1, HANDLER_MAX))?;

@@ -53,6 +53,7 @@ pub fn acquire(config: &Config) -> Result<Arc<EngineHost>> {
         })?;
     let engine = runtime.block_on(Engine::open(config.clone()))?;
     runtime.spawn(engine.clone().sweep_forever());
+    runtime.spawn(engine.clone().schedule_forever());
     runtime.spawn(crate::worker::keep_leases(engine.clone()));
     let host = Arc::new(EngineHost {
         runtime,

@@ -46,6 +46,12 @@ pub const OPERATIONS: &[&str] = &[
     "advance_clock",
     "next_ready_at",
     "list_templates",
+    "create_schedule",
+    "list_schedules",
+    "get_schedule",
+    "pause_schedule",
+    "resume_schedule",
+    "delete_schedule",
 ];
 
 /// Parses JSON, telling malformed JSON (`invalid_json`) from well-formed JSON of the
@@ -393,6 +399,10 @@ pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<S
             return super::worker_ops::dispatch(engine, op, f).await
         }
         "list_templates" => return super::template_ops::list_templates(engine, f).await,
+        "create_schedule" | "list_schedules" | "get_schedule" | "pause_schedule"
+        | "resume_schedule" | "delete_schedule" => {
+            return super::schedule_ops::dispatch(engine, op, f).await
+        }
         "advance_clock" | "next_ready_at" => {
             return super::clock_ops::dispatch(engine, op, f).await
         }
@@ -667,6 +677,9 @@ const CREATE_FIELDS: &[&str] = &[
     "context",
     "idempotency_key",
     "priority",
+    "run_at",
+    "delay_ms",
+    "timeout_s",
 ];
 
 fn create_fields(f: &mut Fields) -> Result<CreateTask> {
@@ -676,6 +689,21 @@ fn create_fields(f: &mut Fields) -> Result<CreateTask> {
     let context = f.payload("context")?;
     let idempotency_key = f.string("idempotency_key", 1, 256)?;
     let priority = f.int("priority", -MAX_PRIORITY, MAX_PRIORITY)?;
+    // Scheduling: a delayed start and a task timeout (docs/scheduling.md).
+    let run_at_path = f.path("run_at");
+    let run_at = f
+        .string("run_at", 1, 64)?
+        .map(|t| crate::model::schedule::parse_rfc3339(&run_at_path, &t))
+        .transpose()?;
+    let delay_ms = f.duration_ms("delay_ms", 0)?;
+    if run_at.is_some() && delay_ms.is_some() {
+        return Err(Error::invalid_argument(format!(
+            "give `{run_at_path}` or `{}`, not both",
+            f.path("delay_ms")
+        ))
+        .with_details(json!({ "field": f.path("delay_ms") })));
+    }
+    let timeout_s = f.int("timeout_s", 1, template::MAX_TIMEOUT_S as i64)?;
     Ok(CreateTask {
         namespace,
         name,
@@ -683,6 +711,9 @@ fn create_fields(f: &mut Fields) -> Result<CreateTask> {
         context,
         idempotency_key,
         priority: priority.unwrap_or(0) as i32,
+        run_at,
+        delay_ms,
+        timeout_s: timeout_s.map(|s| s as u64),
     })
 }
 

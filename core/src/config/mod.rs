@@ -49,6 +49,8 @@ pub struct Config {
     pub lease_ms: u64,
     /// How often each process sweeps expired leases.
     pub sweep_interval_ms: u64,
+    /// How often each process fires due cron schedules (`create_schedule`).
+    pub schedule_poll_ms: u64,
     /// Most expired leases taken back in one sweep transaction.
     pub sweep_batch: u32,
     /// Fallback re-check interval of a waiting claim, which covers work made ready by
@@ -107,6 +109,7 @@ impl Default for Config {
             acquire_timeout_ms: 5_000,
             lease_ms: 30_000,
             sweep_interval_ms: 1_000,
+            schedule_poll_ms: 1_000,
             sweep_batch: 500,
             claim_poll_ms: 500,
             claim_limit_max: 1_000,
@@ -249,9 +252,10 @@ impl Config {
         }
         let day_ms = 24 * 3600 * 1000;
         let max_ms = 30 * day_ms;
-        let ranges: [(&str, u64, u64, u64); 13] = [
+        let ranges: [(&str, u64, u64, u64); 14] = [
             ("lease_ms", 1, max_ms, self.lease_ms),
             ("sweep_interval_ms", 1, day_ms, self.sweep_interval_ms),
+            ("schedule_poll_ms", 1, day_ms, self.schedule_poll_ms),
             ("claim_poll_ms", 1, day_ms, self.claim_poll_ms),
             ("wait_ms_max", 0, max_ms, self.wait_ms_max),
             (

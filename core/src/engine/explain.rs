@@ -119,6 +119,16 @@ pub fn explain(view: &TaskView, now: i64) -> Explanation {
                     Vec::new(),
                 )
             }
+            "pending" if s.depends_on.is_empty() && view.timing.delayed => (
+                "delayed",
+                format!(
+                    "the task is delayed: its steps start at {}",
+                    view.timing
+                        .run_at
+                        .map_or_else(|| "?".into(), |t| rfc3339(t.0))
+                ),
+                Vec::new(),
+            ),
             "pending" => {
                 let waiting: Vec<String> = s
                     .depends_on

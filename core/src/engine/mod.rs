@@ -21,9 +21,11 @@ use crate::store::sqlite::SqliteStore;
 use crate::store::*;
 
 mod explain;
+mod scheduling;
 mod templates;
 
 pub use explain::{explain, Explanation};
+pub use scheduling::{NewSchedule, ScheduleView, SCHEDULE_NAME_MAX};
 
 /// A template with its compiled input schema.
 pub struct Compiled {
@@ -44,6 +46,8 @@ pub struct Engine {
     /// The time every decision is made with (`clock` setting; see [`Clock`]).
     clock: Clock,
     closed: AtomicBool,
+    /// Delayed tasks and schedules (see `scheduling.rs`).
+    scheduling: scheduling::State,
 }
 
 /// A request to create a task.
@@ -55,6 +59,12 @@ pub struct CreateTask {
     pub context: Option<Box<RawValue>>,
     pub idempotency_key: Option<String>,
     pub priority: i32,
+    /// Delayed task: when its steps may first run (epoch ms), or `delay_ms` from now.
+    /// At most one of the two; a time not in the future starts the task now.
+    pub run_at: Option<i64>,
+    pub delay_ms: Option<u64>,
+    /// The task timeout, counted from when the task is due.
+    pub timeout_s: Option<u64>,
 }
 
 /// A claim request.
@@ -170,6 +180,7 @@ impl Engine {
             workers: crate::worker::Sessions::default(),
             clock,
             closed: AtomicBool::new(false),
+            scheduling: scheduling::State::default(),
         }))
     }
 
@@ -202,7 +213,13 @@ impl Engine {
     /// a step completes, not at a time.
     pub async fn next_ready_at(&self, handlers: Option<Vec<String>>) -> Result<Option<i64>> {
         self.check_open()?;
-        self.store.next_ready_at(handlers).await
+        let ready = self.store.next_ready_at(handlers).await?;
+        // A delayed task's steps become ready at its due time.
+        let due = self.store.next_due().await?;
+        Ok(match (ready, due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
     pub(crate) fn signals(&self) -> &Signals {
@@ -437,8 +454,12 @@ impl Engine {
             }
         }
         let task = self.prepare_task(req, self.now_ms()).await?;
+        let due = task.run_at;
         let created = self.store.create_task(task).await?;
         if created.created {
+            if let Some(at) = due {
+                self.note_due(at);
+            }
             self.changed(true);
         }
         Ok(created)
@@ -505,6 +526,9 @@ impl Engine {
                 .await
                 .map_err(|e| in_batch(e, i))?;
             slots.push(Slot::New(batch.len()));
+            if let Some(at) = task.run_at {
+                self.note_due(at);
+            }
             batch.push(task);
         }
         let made = if batch.is_empty() {
@@ -573,12 +597,16 @@ impl Engine {
                 .with_details(serde_json::json!({ "errors": problems })));
             }
         }
+        let (run_at, timeout_ms) =
+            self.task_timing(req.run_at, req.delay_ms, req.timeout_s, now)?;
         Ok(NewTask {
             template: compiled.template.clone(),
             context,
             idempotency_key: req.idempotency_key,
             priority: req.priority,
             now,
+            run_at,
+            timeout_ms,
         })
     }
 
@@ -631,6 +659,7 @@ impl Engine {
             let notified = self.signals.ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            self.promote_if_due().await?;
             let now = self.now_ms();
             params.now = now;
             let batch = self.store.claim(params.clone()).await?;
@@ -646,6 +675,9 @@ impl Engine {
             if let Some(at) = batch.next_ready_at {
                 nap = nap.min(Duration::from_millis((at - now).max(0) as u64 + 1));
             }
+            if let Some(at) = self.due_hint() {
+                nap = nap.min(Duration::from_millis((at - now).max(0) as u64 + 1));
+            }
             self.nap(nap, notified).await?;
         }
     }
@@ -653,6 +685,7 @@ impl Engine {
     /// One claim query, no waiting (the worker runtime's claimer waits itself).
     pub(crate) async fn claim_now(&self, mut params: ClaimParams) -> Result<ClaimBatch> {
         self.check_open()?;
+        self.promote_if_due().await?;
         params.now = self.now_ms();
         let batch = self.store.claim(params).await?;
         if !batch.steps.is_empty() {
@@ -708,6 +741,9 @@ impl Engine {
             // Also for callers that reach the engine without the request validator (the
             // worker sessions): no stored result may be unreadable.
             crate::api::validate::check_payload(&what, &item.result, self.config.max_json_depth)?;
+        }
+        if next.is_some() {
+            self.promote_if_due().await?;
         }
         let now = self.now_ms();
         let params = match next {
@@ -796,6 +832,10 @@ impl Engine {
         if total > 0 {
             self.changed(true);
         }
+        // The crash backstop of delayed tasks and task timeouts: both are found by an
+        // index range scan, whichever process runs the sweep.
+        self.promote_due().await?;
+        self.time_out_tasks().await?;
         Ok(total)
     }
 
@@ -851,6 +891,7 @@ impl Engine {
             .await?
             .ok_or_else(|| Error::not_found(format!("task {task_id} does not exist")))?;
         set_levels(&mut view);
+        self.add_timing(&mut view).await?;
         self.add_history(&mut view).await?;
         Ok(view)
     }

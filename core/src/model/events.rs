@@ -16,6 +16,10 @@ pub mod reason {
     pub const OPERATOR_RESOLVED: &str = "operator_resolved";
     pub const RELEASED: &str = "released";
     pub const FINALIZED: &str = "finalized";
+    /// A delayed task came due: its root steps became ready.
+    pub const DUE: &str = "due";
+    /// The task's timeout (`timeout_s`) passed: the task failed, its steps stopped.
+    pub const TASK_TIMEOUT: &str = "task_timeout";
 }
 
 /// Every event name the engine emits.

@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod retry;
+pub mod schedule;
 pub mod state;
 pub mod suggest;
 pub mod template;

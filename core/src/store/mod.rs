@@ -54,6 +54,23 @@ pub struct NewTask {
     pub idempotency_key: Option<String>,
     pub priority: i32,
     pub now: i64,
+    /// A delayed task's due time (later than `now`): its root steps stay `pending`
+    /// until the engine promotes the task at that time.
+    pub run_at: Option<i64>,
+    /// The task timeout: the task ends in `error` this long after it is due.
+    pub timeout_ms: Option<i64>,
+}
+
+impl NewTask {
+    /// When the task's steps may first run: its `run_at`, or its creation.
+    pub fn due(&self) -> i64 {
+        self.run_at.unwrap_or(self.now)
+    }
+
+    /// When the task times out, if it has a timeout.
+    pub fn deadline_at(&self) -> Option<i64> {
+        self.timeout_ms.map(|t| self.due().saturating_add(t))
+    }
 }
 
 /// An idempotency key with the template it is scoped to: namespace, name, key.
@@ -256,8 +273,51 @@ pub struct AttemptError {
 pub struct TaskView {
     #[serde(flatten)]
     pub summary: TaskSummary,
+    /// The delay and the timeout (filled by the engine).
+    #[serde(flatten)]
+    pub timing: TaskTiming,
     pub context: Box<RawValue>,
     pub steps: Vec<StepView>,
+}
+
+/// A task's delay and timeout, as `get_task` shows them (absent when not set).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TaskTiming {
+    /// A delayed task's due time (kept after it came due).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<Ts>,
+    /// True while a delayed task waits for its due time.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub delayed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<i64>,
+    /// When the task times out (cleared when the timeout fired).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_at: Option<Ts>,
+}
+
+/// A cron schedule as stored (see `crate::model::schedule`).
+#[derive(Debug, Clone)]
+pub struct ScheduleRow {
+    pub name: String,
+    pub namespace: String,
+    pub template_name: String,
+    /// `None`: the highest registered version at each tick.
+    pub version: Option<String>,
+    pub cron: String,
+    pub timezone: String,
+    /// JSON text.
+    pub context: String,
+    /// `skip` or `all`.
+    pub catch_up: String,
+    pub catch_up_limit: i64,
+    pub paused: bool,
+    /// The next tick not yet fired.
+    pub next_fire_at: i64,
+    pub last_tick_at: Option<i64>,
+    pub last_task_id: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
 }
 
 /// One row of the transitions table, as an event.
@@ -443,4 +503,46 @@ pub trait Store: Send + Sync {
     fn next_ready_at(&self, handlers: Option<Vec<String>>) -> BoxFut<'_, Option<i64>>;
     /// Releases connections; later calls fail.
     fn close(&self) -> BoxFut<'_, ()>;
+
+    // Scheduling (issue 19): delayed tasks, task timeouts, cron schedules.
+
+    /// Promotes up to `limit` delayed tasks due at `now` (their root steps become
+    /// `ready`, with `step.ready` events); returns how many tasks.
+    fn promote_due(&self, now: i64, limit: u32) -> BoxFut<'_, u32>;
+    /// The earliest due time of a delayed task not yet promoted.
+    fn next_due(&self) -> BoxFut<'_, Option<i64>>;
+    /// Ends up to `limit` unfinished tasks whose deadline passed by `now` in `error`
+    /// (their unfinished steps `cancelled`); returns their ids.
+    fn time_out_tasks(&self, now: i64, limit: u32) -> BoxFut<'_, Vec<i64>>;
+    /// The delay and the timeout of a task (`None`: no such task).
+    fn task_timing(&self, task_id: i64) -> BoxFut<'_, Option<TaskTiming>>;
+    /// Stores a new schedule; a schedule of the same name is a `conflict`.
+    fn insert_schedule(&self, s: ScheduleRow) -> BoxFut<'_, ()>;
+    /// Every schedule, by name.
+    fn list_schedules(&self) -> BoxFut<'_, Vec<ScheduleRow>>;
+    fn get_schedule(&self, name: String) -> BoxFut<'_, Option<ScheduleRow>>;
+    /// Pauses or resumes a schedule (`next_fire_at`, when given, replaces the next
+    /// tick); returns it as it is now, or `None` when there is no such schedule.
+    fn set_schedule_paused(
+        &self,
+        name: String,
+        paused: bool,
+        next_fire_at: Option<i64>,
+        now: i64,
+    ) -> BoxFut<'_, Option<ScheduleRow>>;
+    /// Deletes a schedule; false when there was none.
+    fn delete_schedule(&self, name: String) -> BoxFut<'_, bool>;
+    /// Up to `limit` unpaused schedules whose next tick is at or before `now`.
+    fn due_schedules(&self, now: i64, limit: u32) -> BoxFut<'_, Vec<ScheduleRow>>;
+    /// Moves a schedule's next tick from `from` to `to` if it still is `from` (and the
+    /// schedule is not paused): the one process whose update matches has fired it.
+    fn advance_schedule(
+        &self,
+        name: String,
+        from: i64,
+        to: i64,
+        last_tick: Option<i64>,
+        last_task: Option<i64>,
+        now: i64,
+    ) -> BoxFut<'_, bool>;
 }

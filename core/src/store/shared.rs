@@ -334,3 +334,44 @@ pub fn missing_named_step(
     ))
     .with_details(json!({ "task_id": task_id, "step_name": step_name, "steps": names }))
 }
+
+/// The details of the transitions a task timeout writes (`reason: timeout`).
+pub fn task_timeout_details(timeout_ms: Option<i64>) -> String {
+    let s = timeout_ms.unwrap_or(0) / 1000;
+    json!({
+        "reason": "timeout",
+        "timeout_s": s,
+        "message": format!("the task ran past its timeout of {s} s"),
+    })
+    .to_string()
+}
+
+/// A `lease_lost` for a step that its task's timeout cancelled (the step `cancelled`,
+/// the task `error`: nothing else leaves that pair) says so, so the worker raises the
+/// stop signal `task_timeout`.
+pub fn mark_task_timeout(
+    mut e: crate::error::Error,
+    state: &str,
+    task_state: &str,
+) -> crate::error::Error {
+    if state == "cancelled" && task_state == "error" {
+        if let Some(Value::Object(d)) = e.details.as_mut() {
+            d.insert("task_timed_out".into(), Value::Bool(true));
+        }
+        e.message = format!("{} (its task ran past its timeout)", e.message);
+    }
+    e
+}
+
+/// The `invalid_state` of resolving a step of a delayed task before it came due: its
+/// steps start at its due time (cancel it to stop it).
+pub fn delayed_task_refusal(task_id: i64, step: &str, due_at: i64) -> crate::error::Error {
+    crate::error::Error::invalid_state(format!(
+        "task {task_id} is delayed until {}; its step `{step}` cannot be resolved before the \
+         task starts (cancel the task to stop it)",
+        crate::time::rfc3339(due_at)
+    ))
+    .with_details(
+        json!({ "task_id": task_id, "step_name": step, "run_at": crate::time::rfc3339(due_at) }),
+    )
+}

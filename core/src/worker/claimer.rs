@@ -345,6 +345,12 @@ async fn serve(engine: Arc<Engine>, group: Arc<Group>) {
                     let due = (at - engine.now_ms()).max(0) as u64 + 1;
                     nap = nap.min(Duration::from_millis(due));
                 }
+                // A delayed task this process knows of comes due: the next claim
+                // promotes it (engine/scheduling.rs).
+                if let Some(at) = engine.due_hint() {
+                    let due = (at - engine.now_ms()).max(0) as u64 + 1;
+                    nap = nap.min(Duration::from_millis(due));
+                }
             }
             Err(e) if e.code == ErrorCode::Unavailable => {
                 let pause = match &outage {

@@ -41,6 +41,13 @@ fn stop_reason(e: &Error) -> Option<StopReason> {
     {
         return Some(StopReason::Timeout);
     }
+    if details
+        .and_then(|d| d.get("task_timed_out"))
+        .and_then(|v| v.as_bool())
+        == Some(true)
+    {
+        return Some(StopReason::TaskTimeout);
+    }
     match details
         .and_then(|d| d.get("state"))
         .and_then(|v| v.as_str())

@@ -20,6 +20,8 @@ pub enum StopReason {
     Timeout,
     /// Its lease could not be renewed: the step was taken back.
     LeaseLost,
+    /// Its task ran past the task's timeout (`timeout_s`): the task failed.
+    TaskTimeout,
 }
 
 impl StopReason {
@@ -28,6 +30,7 @@ impl StopReason {
             StopReason::Cancelled => "cancelled",
             StopReason::Timeout => "timeout",
             StopReason::LeaseLost => "lease_lost",
+            StopReason::TaskTimeout => "task_timeout",
         }
     }
 }

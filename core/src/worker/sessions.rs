@@ -226,6 +226,11 @@ impl Sessions {
 
     /// Raises `cancelled` for the held steps of a task cancelled in this process.
     pub(crate) fn task_cancelled(&self, task_id: i64) {
+        self.task_stopped(task_id, StopReason::Cancelled);
+    }
+
+    /// Raises `reason` for the held steps of a task stopped in this process.
+    pub(crate) fn task_stopped(&self, task_id: i64, reason: StopReason) {
         for s in self.all() {
             let ids: Vec<i64> = s
                 .state()
@@ -235,7 +240,7 @@ impl Sessions {
                 .map(|(id, _)| *id)
                 .collect();
             for id in ids {
-                s.stop(id, StopReason::Cancelled);
+                s.stop(id, reason);
             }
         }
     }

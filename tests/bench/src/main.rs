@@ -7,7 +7,7 @@
 //!              [--pg-url URL] [--pg-loops N] [--peer-dir DIR] [--node PATH]
 //! tasker-bench --pg-worker --pg-url URL --schema S --limit L [--pg-loops N]   (child mode)
 //! ```
-//! Benchmarks (`--only`): ffi, latency, steps, dag, commits (SQLite); pg-commits,
+//! Benchmarks (`--only`): ffi, latency, steps, delayed, dag, commits (SQLite); pg-commits,
 //! pg-latency, pg-steps, pg-create, pg-flows, pg-4proc, pg-stmts, peer (PostgreSQL, need
 //! `--pg-url`; `peer` also `--peer-dir`). `--pg-loops` (default 3) is how many claim loops the one worker
 //! process of `pg-steps` runs at once.
@@ -15,6 +15,7 @@
 mod commits;
 mod cpu;
 mod dag;
+mod delayed;
 mod ffi;
 mod flows;
 mod latency;
@@ -58,13 +59,14 @@ struct WorkerArgs {
 
 const USAGE: &str = "usage: tasker-bench [--quick] [--sync normal|full] [--out PATH] [--ffi-bin PATH] [--c-worker-bin PATH]
                     [--pg-url URL] [--pg-loops N] [--peer-dir DIR] [--node PATH]
-                    [--only ffi,latency,steps,dag,commits,pg-commits,pg-latency,pg-steps,pg-create,pg-flows,pg-4proc,pg-stmts,peer]";
+                    [--only ffi,latency,steps,delayed,dag,commits,pg-commits,pg-latency,pg-steps,pg-create,pg-flows,pg-4proc,pg-stmts,peer]";
 
 /// Every benchmark `--only` accepts.
 const BENCHES: &[&str] = &[
     "ffi",
     "latency",
     "steps",
+    "delayed",
     "dag",
     "commits",
     "pg-commits",
@@ -245,6 +247,10 @@ fn run() -> Res<()> {
             }
             None => eprintln!("  C worker: skipped (no --c-worker-bin)"),
         }
+    }
+    if wants("delayed") {
+        eprintln!("delayed:");
+        delayed::run(sqlite, if q { 5_000 } else { 20_000 }, 256, &mut r)?;
     }
     if wants("dag") {
         eprintln!("dag:");

@@ -61,6 +61,10 @@ impl Results {
             ("linear4_p50_ms_sqlite", Some(Target::AtMost(1.0))),
             ("diamond4_p50_ms_sqlite", None),
             ("steps_per_s_sqlite", Some(Target::AtLeast(20_000.0))),
+            (
+                "steps_per_s_sqlite_with_100k_delayed",
+                Some(Target::Times(0.9, "steps_per_s_sqlite")),
+            ),
             ("steps_per_s_c_worker_sqlite", None),
             ("c_worker_over_rust_sqlite", Some(Target::AtLeast(0.9))),
             ("dag1k_steps_per_s_sqlite", None),

@@ -195,6 +195,11 @@ class Run {
 
     const create = { context: v.context === undefined ? {} : v.context, version: tpl.version };
     if ('priority' in v) create.priority = v.priority;
+    // Scheduling vectors: more create_task fields (run_at, delay_ms, timeout_s), in the
+    // package's camelCase.
+    for (const [k, x] of Object.entries(v.create || {})) {
+      create[k.replace(/_([a-z])/g, (_, c) => c.toUpperCase())] = x;
+    }
     const idem = v.idempotency;
     if (idem) create.idempotencyKey = idem.key;
     if ('create_error' in expect) {
@@ -310,6 +315,10 @@ class Run {
         else throw new VectorFailure(`report_stale: unknown report \`${a.report}\``);
         break;
       }
+      case 'advance_clock':
+        // Scheduling vectors: move the manual clock (config.clock: manual).
+        fn = () => t.call('advance_clock', { ms: a.ms });
+        break;
       default:
         throw new VectorFailure(`unknown action \`${a.do}\``);
     }

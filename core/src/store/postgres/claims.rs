@@ -13,13 +13,24 @@ use crate::store::shared::{decide, Deltas, Held, Tr};
 use crate::store::*;
 
 async fn fence_error(conn: &mut PgConnection, step_id: i64) -> Result<Error> {
-    let state: Option<String> = sqlx::query("SELECT state FROM tasker_steps WHERE id = $1")
-        .bind(step_id)
-        .fetch_optional(conn)
-        .await?
-        .map(|r| r.try_get(0))
-        .transpose()?;
-    Ok(not_held(step_id, state))
+    let row = sqlx::query(
+        "SELECT s.state, t.state FROM tasker_steps s JOIN tasker_tasks t ON t.id = s.task_id
+         WHERE s.id = $1",
+    )
+    .bind(step_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(match row {
+        None => not_held(step_id, None),
+        Some(r) => {
+            let (state, task_state): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+            crate::store::shared::mark_task_timeout(
+                not_held(step_id, Some(state.clone())),
+                &state,
+                &task_state,
+            )
+        }
+    })
 }
 
 /// The error for a report on a step this claim no longer holds, given the step's state

@@ -100,8 +100,8 @@ pub async fn create(
     let mut s = StepArrays::default();
     s.push(1, t, task.priority);
     let id: Option<i64> = sqlx::query(
-        "SELECT tasker_create_task($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-                                   $15, $16, $17, $18, $19, $20, $21, $22, $23)",
+        "SELECT tasker_create_task($1, $2, $3, $4, $5, $6, $7, $8, $24, $24, $25, $26, $9, $10,
+                                   $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
     )
     .bind(task_id)
     .bind(&t.namespace)
@@ -127,6 +127,10 @@ pub async fn create(
     .bind(ctx.lock_key)
     // No NOTIFY inside: the store sends it after the commit (`PgStore::wake_others`).
     .bind(None::<&str>)
+    // Migration 0009: the delay (run_at and due_at) and the timeout.
+    .bind(task.run_at)
+    .bind(task.timeout_ms)
+    .bind(task.deadline_at())
     .fetch_one(&mut *conn)
     .await?
     .try_get(0)?;
@@ -157,6 +161,11 @@ pub async fn create_many(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let (mut run_ats, mut timeouts, mut deadlines) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for (i, task) in tasks.iter().enumerate() {
         let t = &task.template;
         namespaces.push(t.namespace.as_str());
@@ -168,12 +177,15 @@ pub async fn create_many(
         totals.push(t.steps.len() as i64);
         actives.push(t.steps.iter().filter(|s| s.depends_on.is_empty()).count() as i64);
         s.push(i as i32 + 1, t, task.priority);
+        run_ats.push(task.run_at);
+        timeouts.push(task.timeout_ms);
+        deadlines.push(task.deadline_at());
     }
     let now = tasks.first().map_or(0, |t| t.now);
     let rows = sqlx::query(
         "SELECT r_n, r_id, r_created, r_state FROM tasker_create_tasks($1, $2, $3, $4, $5, $6, $7,
-             $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24,
-             $25, $26)",
+             $8, $9, $10, $27, $27, $28, $29, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
+             $22, $23, $24, $25, $26)",
     )
     .bind(ids)
     .bind(namespaces)
@@ -202,6 +214,10 @@ pub async fn create_many(
     .bind(ctx.lock_key)
     // No NOTIFY inside: the store sends it after the commit (`PgStore::wake_others`).
     .bind(None::<&str>)
+    // Migration 0009: the delays (run_at and due_at) and the timeouts.
+    .bind(run_ats)
+    .bind(timeouts)
+    .bind(deadlines)
     .fetch_all(&mut *conn)
     .await?;
     if rows.len() != n {
@@ -279,6 +295,7 @@ pub async fn complete(
     let (batch, missed) = decode(rows, token)?;
     let mut reported: HashSet<i64> = HashSet::with_capacity(items.len());
     let mut missed: HashMap<i64, Option<String>> = missed.into_iter().collect();
+    let timed_out = task_timed_out(conn, &missed).await?;
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         let error = if !reported.insert(item.step_id) {
@@ -287,9 +304,14 @@ pub async fn complete(
                 item.step_id
             )))
         } else {
-            missed
-                .remove(&item.step_id)
-                .map(|state| not_held(item.step_id, state))
+            missed.remove(&item.step_id).map(|state| {
+                let e = not_held(item.step_id, state);
+                if timed_out.contains(&item.step_id) {
+                    crate::store::shared::mark_task_timeout(e, "cancelled", "error")
+                } else {
+                    e
+                }
+            })
         };
         out.push(ItemOutcome {
             step_id: item.step_id,
@@ -298,6 +320,30 @@ pub async fn complete(
         });
     }
     Ok((out, batch))
+}
+
+/// Of the steps whose completion was refused, the cancelled ones whose task ran past
+/// its timeout (a second query on this error path only), so their `lease_lost` says so.
+async fn task_timed_out(
+    conn: &mut PgConnection,
+    missed: &HashMap<i64, Option<String>>,
+) -> Result<HashSet<i64>> {
+    let cancelled: Vec<i64> = missed
+        .iter()
+        .filter(|(_, s)| s.as_deref() == Some("cancelled"))
+        .map(|(id, _)| *id)
+        .collect();
+    if cancelled.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT s.id FROM tasker_steps s JOIN tasker_tasks t ON t.id = s.task_id
+         WHERE s.id = ANY($1) AND t.state = 'error'",
+    )
+    .bind(&cancelled)
+    .fetch_all(conn)
+    .await?;
+    Ok(ids.into_iter().collect())
 }
 
 /// Completions that were not recorded: the step and its state now (`None`: no such step).

@@ -22,6 +22,7 @@ mod claims;
 mod hot;
 mod migrate;
 mod reads;
+mod scheduling;
 mod tasks;
 mod write;
 
@@ -704,6 +705,88 @@ impl Store for PgStore {
         Box::pin(self.read(move |c| {
             let handlers = handlers.clone();
             Box::pin(async move { reads::next_ready_at(c, handlers.as_deref()).await })
+        }))
+    }
+
+    fn promote_due(&self, now: i64, limit: u32) -> BoxFut<'_, u32> {
+        Box::pin(self.write(move |c, ctx| {
+            Box::pin(async move { scheduling::promote_due(c, &ctx, now, limit).await })
+        }))
+    }
+
+    fn next_due(&self) -> BoxFut<'_, Option<i64>> {
+        Box::pin(self.read(|c| Box::pin(scheduling::next_due(c))))
+    }
+
+    fn time_out_tasks(&self, now: i64, limit: u32) -> BoxFut<'_, Vec<i64>> {
+        Box::pin(self.write(move |c, ctx| {
+            Box::pin(async move { scheduling::time_out_tasks(c, &ctx, now, limit).await })
+        }))
+    }
+
+    fn task_timing(&self, task_id: i64) -> BoxFut<'_, Option<TaskTiming>> {
+        Box::pin(self.read(move |c| Box::pin(scheduling::task_timing(c, task_id))))
+    }
+
+    fn insert_schedule(&self, s: ScheduleRow) -> BoxFut<'_, ()> {
+        let s = Arc::new(s);
+        Box::pin(self.write(move |c, _| {
+            let s = s.clone();
+            Box::pin(async move { scheduling::insert_schedule(c, &s).await })
+        }))
+    }
+
+    fn list_schedules(&self) -> BoxFut<'_, Vec<ScheduleRow>> {
+        Box::pin(self.read(|c| Box::pin(scheduling::list_schedules(c))))
+    }
+
+    fn get_schedule(&self, name: String) -> BoxFut<'_, Option<ScheduleRow>> {
+        Box::pin(self.read(move |c| {
+            let name = name.clone();
+            Box::pin(async move { scheduling::get_schedule(c, &name).await })
+        }))
+    }
+
+    fn set_schedule_paused(
+        &self,
+        name: String,
+        paused: bool,
+        next_fire_at: Option<i64>,
+        now: i64,
+    ) -> BoxFut<'_, Option<ScheduleRow>> {
+        Box::pin(self.write(move |c, _| {
+            let name = name.clone();
+            Box::pin(
+                async move { scheduling::set_paused(c, &name, paused, next_fire_at, now).await },
+            )
+        }))
+    }
+
+    fn delete_schedule(&self, name: String) -> BoxFut<'_, bool> {
+        Box::pin(self.write(move |c, _| {
+            let name = name.clone();
+            Box::pin(async move { scheduling::delete_schedule(c, &name).await })
+        }))
+    }
+
+    fn due_schedules(&self, now: i64, limit: u32) -> BoxFut<'_, Vec<ScheduleRow>> {
+        Box::pin(self.read(move |c| Box::pin(scheduling::due_schedules(c, now, limit))))
+    }
+
+    fn advance_schedule(
+        &self,
+        name: String,
+        from: i64,
+        to: i64,
+        last_tick: Option<i64>,
+        last_task: Option<i64>,
+        now: i64,
+    ) -> BoxFut<'_, bool> {
+        Box::pin(self.write(move |c, _| {
+            let name = name.clone();
+            Box::pin(async move {
+                scheduling::advance_schedule(c, &name, from, to, last_tick, last_task, now).await
+            })
         }))
     }
 

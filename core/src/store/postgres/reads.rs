@@ -241,6 +241,7 @@ pub async fn get_task(conn: &mut PgConnection, task_id: i64) -> Result<Option<Ta
         });
     }
     Ok(Some(TaskView {
+        timing: TaskTiming::default(),
         summary,
         context: RawValue::from_string(context).map_err(|e| Error::internal(e.to_string()))?,
         steps,

@@ -113,7 +113,7 @@ pub async fn cancel(
     .fetch_all(&mut *conn)
     .await?;
     sqlx::query(
-        "UPDATE tasker_tasks SET prev_state = state, state = 'cancelled', n_active = 0, n_error = 0,
+        "UPDATE tasker_tasks SET prev_state = state, state = 'cancelled', n_active = 0, n_error = 0, due_at = NULL,
              finished_at = $2, updated_at = $2 WHERE id = $1",
     )
     .bind(task_id)
@@ -288,6 +288,15 @@ pub async fn resolve_step(
         ))
         .with_details(
             json!({ "step_id": t.id, "state": t.state.as_str(), "task_state": t.task_state }),
+        ));
+    }
+    let due: Option<i64> = sqlx::query_scalar("SELECT due_at FROM tasker_tasks WHERE id = $1")
+        .bind(t.task_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    if let Some(at) = due {
+        return Err(crate::store::shared::delayed_task_refusal(
+            t.task_id, &t.name, at,
         ));
     }
     sqlx::query(

@@ -202,17 +202,24 @@ pub fn claim(conn: &Connection, params: &ClaimParams) -> Result<ClaimBatch> {
 /// Why a fenced update matched nothing: the step is unknown, or no longer held by
 /// this claim.
 fn fence_error(conn: &Connection, step_id: i64) -> Result<Error> {
-    let state: Option<String> = conn
-        .prepare_cached("SELECT state FROM tasker_steps WHERE id = ?1")?
-        .query_row([step_id], |r| r.get(0))
+    let state: Option<(String, String)> = conn
+        .prepare_cached(
+            "SELECT s.state, t.state FROM tasker_steps AS s JOIN tasker_tasks AS t ON t.id = s.task_id
+             WHERE s.id = ?1",
+        )?
+        .query_row([step_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     Ok(match state {
         None => Error::not_found(format!("step {step_id} does not exist")),
-        Some(state) => Error::new(
-            ErrorCode::LeaseLost,
-            format!("step {step_id} is no longer held by this claim (it is {state}); nothing was recorded"),
-        )
-        .with_details(json!({ "step_id": step_id, "state": state })),
+        Some((state, task_state)) => crate::store::shared::mark_task_timeout(
+            Error::new(
+                ErrorCode::LeaseLost,
+                format!("step {step_id} is no longer held by this claim (it is {state}); nothing was recorded"),
+            )
+            .with_details(json!({ "step_id": step_id, "state": state })),
+            &state,
+            &task_state,
+        ),
     })
 }
 

@@ -20,6 +20,7 @@ use crate::store::*;
 mod claims;
 mod migrate;
 mod reads;
+mod scheduling;
 mod tasks;
 mod write;
 
@@ -336,6 +337,68 @@ impl Store for SqliteStore {
 
     fn next_ready_at(&self, handlers: Option<Vec<String>>) -> BoxFut<'_, Option<i64>> {
         done(self.read(|c| reads::next_ready_at(c, handlers.as_deref())))
+    }
+
+    fn promote_due(&self, at: i64, limit: u32) -> BoxFut<'_, u32> {
+        done(self.write(|c| scheduling::promote_due(c, at, limit)))
+    }
+
+    fn next_due(&self) -> BoxFut<'_, Option<i64>> {
+        done(self.read(scheduling::next_due))
+    }
+
+    fn time_out_tasks(&self, at: i64, limit: u32) -> BoxFut<'_, Vec<i64>> {
+        done(self.write(|c| scheduling::time_out_tasks(c, at, limit)))
+    }
+
+    fn task_timing(&self, task_id: i64) -> BoxFut<'_, Option<TaskTiming>> {
+        done(self.read(|c| scheduling::task_timing(c, task_id)))
+    }
+
+    fn insert_schedule(&self, s: ScheduleRow) -> BoxFut<'_, ()> {
+        done(self.write(|c| scheduling::insert_schedule(c, &s)))
+    }
+
+    fn list_schedules(&self) -> BoxFut<'_, Vec<ScheduleRow>> {
+        done(self.read(scheduling::list_schedules))
+    }
+
+    fn get_schedule(&self, name: String) -> BoxFut<'_, Option<ScheduleRow>> {
+        done(self.read(|c| scheduling::get_schedule(c, &name)))
+    }
+
+    fn set_schedule_paused(
+        &self,
+        name: String,
+        paused: bool,
+        next_fire_at: Option<i64>,
+        at: i64,
+    ) -> BoxFut<'_, Option<ScheduleRow>> {
+        done(self.write(|c| scheduling::set_paused(c, &name, paused, next_fire_at, at)))
+    }
+
+    fn delete_schedule(&self, name: String) -> BoxFut<'_, bool> {
+        done(self.write(|c| scheduling::delete_schedule(c, &name)))
+    }
+
+    fn due_schedules(&self, at: i64, limit: u32) -> BoxFut<'_, Vec<ScheduleRow>> {
+        done(self.read(|c| scheduling::due_schedules(c, at, limit)))
+    }
+
+    fn advance_schedule(
+        &self,
+        name: String,
+        from: i64,
+        to: i64,
+        last_tick: Option<i64>,
+        last_task: Option<i64>,
+        at: i64,
+    ) -> BoxFut<'_, bool> {
+        done(
+            self.write(|c| {
+                scheduling::advance_schedule(c, &name, from, to, last_tick, last_task, at)
+            }),
+        )
     }
 
     fn close(&self) -> BoxFut<'_, ()> {

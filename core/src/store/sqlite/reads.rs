@@ -197,6 +197,7 @@ pub fn get_task(conn: &Connection, task_id: i64) -> Result<Option<TaskView>> {
         });
     }
     Ok(Some(TaskView {
+        timing: TaskTiming::default(),
         summary,
         context: RawValue::from_string(context).map_err(|e| Error::internal(e.to_string()))?,
         steps,

@@ -40,12 +40,15 @@ pub fn create(conn: &Connection, task: NewTask) -> Result<CreatedTask> {
             return Ok(existing);
         }
     }
+    // A delayed task's roots count as active from the start (they will be ready), so
+    // nothing finalizes the task while it waits.
     let roots = t.steps.iter().filter(|s| s.depends_on.is_empty()).count() as i64;
     let task_id: i64 = conn
         .prepare_cached(
             "INSERT INTO tasker_tasks (namespace, name, version, state, context, idempotency_key, priority,
-                                       n_total, n_active, created_at, updated_at)
-             VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, ?9) RETURNING id",
+                                       n_total, n_active, created_at, updated_at, run_at, due_at,
+                                       timeout_ms, deadline_at)
+             VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?10, ?11, ?12) RETURNING id",
         )?
         .query_row(
             params![
@@ -57,7 +60,10 @@ pub fn create(conn: &Connection, task: NewTask) -> Result<CreatedTask> {
                 task.priority,
                 t.steps.len() as i64,
                 roots,
-                now
+                now,
+                task.run_at,
+                task.timeout_ms,
+                task.deadline_at()
             ],
             |r| r.get(0),
         )?;
@@ -76,7 +82,8 @@ pub fn create(conn: &Connection, task: NewTask) -> Result<CreatedTask> {
     trs.push(Tr::task(task_id, None, "pending", reason::CREATED));
     for (i, s) in t.steps.iter().enumerate() {
         let id = first_id + i as i64;
-        let state = if s.depends_on.is_empty() {
+        // A delayed task's roots wait `pending` for its promotion (scheduling.rs).
+        let state = if s.depends_on.is_empty() && task.run_at.is_none() {
             "ready"
         } else {
             "pending"
@@ -162,7 +169,7 @@ pub fn cancel(
     )?
     .execute(params![task_id, now])?;
     conn.prepare_cached(
-        "UPDATE tasker_tasks SET prev_state = state, state = 'cancelled', n_active = 0, n_error = 0,
+        "UPDATE tasker_tasks SET prev_state = state, state = 'cancelled', n_active = 0, n_error = 0, due_at = NULL,
              finished_at = ?2, updated_at = ?2 WHERE id = ?1",
     )?
     .execute(params![task_id, now])?;
@@ -319,6 +326,14 @@ pub fn resolve_step(
         ))
         .with_details(
             json!({ "step_id": t.id, "state": t.state.as_str(), "task_state": t.task_state }),
+        ));
+    }
+    let due: Option<i64> = conn
+        .prepare_cached("SELECT due_at FROM tasker_tasks WHERE id = ?1")?
+        .query_row([t.task_id], |r| r.get(0))?;
+    if let Some(at) = due {
+        return Err(crate::store::shared::delayed_task_refusal(
+            t.task_id, &t.name, at,
         ));
     }
     conn.prepare_cached(
