@@ -19,6 +19,7 @@ use crate::error::{Error, ErrorCode, Result};
 mod clock_ops;
 pub mod host;
 pub mod ops;
+mod signal_ops;
 mod subscription;
 mod template_ops;
 pub mod validate;

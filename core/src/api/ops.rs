@@ -46,6 +46,7 @@ pub const OPERATIONS: &[&str] = &[
     "advance_clock",
     "next_ready_at",
     "list_templates",
+    "send_signal",
 ];
 
 /// Parses JSON, telling malformed JSON (`invalid_json`) from well-formed JSON of the
@@ -393,6 +394,7 @@ pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<S
             return super::worker_ops::dispatch(engine, op, f).await
         }
         "list_templates" => return super::template_ops::list_templates(engine, f).await,
+        "send_signal" => return super::signal_ops::send_signal(engine, f).await,
         "advance_clock" | "next_ready_at" => {
             return super::clock_ops::dispatch(engine, op, f).await
         }

@@ -21,6 +21,7 @@ use crate::store::sqlite::SqliteStore;
 use crate::store::*;
 
 mod explain;
+mod signals;
 mod templates;
 
 pub use explain::{explain, Explanation};
@@ -44,6 +45,9 @@ pub struct Engine {
     /// The time every decision is made with (`clock` setting; see [`Clock`]).
     clock: Clock,
     closed: AtomicBool,
+    /// Set once this engine has seen a template with a step the engine itself holds
+    /// (`wait_for`): calls that release steps then move such steps on at once.
+    waits_seen: AtomicBool,
 }
 
 /// A request to create a task.
@@ -170,6 +174,7 @@ impl Engine {
             workers: crate::worker::Sessions::default(),
             clock,
             closed: AtomicBool::new(false),
+            waits_seen: AtomicBool::new(false),
         }))
     }
 
@@ -337,6 +342,9 @@ impl Engine {
     }
 
     fn cache(&self, compiled: Arc<Compiled>) {
+        if compiled.template.steps.iter().any(|s| s.wait_for.is_some()) {
+            self.waits_seen.store(true, Ordering::Release);
+        }
         let key = compiled.template.key();
         self.templates
             .write()
@@ -440,6 +448,7 @@ impl Engine {
         let created = self.store.create_task(task).await?;
         if created.created {
             self.changed(true);
+            self.after_release().await;
         }
         Ok(created)
     }
@@ -514,6 +523,7 @@ impl Engine {
         };
         if made.iter().any(|c| c.created) {
             self.changed(true);
+            self.after_release().await;
         }
         let mut out: Vec<CreatedTask> = Vec::with_capacity(slots.len());
         for slot in slots {
@@ -602,6 +612,15 @@ impl Engine {
         }
         for (i, h) in req.handlers.iter().enumerate() {
             check_str(&format!("handlers[{i}]"), h, 1, 256)?;
+            if h.starts_with(crate::model::template::RESERVED_HANDLER_PREFIX) {
+                return Err(crate::api::validate::field_error(
+                    &format!("handlers[{i}]"),
+                    format!(
+                        "`{h}`: handler names starting with `{}` are reserved for the engine, which runs those steps itself",
+                        crate::model::template::RESERVED_HANDLER_PREFIX
+                    ),
+                ));
+            }
         }
         check_str("worker_id", &req.worker, 0, 256)?;
         let mut handlers = req.handlers;
@@ -722,6 +741,7 @@ impl Engine {
         }
         let out = self.store.complete(items, params, now).await?;
         self.changed(true);
+        self.after_release().await;
         Ok(out)
     }
 
@@ -793,6 +813,10 @@ impl Engine {
                 break;
             }
         }
+        // Waits: deadlines first (a wait that ran out fails even if it could start
+        // now), then steps whose parents finished in a process that left them ready.
+        total += self.expire_waits().await?;
+        self.advance_waits().await?;
         if total > 0 {
             self.changed(true);
         }
@@ -818,6 +842,7 @@ impl Engine {
         self.check_open()?;
         let out = self.store.retry_step(step, self.now_ms()).await?;
         self.changed(true);
+        self.after_release().await;
         Ok(out)
     }
 
@@ -840,6 +865,7 @@ impl Engine {
             .resolve_step(step, result, reason, self.now_ms())
             .await?;
         self.changed(true);
+        self.after_release().await;
         Ok(out)
     }
 

@@ -16,6 +16,12 @@ pub mod reason {
     pub const OPERATOR_RESOLVED: &str = "operator_resolved";
     pub const RELEASED: &str = "released";
     pub const FINALIZED: &str = "finalized";
+    /// A runnable step the engine holds until a signal arrives (see `send_signal`).
+    pub const WAITING: &str = "waiting";
+    /// A waiting step completed by `send_signal` (its payload is the result).
+    pub const SIGNALLED: &str = "signalled";
+    /// A waiting step whose deadline passed without its signal.
+    pub const SIGNAL_TIMEOUT: &str = "signal_timeout";
 }
 
 /// Every event name the engine emits.
@@ -38,6 +44,8 @@ pub const ALL: &[&str] = &[
     "step.retry_requested",
     "step.resolved_manually",
     "step.cancelled",
+    "step.waiting",
+    "step.signalled",
 ];
 
 /// The event name of a task transition.
@@ -64,6 +72,8 @@ pub fn step_event(from: Option<&str>, to: &str, reason: Option<&str>) -> &'stati
         (Some("running"), "ready", _) => "step.retry_scheduled",
         (_, "ready", _) => "step.ready",
         (_, "running", _) => "step.started",
+        (_, "waiting", _) => "step.waiting",
+        (_, "complete", Some(reason::SIGNALLED)) => "step.signalled",
         (_, "complete", _) => "step.completed",
         (_, "error", _) => "step.failed",
         (_, "resolved_manually", _) => "step.resolved_manually",
@@ -96,6 +106,19 @@ mod tests {
                 "step.retry_scheduled",
             ),
             (Some("running"), "error", Some("failed"), "step.failed"),
+            (Some("ready"), "waiting", Some("waiting"), "step.waiting"),
+            (
+                Some("waiting"),
+                "complete",
+                Some("signalled"),
+                "step.signalled",
+            ),
+            (
+                Some("waiting"),
+                "error",
+                Some("signal_timeout"),
+                "step.failed",
+            ),
             (
                 Some("running"),
                 "ready",

@@ -16,6 +16,7 @@ use crate::model::template::Template;
 
 pub mod postgres;
 pub mod shared;
+pub mod signals;
 pub mod sqlite;
 
 /// A boxed future, so the trait stays object-safe (`Arc<dyn Store>`).
@@ -229,6 +230,9 @@ pub struct StepView {
     pub worker: Option<String>,
     pub ready_at: Option<Ts>,
     pub lease_expires_at: Option<Ts>,
+    /// A `waiting` step's deadline: it fails with kind `signal_timeout` then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_until: Option<Ts>,
     pub first_started_at: Option<Ts>,
     pub started_at: Option<Ts>,
     pub finished_at: Option<Ts>,
@@ -443,4 +447,26 @@ pub trait Store: Send + Sync {
     fn next_ready_at(&self, handlers: Option<Vec<String>>) -> BoxFut<'_, Option<i64>>;
     /// Releases connections; later calls fail.
     fn close(&self) -> BoxFut<'_, ()>;
+
+    // Signals (steps with `wait_for`, handler `tasker.signal`).
+
+    /// Moves up to `limit` ready `tasker.signal` steps to `waiting`, each with its
+    /// deadline (now plus the step's timeout); a step whose signal was sent earlier takes
+    /// it and completes in the same transaction. Returns how many steps it moved.
+    fn begin_waits(&self, now: i64, limit: u32) -> BoxFut<'_, u32>;
+    /// Records signal `name` for a task and completes every step waiting for it with
+    /// `payload` (JSON text) as its result; steps that wait for it later take it then.
+    /// `not_found` for an unknown task or a name no step of the task waits for,
+    /// `invalid_state` for a complete or cancelled task, `conflict` when the name was
+    /// already sent; nothing changes then.
+    fn send_signal<'a>(
+        &'a self,
+        task_id: i64,
+        name: &'a str,
+        payload: &'a str,
+        now: i64,
+    ) -> BoxFut<'a, signals::SignalSent>;
+    /// Fails up to `limit` waiting steps whose deadline passed (kind `signal_timeout`,
+    /// permanent). Returns how many.
+    fn expire_waits(&self, now: i64, limit: u32) -> BoxFut<'_, u32>;
 }

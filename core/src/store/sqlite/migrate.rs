@@ -16,6 +16,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "bounded_timeouts",
         include_str!("../../../../migrations/sqlite/0002_bounded_timeouts.sql"),
     ),
+    (
+        5,
+        "signals",
+        include_str!("../../../../migrations/sqlite/0005_signals.sql"),
+    ),
 ];
 
 pub fn run(conn: &mut Connection) -> Result<u32> {

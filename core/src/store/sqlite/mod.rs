@@ -20,6 +20,7 @@ use crate::store::*;
 mod claims;
 mod migrate;
 mod reads;
+mod signals;
 mod tasks;
 mod write;
 
@@ -345,5 +346,23 @@ impl Store for SqliteStore {
             Some(conn) => conn.close().map_err(|(_, e)| e.into()),
             None => Ok(()),
         })
+    }
+
+    fn begin_waits(&self, now: i64, limit: u32) -> BoxFut<'_, u32> {
+        done(self.write(|c| signals::begin_waits(c, now, limit)))
+    }
+
+    fn send_signal<'a>(
+        &'a self,
+        task_id: i64,
+        name: &'a str,
+        payload: &'a str,
+        now: i64,
+    ) -> BoxFut<'a, crate::store::signals::SignalSent> {
+        done(self.write(|c| signals::send_signal(c, task_id, name, payload, now)))
+    }
+
+    fn expire_waits(&self, now: i64, limit: u32) -> BoxFut<'_, u32> {
+        done(self.write(|c| signals::expire_waits(c, now, limit)))
     }
 }
