@@ -108,6 +108,7 @@ class StepInfo(TypedDict):
     worker: Optional[str]
     ready_at: Optional[str]
     lease_expires_at: Optional[str]
+    wait_until: NotRequired[str]
     first_started_at: Optional[str]
     started_at: Optional[str]
     finished_at: Optional[str]
