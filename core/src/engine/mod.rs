@@ -342,7 +342,12 @@ impl Engine {
     }
 
     fn cache(&self, compiled: Arc<Compiled>) {
-        if compiled.template.steps.iter().any(|s| s.wait_for.is_some()) {
+        if compiled
+            .template
+            .steps
+            .iter()
+            .any(|s| s.wait_for.is_some() || s.fan_out.is_some())
+        {
             self.waits_seen.store(true, Ordering::Release);
         }
         let key = compiled.template.key();

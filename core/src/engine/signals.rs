@@ -1,5 +1,6 @@
 //! Signals: `send_signal`, and moving steps that wait for one (`wait_for`, handler
-//! `tasker.signal`) from `ready` to `waiting`. The stores' completion paths make such a
+//! `tasker.signal`) from `ready` to `waiting`; and, by the same path, expanding and
+//! collecting fan-out steps (`fan_out`, handler `tasker.fan_out`). The stores' completion paths make such a
 //! step `ready` like any other; the engine takes it from there right after the call
 //! that released it (when this engine has seen a template with a wait step), and the
 //! sweep does it in every process as the backstop (a crash between the two, or a
@@ -64,10 +65,13 @@ impl Engine {
     pub(crate) async fn advance_waits(&self) -> Result<u32> {
         let batch = self.config.sweep_batch;
         let mut total = 0;
-        loop {
-            let n = self.store.begin_waits(self.now_ms(), batch).await?;
-            total += n;
-            if n < batch {
+        // Each pass can make more such steps ready (a signalled or collected step's
+        // children); a DAG ends, and the bound keeps a pathological one from spinning.
+        for _ in 0..1_000 {
+            let waits = self.store.begin_waits(self.now_ms(), batch).await?;
+            let fans = self.store.advance_fan_outs(self.now_ms(), batch).await?;
+            total += waits + fans;
+            if waits == 0 && fans == 0 {
                 break;
             }
         }

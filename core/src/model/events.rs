@@ -22,6 +22,10 @@ pub mod reason {
     pub const SIGNALLED: &str = "signalled";
     /// A waiting step whose deadline passed without its signal.
     pub const SIGNAL_TIMEOUT: &str = "signal_timeout";
+    /// A fan-out step expanded into its instances (it waits on them as on parents).
+    pub const FANNED_OUT: &str = "fanned_out";
+    /// A fan-out step whose items were missing, not a list, or too many.
+    pub const FAN_OUT_FAILED: &str = "fan_out_failed";
 }
 
 /// Every event name the engine emits.
@@ -46,6 +50,7 @@ pub const ALL: &[&str] = &[
     "step.cancelled",
     "step.waiting",
     "step.signalled",
+    "step.fanned_out",
 ];
 
 /// The event name of a task transition.
@@ -67,6 +72,7 @@ pub fn step_event(from: Option<&str>, to: &str, reason: Option<&str>) -> &'stati
         (_, _, Some(reason::LEASE_EXPIRED)) => "step.lease_expired",
         (_, _, Some(reason::TIMEOUT)) => "step.timed_out",
         (None, "pending", _) => "step.created",
+        (_, "pending", Some(reason::FANNED_OUT)) => "step.fanned_out",
         (_, "ready", Some(reason::OPERATOR_RETRY)) => "step.retry_requested",
         (_, "ready", Some(reason::RELEASED)) => "step.released",
         (Some("running"), "ready", _) => "step.retry_scheduled",
@@ -107,6 +113,24 @@ mod tests {
             ),
             (Some("running"), "error", Some("failed"), "step.failed"),
             (Some("ready"), "waiting", Some("waiting"), "step.waiting"),
+            (
+                Some("ready"),
+                "pending",
+                Some("fanned_out"),
+                "step.fanned_out",
+            ),
+            (
+                Some("ready"),
+                "complete",
+                Some("fanned_out"),
+                "step.completed",
+            ),
+            (
+                Some("ready"),
+                "error",
+                Some("fan_out_failed"),
+                "step.failed",
+            ),
             (
                 Some("waiting"),
                 "complete",

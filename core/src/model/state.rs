@@ -106,6 +106,9 @@ impl StepState {
                 | (Running, Error)
                 | (Error, Ready)
                 | (Ready, Waiting)
+                // A step the engine runs itself (fan-out): expanded (it then waits on
+                // its instances as on parents), empty or collected, or refused.
+                | (Ready, Pending | Complete | Error)
                 | (Waiting, Complete)
                 | (Waiting, Error)
                 | (
@@ -152,6 +155,9 @@ mod tests {
             (Running, Error),
             (Error, Ready),
             (Ready, Waiting),
+            (Ready, Pending),
+            (Ready, Complete),
+            (Ready, Error),
             (Waiting, Complete),
             (Waiting, Error),
             (Waiting, ResolvedManually),

@@ -61,6 +61,27 @@ pub struct StepDoc {
     /// Makes the step wait for a signal instead of running a handler (see `wait_for`).
     #[serde(default)]
     pub wait_for: Option<WaitForDoc>,
+    /// Makes the step run its handler once per item of a list, at run time.
+    #[serde(default)]
+    pub fan_out: Option<FanOutDoc>,
+}
+
+/// `fan_out:` of a step: where the list is, and how long it may be.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FanOutDoc {
+    pub items: String,
+    #[serde(default)]
+    pub max_items: Option<u64>,
+}
+
+/// A resolved `fan_out`: the step expands into one instance per item of `items`, each
+/// running `handler`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FanOut {
+    pub items: String,
+    pub max_items: u64,
+    pub handler: String,
 }
 
 /// `wait_for:` of a step: the signal it waits for and how long.
@@ -143,6 +164,8 @@ pub struct StepSpec {
     pub config: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_for: Option<WaitFor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fan_out: Option<FanOut>,
 }
 
 /// Longest step timeout, in seconds (30 days): a timeout in milliseconds added to any
@@ -379,6 +402,7 @@ impl TemplateDoc {
                 ));
             }
             check_wait_for(s)?;
+            check_fan_out(s)?;
             if s.wait_for.is_none() && s.handler.starts_with(RESERVED_HANDLER_PREFIX) {
                 return Err(Error::invalid_template(
                     "reserved_handler",
@@ -485,6 +509,7 @@ impl TemplateDoc {
                 priority,
                 config: s.config.clone(),
                 wait_for: None,
+                fan_out: None,
             };
             if let Some(w) = &s.wait_for {
                 // A waiting step runs no handler: the engine holds it (handler
@@ -498,6 +523,22 @@ impl TemplateDoc {
                 spec.wait_for = Some(WaitFor {
                     signal: w.signal.clone(),
                     timeout_s: wait_s,
+                });
+            }
+            if let Some(f) = &s.fan_out {
+                // The engine expands the step (handler `tasker.fan_out`); its stored config
+                // holds what the expansion needs, the instances' handler and config.
+                let max_items = f
+                    .max_items
+                    .unwrap_or(crate::model::fan_out::DEFAULT_MAX_ITEMS);
+                spec.handler = crate::model::fan_out::FAN_OUT_HANDLER.to_owned();
+                spec.config = Some(json!({
+                    "items": f.items, "max_items": max_items, "handler": s.handler, "config": s.config,
+                }));
+                spec.fan_out = Some(FanOut {
+                    items: f.items.clone(),
+                    max_items,
+                    handler: s.handler.clone(),
                 });
             }
             resolved.push(spec);
@@ -551,6 +592,48 @@ fn check_wait_for(s: &StepDoc) -> Result<()> {
             return bad(format!(
                 "a step that waits for a signal takes no `{field}` (its timeout is wait_for.timeout_s)"
             ));
+        }
+    }
+    Ok(())
+}
+
+/// The rules of `fan_out`: an items path into the context or a parent's result, a
+/// bound in range, a handler for the instances, and a config they can carry an item in.
+fn check_fan_out(s: &StepDoc) -> Result<()> {
+    use crate::model::fan_out::{check_path, INSTANCE_KEY, MAX_ITEMS_LIMIT};
+    let Some(f) = &s.fan_out else {
+        return Ok(());
+    };
+    let bad = |message: String| {
+        Err(Error::invalid_template(
+            "bad_fan_out",
+            format!("step `{}` fan_out: {message}", s.name),
+            json!({ "step": s.name }),
+        ))
+    };
+    if s.wait_for.is_some() {
+        return bad("a step cannot both fan out and wait for a signal".into());
+    }
+    if let Err(m) = check_path(&f.items, &s.depends_on) {
+        return bad(format!("items {m}"));
+    }
+    if let Some(n) = f.max_items {
+        if n == 0 || n > MAX_ITEMS_LIMIT {
+            return bad(format!(
+                "max_items must be between 1 and {MAX_ITEMS_LIMIT}, got {n}"
+            ));
+        }
+    }
+    match &s.config {
+        None => {}
+        Some(Value::Object(m)) if !m.contains_key(INSTANCE_KEY) => {}
+        Some(Value::Object(_)) => {
+            return bad(format!(
+                "config key `{INSTANCE_KEY}` is reserved: each instance finds its item there"
+            ))
+        }
+        Some(_) => {
+            return bad("config must be an object (each instance's item is added to it)".into())
         }
     }
     Ok(())

@@ -469,4 +469,13 @@ pub trait Store: Send + Sync {
     /// Fails up to `limit` waiting steps whose deadline passed (kind `signal_timeout`,
     /// permanent). Returns how many.
     fn expire_waits(&self, now: i64, limit: u32) -> BoxFut<'_, u32>;
+
+    // Dynamic fan-out (steps with `fan_out`, handler `tasker.fan_out`).
+
+    /// Takes up to `limit` ready fan-out steps: one not yet expanded in this run gets one
+    /// ready instance per item (its parents from then on; the step goes back to
+    /// `pending`), completes with `[]` for no items, or fails permanently (missing, not
+    /// a list, too many); one whose instances are done completes with their results in
+    /// item order. Returns how many steps it took.
+    fn advance_fan_outs(&self, now: i64, limit: u32) -> BoxFut<'_, u32>;
 }

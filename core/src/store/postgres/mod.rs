@@ -19,6 +19,7 @@ use crate::model::template::Template;
 use crate::store::*;
 
 mod claims;
+mod fan_out;
 mod hot;
 mod migrate;
 mod reads;
@@ -738,6 +739,12 @@ impl Store for PgStore {
     fn expire_waits(&self, now: i64, limit: u32) -> BoxFut<'_, u32> {
         Box::pin(self.write(move |c, ctx| {
             Box::pin(async move { signals::expire_waits(c, &ctx, now, limit).await })
+        }))
+    }
+
+    fn advance_fan_outs(&self, now: i64, limit: u32) -> BoxFut<'_, u32> {
+        Box::pin(self.write(move |c, ctx| {
+            Box::pin(async move { fan_out::advance_fan_outs(c, &ctx, now, limit).await })
         }))
     }
 }

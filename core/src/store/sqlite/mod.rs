@@ -18,6 +18,7 @@ use crate::model::template::Template;
 use crate::store::*;
 
 mod claims;
+mod fan_out;
 mod migrate;
 mod reads;
 mod signals;
@@ -364,5 +365,9 @@ impl Store for SqliteStore {
 
     fn expire_waits(&self, now: i64, limit: u32) -> BoxFut<'_, u32> {
         done(self.write(|c| signals::expire_waits(c, now, limit)))
+    }
+
+    fn advance_fan_outs(&self, now: i64, limit: u32) -> BoxFut<'_, u32> {
+        done(self.write(|c| fan_out::advance_fan_outs(c, now, limit)))
     }
 }

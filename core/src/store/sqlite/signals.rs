@@ -86,7 +86,12 @@ pub fn begin_waits(conn: &Connection, now: i64, limit: u32) -> Result<u32> {
 }
 
 /// A pending task whose first step starts waiting is running, as at a first claim.
-fn start_tasks(conn: &Connection, tasks: &[i64], now: i64, trs: &mut Vec<Tr>) -> Result<()> {
+pub(super) fn start_tasks(
+    conn: &Connection,
+    tasks: &[i64],
+    now: i64,
+    trs: &mut Vec<Tr>,
+) -> Result<()> {
     let ids = Value::from(tasks.to_vec()).to_string();
     let mut started: Vec<i64> = conn
         .prepare_cached(
