@@ -40,7 +40,8 @@ export type EventName =
   | 'step.resolved_manually'
   | 'step.cancelled'
   | 'step.waiting'
-  | 'step.signalled';
+  | 'step.signalled'
+  | 'step.fanned_out';
 export type StopReason = 'cancelled' | 'timeout' | 'lease_lost';
 export type ErrorCode =
   | 'invalid_json'
