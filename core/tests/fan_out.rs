@@ -151,3 +151,25 @@ fn bad_fan_out_templates_are_refused() {
     assert_eq!(db.task(id)["state"], "complete");
     assert_eq!(db.step(id, "p")["result"], json!([5]));
 }
+
+#[test]
+fn an_expansion_past_max_steps_per_task_fails_the_step() {
+    let db = open(json!({ "max_steps_per_task": 6 }));
+    db.register(fan(None));
+    let ok = db.create("fan", json!({}));
+    split(&db, json!([1, 2, 3]));
+    assert_eq!(db.task(ok)["steps_total"], 6);
+    let over = db.create("fan", json!({}));
+    split(&db, json!([1, 2, 3, 4]));
+    let process = db.step(over, "process");
+    assert_eq!(process["state"], "error");
+    assert_eq!(process["error"]["kind"], "fan_out_too_large");
+    assert!(
+        process["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_steps_per_task"),
+        "{process}"
+    );
+    assert_eq!(db.task(over)["steps_total"], 3);
+}

@@ -72,6 +72,9 @@ fn shell_word(s: &str) -> String {
     }
 }
 
+/// Most unfinished parents a `waiting_on_parents` reason names (`waiting_on` lists all).
+const EXPLAIN_PARENTS: usize = 10;
+
 pub fn explain(view: &TaskView, now: i64) -> Explanation {
     let state_of: HashMap<&str, &str> = view
         .steps
@@ -131,10 +134,15 @@ pub fn explain(view: &TaskView, now: i64) -> Explanation {
                     })
                     .cloned()
                     .collect();
-                let detail: Vec<String> = waiting
+                // A fan-out step waits on every instance: name the first few.
+                let mut detail: Vec<String> = waiting
                     .iter()
+                    .take(EXPLAIN_PARENTS)
                     .map(|p| format!("{p} ({})", state_of.get(p.as_str()).copied().unwrap_or("?")))
                     .collect();
+                if waiting.len() > EXPLAIN_PARENTS {
+                    detail.push(format!("and {} more", waiting.len() - EXPLAIN_PARENTS));
+                }
                 (
                     "waiting_on_parents",
                     format!("waiting on {}", detail.join(", ")),

@@ -69,7 +69,10 @@ impl Engine {
         // children); a DAG ends, and the bound keeps a pathological one from spinning.
         for _ in 0..1_000 {
             let waits = self.store.begin_waits(self.now_ms(), batch).await?;
-            let fans = self.store.advance_fan_outs(self.now_ms(), batch).await?;
+            let fans = self
+                .store
+                .advance_fan_outs(self.now_ms(), batch, self.config.max_steps_per_task as i64)
+                .await?;
             total += waits + fans;
             if waits == 0 && fans == 0 {
                 break;

@@ -121,6 +121,21 @@ pub fn items(
     Ok(list.clone())
 }
 
+/// Whether `count` instances fit a task of `n_total` steps under `max_steps`
+/// (`max_steps_per_task`).
+pub fn check_task_size(n_total: i64, count: usize, max_steps: i64) -> Result<(), Refusal> {
+    let after = n_total.saturating_add(count as i64);
+    if after > max_steps {
+        return Err(Refusal {
+            kind: "fan_out_too_large",
+            message: format!(
+                "{count} instances would make the task {after} steps; the limit is {max_steps} (max_steps_per_task)"
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -191,5 +206,10 @@ mod tests {
         assert!(check_path("$context", &parents).is_ok());
         assert!(check_path("$results.other", &parents).is_err());
         assert!(check_path("items", &parents).is_err());
+        assert!(check_task_size(3, 7, 10).is_ok());
+        assert_eq!(
+            check_task_size(3, 8, 10).unwrap_err().kind,
+            "fan_out_too_large"
+        );
     }
 }

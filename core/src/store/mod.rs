@@ -476,6 +476,7 @@ pub trait Store: Send + Sync {
     /// ready instance per item (its parents from then on; the step goes back to
     /// `pending`), completes with `[]` for no items, or fails permanently (missing, not
     /// a list, too many); one whose instances are done completes with their results in
-    /// item order. Returns how many steps it took.
-    fn advance_fan_outs(&self, now: i64, limit: u32) -> BoxFut<'_, u32>;
+    /// item order. An expansion that would make the task more than `max_steps` steps
+    /// fails like a list over `max_items`. Returns how many steps it took.
+    fn advance_fan_outs(&self, now: i64, limit: u32, max_steps: i64) -> BoxFut<'_, u32>;
 }

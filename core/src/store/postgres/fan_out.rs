@@ -22,6 +22,7 @@ struct Ready {
     attempt: i64,
     run_attempts: i64,
     context: Value,
+    n_total: i64,
 }
 
 fn parse(text: Option<String>) -> Value {
@@ -34,9 +35,11 @@ pub async fn advance_fan_outs(
     ctx: &Ctx,
     now: i64,
     limit: u32,
+    max_steps: i64,
 ) -> Result<u32> {
     let rows = sqlx::query(
-        "SELECT s.id, s.task_id, s.name, s.config, s.attempts + 1, s.attempts - s.retry_base, t.context
+        "SELECT s.id, s.task_id, s.name, s.config, s.attempts + 1, s.attempts - s.retry_base, t.context,
+                t.n_total
          FROM tasker_steps s JOIN tasker_tasks t ON t.id = s.task_id
          WHERE s.handler = $1 AND s.state = 'ready'
          ORDER BY s.priority DESC, s.ready_at, s.id LIMIT $2 FOR UPDATE OF s SKIP LOCKED",
@@ -58,12 +61,14 @@ pub async fn advance_fan_outs(
             attempt: r.try_get(4)?,
             run_attempts: r.try_get(5)?,
             context: parse(r.try_get(6)?),
+            n_total: r.try_get(7)?,
         });
     }
     let mut deltas = Deltas::new();
     let mut trs = Vec::new();
     let mut started = Vec::new();
     let mut finished = Vec::new();
+    let mut added: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
     for s in &ready {
         let parent_rows = sqlx::query(
             "SELECT p.name, p.result FROM tasker_edges e JOIN tasker_steps p ON p.id = e.parent_id
@@ -84,7 +89,12 @@ pub async fn advance_fan_outs(
         let results: BTreeMap<String, Value> =
             parents.into_iter().map(|(n, r)| (n, parse(r))).collect();
         started.push(s.task_id);
-        match fan_out::items(&s.config, &s.context, &results) {
+        // Earlier expansions of this call grew the task: count them in.
+        let grown = s.n_total + added.get(&s.task_id).copied().unwrap_or(0);
+        let planned = fan_out::items(&s.config, &s.context, &results).and_then(|items| {
+            fan_out::check_task_size(grown, items.len(), max_steps).map(|()| items)
+        });
+        match planned {
             Err(refusal) => {
                 let error = refusal.error_json();
                 sqlx::query(
@@ -145,7 +155,10 @@ pub async fn advance_fan_outs(
                 );
                 finished.push(s.id);
             }
-            Ok(items) => expand(conn, s, items, now, &mut deltas, &mut trs).await?,
+            Ok(items) => {
+                *added.entry(s.task_id).or_default() += items.len() as i64;
+                expand(conn, s, items, now, &mut deltas, &mut trs).await?
+            }
         }
     }
     started.sort_unstable();

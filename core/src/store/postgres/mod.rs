@@ -742,9 +742,9 @@ impl Store for PgStore {
         }))
     }
 
-    fn advance_fan_outs(&self, now: i64, limit: u32) -> BoxFut<'_, u32> {
+    fn advance_fan_outs(&self, now: i64, limit: u32, max_steps: i64) -> BoxFut<'_, u32> {
         Box::pin(self.write(move |c, ctx| {
-            Box::pin(async move { fan_out::advance_fan_outs(c, &ctx, now, limit).await })
+            Box::pin(async move { fan_out::advance_fan_outs(c, &ctx, now, limit, max_steps).await })
         }))
     }
 }

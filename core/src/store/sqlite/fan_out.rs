@@ -30,6 +30,7 @@ struct Ready {
     timeout_ms: i64,
     priority: i64,
     context: Value,
+    n_total: i64,
 }
 
 fn parse(text: Option<String>) -> Value {
@@ -38,12 +39,12 @@ fn parse(text: Option<String>) -> Value {
 }
 
 /// Expands or collects up to `limit` ready fan-out steps; returns how many.
-pub fn advance_fan_outs(conn: &Connection, now: i64, limit: u32) -> Result<u32> {
+pub fn advance_fan_outs(conn: &Connection, now: i64, limit: u32, max_steps: i64) -> Result<u32> {
     let rows: Vec<Ready> = conn
         .prepare_cached(
             "SELECT s.id, s.task_id, s.name, s.config, s.attempts + 1, s.attempts - s.retry_base,
                     s.max_attempts, s.backoff, s.base_ms, s.max_ms, s.jitter, s.timeout_ms,
-                    s.priority, t.context
+                    s.priority, t.context, t.n_total
              FROM tasker_steps AS s JOIN tasker_tasks AS t ON t.id = s.task_id
              WHERE s.handler = ?1 AND s.state = 'ready'
              ORDER BY s.priority DESC, s.ready_at, s.id LIMIT ?2",
@@ -64,6 +65,7 @@ pub fn advance_fan_outs(conn: &Connection, now: i64, limit: u32) -> Result<u32> 
                 timeout_ms: r.get(11)?,
                 priority: r.get(12)?,
                 context: parse(r.get(13)?),
+                n_total: r.get(14)?,
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -74,6 +76,7 @@ pub fn advance_fan_outs(conn: &Connection, now: i64, limit: u32) -> Result<u32> 
     let mut trs = Vec::new();
     let mut started = Vec::new();
     let mut finished = Vec::new();
+    let mut added: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
     for s in &rows {
         let parents: Vec<(String, Option<String>)> = conn
             .prepare_cached(
@@ -89,7 +92,12 @@ pub fn advance_fan_outs(conn: &Connection, now: i64, limit: u32) -> Result<u32> 
         }
         let results: BTreeMap<String, Value> =
             parents.into_iter().map(|(n, r)| (n, parse(r))).collect();
-        match fan_out::items(&s.config, &s.context, &results) {
+        // Earlier expansions of this call grew the task: count them in.
+        let grown = s.n_total + added.get(&s.task_id).copied().unwrap_or(0);
+        let planned = fan_out::items(&s.config, &s.context, &results).and_then(|items| {
+            fan_out::check_task_size(grown, items.len(), max_steps).map(|()| items)
+        });
+        match planned {
             Err(refusal) => {
                 let error = refusal.error_json();
                 conn.prepare_cached(
@@ -146,6 +154,7 @@ pub fn advance_fan_outs(conn: &Connection, now: i64, limit: u32) -> Result<u32> 
                 finished.push(s.id);
             }
             Ok(items) => {
+                *added.entry(s.task_id).or_default() += items.len() as i64;
                 expand(conn, s, items, now, &mut deltas, &mut trs)?;
                 started.push(s.task_id);
             }

@@ -367,7 +367,7 @@ impl Store for SqliteStore {
         done(self.write(|c| signals::expire_waits(c, now, limit)))
     }
 
-    fn advance_fan_outs(&self, now: i64, limit: u32) -> BoxFut<'_, u32> {
-        done(self.write(|c| fan_out::advance_fan_outs(c, now, limit)))
+    fn advance_fan_outs(&self, now: i64, limit: u32, max_steps: i64) -> BoxFut<'_, u32> {
+        done(self.write(|c| fan_out::advance_fan_outs(c, now, limit, max_steps)))
     }
 }
