@@ -45,8 +45,9 @@ pub struct Engine {
     /// The time every decision is made with (`clock` setting; see [`Clock`]).
     clock: Clock,
     closed: AtomicBool,
-    /// Set once this engine has seen a template with a step the engine itself holds
-    /// (`wait_for`): calls that release steps then move such steps on at once.
+    /// Set once this engine has seen a template with a step the engine itself runs
+    /// (`wait_for`, `fan_out`) or sent a signal: calls that release steps then move
+    /// such steps on at once (the sweep does it in every process regardless).
     waits_seen: AtomicBool,
 }
 
