@@ -243,3 +243,41 @@ fn bad_signals_get_clear_errors_and_change_nothing() {
         assert_eq!(e.code, ErrorCode::InvalidTemplate, "{step}: {e}");
     }
 }
+
+#[test]
+fn signals_racing_the_start_of_their_waits_are_never_lost() {
+    let db = open(json!({}));
+    db.register(approval());
+    let ids: Vec<i64> = (0..40).map(|_| db.create("approval", json!({}))).collect();
+    std::thread::scope(|s| {
+        // One thread completes the parents (each completion starts a wait) while the
+        // other sends the signals: some arrive early, some while the step starts to
+        // wait, some after.
+        s.spawn(|| {
+            let mut done = 0;
+            while done < ids.len() {
+                for step in db.claim(&["fetch"], 3, 60_000) {
+                    db.complete(&step, json!(1));
+                    done += 1;
+                }
+            }
+        });
+        s.spawn(|| {
+            for (i, id) in ids.iter().enumerate() {
+                if i % 3 == 0 {
+                    std::thread::yield_now();
+                }
+                db.call(
+                    "send_signal",
+                    json!({ "task_id": id, "name": "approved", "payload": i }),
+                );
+            }
+        });
+    });
+    db.call("sweep", json!({}));
+    for (i, id) in ids.iter().enumerate() {
+        let approve = db.step(*id, "approve");
+        assert_eq!(approve["state"], "complete", "task {id}: {approve}");
+        assert_eq!(approve["result"], json!(i));
+    }
+}
