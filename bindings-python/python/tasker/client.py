@@ -14,6 +14,7 @@ from .types import (
     NewTask,
     Explanation,
     Registered,
+    SignalSent,
     TaskInfo,
     TaskPage,
 )
@@ -361,7 +362,7 @@ class Tasker:
             req["result"] = result
         return cast(Dict[str, Any], self._h.call_obj("resolve_step", req))
 
-    def send_signal(self, task_id: int, name: str, payload: Any = None) -> Dict[str, Any]:
+    def send_signal(self, task_id: int, name: str, payload: Any = None) -> SignalSent:
         """Sends signal ``name`` to a task: every step of it that waits for the signal
         (``wait_for`` in the template) and is ``waiting`` completes with ``payload`` as
         its result; a step not waiting yet takes the signal when it gets there.
@@ -374,7 +375,7 @@ class Tasker:
             ConflictError: this signal was already sent to the task.
         """
         req = {"task_id": task_id, "name": name, "payload": payload}
-        return cast(Dict[str, Any], self._h.call_obj("send_signal", req))
+        return cast(SignalSent, self._h.call_obj("send_signal", req))
 
     def stats(self, window_ms: Optional[int] = None) -> Dict[str, Any]:
         """Counts by state, throughput in the window, the slowest steps and tasks, and
