@@ -15,6 +15,7 @@ export type StepState =
   | 'pending'
   | 'ready'
   | 'running'
+  | 'waiting'
   | 'complete'
   | 'error'
   | 'cancelled'
@@ -37,7 +38,10 @@ export type EventName =
   | 'step.timed_out'
   | 'step.retry_requested'
   | 'step.resolved_manually'
-  | 'step.cancelled';
+  | 'step.cancelled'
+  | 'step.waiting'
+  | 'step.signalled'
+  | 'step.fanned_out';
 export type StopReason = 'cancelled' | 'timeout' | 'lease_lost' | 'task_timeout';
 export type ErrorCode =
   | 'invalid_json'
@@ -198,6 +202,8 @@ export interface StepInfo {
   worker: string | null;
   ready_at: string | null;
   lease_expires_at: string | null;
+  /** A `waiting` step's deadline (it fails with kind `signal_timeout` then). */
+  wait_until?: string;
   first_started_at: string | null;
   started_at: string | null;
   finished_at: string | null;
@@ -234,6 +240,7 @@ export interface ExplainedStep {
     | 'retry_scheduled'
     | 'waiting_for_worker'
     | 'running'
+    | 'waiting_for_signal'
     | 'failed'
     | 'cancelled';
   reason: string;
@@ -261,6 +268,14 @@ export interface StepChange {
   state: StepState;
   task_state: TaskState;
   [field: string]: Json | undefined;
+}
+
+/** `sendSignal`: every step of the task that waits for the signal, after the call. */
+export interface SignalSent {
+  task_id: number;
+  signal: string;
+  steps: { step_id: number; step_name: string; state: StepState }[];
+  task_state: TaskState;
 }
 
 /** `stats`. */
@@ -375,6 +390,12 @@ export class Tasker {
   cancelTask(taskId: number, options?: { reason?: string }): Promise<Cancelled>;
   retryStep(step: StepRef): Promise<StepChange>;
   resolveStep(step: StepRef, options?: { result?: Json; reason?: string }): Promise<StepChange>;
+  /**
+   * Sends signal `name` to a task: its steps waiting for it (`wait_for`) complete with
+   * `payload` (default null) as their result; a step not waiting yet takes it later.
+   * Rejects with `not_found`, `invalid_state` (task finished) or `conflict` (sent before).
+   */
+  sendSignal(taskId: number, name: string, payload?: Json): Promise<SignalSent>;
   stats(options?: { windowMs?: number }): Promise<Stats>;
   events(options?: {
     since?: number;

@@ -448,6 +448,24 @@ class Tasker {
   }
 
   /**
+   * Sends signal `name` to a task: every step of it that waits for the signal
+   * (`wait_for` in the template) and is `waiting` completes with `payload` (default
+   * null) as its result; a step not waiting yet takes the signal when it gets there.
+   * Rejects with `not_found` (no such task, or nothing waits for `name`),
+   * `invalid_state` (the task is complete or cancelled) or `conflict` (sent before).
+   * @param {number} taskId
+   * @param {string} name
+   * @param {unknown} [payload]
+   */
+  async sendSignal(taskId, name, payload = null) {
+    check.int('taskId', taskId);
+    check.string('name', name);
+    const req = { task_id: taskId, name, payload: payload === undefined ? null : payload };
+    check.json('payload', req.payload);
+    return this._op('send_signal', req);
+  }
+
+  /**
    * Counts by state, throughput in the window, the slowest steps and tasks, and
    * `last_event_id`. Reads whole tables: for dashboards, not per task.
    * @param {{windowMs?: number}} [options]

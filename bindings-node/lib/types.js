@@ -10,6 +10,7 @@ const STEP_STATES = Object.freeze([
   'pending',
   'ready',
   'running',
+  'waiting',
   'complete',
   'error',
   'cancelled',
@@ -36,6 +37,9 @@ const EVENT_NAMES = Object.freeze([
   'step.retry_requested',
   'step.resolved_manually',
   'step.cancelled',
+  'step.waiting',
+  'step.signalled',
+  'step.fanned_out',
 ]);
 
 /** Why a held step must stop (`worker_next`'s `stop[].reason`, `step.signal.reason`). */

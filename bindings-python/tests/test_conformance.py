@@ -161,7 +161,8 @@ class Run:
         tpl = v["template"]
         ns, name = tpl["namespace"], tpl["name"]
         for s in tpl.get("steps", []):
-            if s.get("handler") not in self.handlers:
+            # A step with wait_for has no handler (the engine runs it).
+            if s.get("handler") is not None and s["handler"] not in self.handlers:
                 self.handlers.append(s["handler"])
         expect = v["expect"]
         if "register_error" in expect:
@@ -288,6 +289,8 @@ class Run:
         elif what == "advance_clock":
             # Scheduling vectors: move the manual clock (config.clock: manual).
             fn, args, kw = t.call, ("advance_clock", {"ms": a["ms"]}), {}
+        elif what == "send_signal":
+            fn, args, kw = self.signal_call(a)
         else:
             raise VectorFailure(f"unknown action `{what}`")
         resp = self.checked(a.get("expect_error"), fn, *args, **kw)
@@ -295,6 +298,13 @@ class Run:
             for k, w in a.get("expect", {}).items():
                 if not json_eq(w, resp.get(k)):
                     raise VectorFailure(f"action {a}: expected {k} = {w}, got {resp.get(k)}")
+
+    def signal_call(self, a: Dict[str, Any]) -> Tuple[Any, Tuple[Any, ...], Dict[str, Any]]:
+        """send_signal {task_id, name: signal, payload?: EXPR} (only $context in scope)."""
+        payload = None
+        if "payload" in a:
+            payload = evaluate(a["payload"], {"context": self.v.get("context", {})})
+        return self.t.send_signal, (self.task_id, a["signal"], payload), {}
 
     def claim(self, wait_ms: int) -> Tuple[List[tasker.Step], Optional[str]]:
         if self.session is not None:

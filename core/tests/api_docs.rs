@@ -11,7 +11,9 @@
 //!   the same way);
 //! - the string `"<any>"` in a documented response matches any value;
 //! - the string `"<token:STEP_ID>"` in a request is replaced by the last `claim_token`
-//!   a `claim` response handed out for that step.
+//!   a `claim` response handed out for that step;
+//! - the string `"<task:last>"` in a request is replaced by the `task_id` of the last
+//!   `create_task` response (task ids differ between the stores after a batch).
 //!
 //! Set `API_DOCS_PRINT=1` to print every actual response (useful when writing examples).
 
@@ -241,6 +243,16 @@ fn substitute(request: &str, tokens: &HashMap<i64, String>) -> Result<String, St
     Ok(out)
 }
 
+/// Replaces every `"<task:last>"` with the id of the task the last `create_task` made.
+fn substitute_task(request: &str, last_task: Option<i64>) -> Result<String, String> {
+    const PLACEHOLDER: &str = "\"<task:last>\"";
+    if !request.contains(PLACEHOLDER) {
+        return Ok(request.to_owned());
+    }
+    let id = last_task.ok_or("<task:last> before any create_task example")?;
+    Ok(request.replace(PLACEHOLDER, &id.to_string()))
+}
+
 /// Remembers the claim tokens a `claim` response hands out.
 fn remember_tokens(response: &Value, tokens: &mut HashMap<i64, String>) {
     if let Some(steps) = response["steps"].as_array() {
@@ -345,14 +357,16 @@ fn check_coverage(text: &str, examples: &[Example], problems: &mut Vec<String>) 
 fn run_examples(tasker: &Tasker, examples: &[Example], problems: &mut Vec<String>) {
     let print = std::env::var_os("API_DOCS_PRINT").is_some();
     let mut tokens: HashMap<i64, String> = HashMap::new();
+    let mut last_task: Option<i64> = None;
     for e in examples {
-        let request = match substitute(&e.request, &tokens) {
-            Ok(r) => r,
-            Err(m) => {
-                problems.push(format!("line {} ({}): {m}", e.line, e.op));
-                continue;
-            }
-        };
+        let request =
+            match substitute(&e.request, &tokens).and_then(|r| substitute_task(&r, last_task)) {
+                Ok(r) => r,
+                Err(m) => {
+                    problems.push(format!("line {} ({}): {m}", e.line, e.op));
+                    continue;
+                }
+            };
         let outcome = tasker.call(&e.op, &request);
         if print {
             match &outcome {
@@ -366,6 +380,9 @@ fn run_examples(tasker: &Tasker, examples: &[Example], problems: &mut Vec<String
                 match serde_json::from_str::<Value>(&text) {
                     Ok(actual) => {
                         remember_tokens(&actual, &mut tokens);
+                        if e.op == "create_task" {
+                            last_task = actual["task_id"].as_i64().or(last_task);
+                        }
                         matches(expected, &actual, "$", &mut diffs);
                     }
                     Err(err) => diffs.push(format!("the response is not JSON: {err}")),

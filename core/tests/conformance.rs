@@ -661,6 +661,7 @@ impl Run<'_> {
             }
             // Scheduling vectors: move the manual clock (`config.clock: manual`).
             "advance_clock" => ("advance_clock", json!({"ms": a["ms"]})),
+            "send_signal" => ("send_signal", self.signal_request(a)?),
             other => return Err(format!("unknown action `{other}`")),
         };
         let resp = self
@@ -675,6 +676,22 @@ impl Run<'_> {
             }
         }
         Ok(())
+    }
+
+    /// `send_signal {task_id, name: signal, payload?: EXPR}` (only `$context` in scope).
+    fn signal_request(&self, a: &Value) -> R<Value> {
+        let mut r = json!({"task_id": self.task_id, "name": a["signal"]});
+        if let Some(x) = a.get("payload") {
+            let ctx = self.v.get("context").cloned().unwrap_or(json!({}));
+            let scope = Scope {
+                context: &ctx,
+                results: None,
+                config: None,
+                attempt: None,
+            };
+            r["payload"] = eval(x, &scope)?;
+        }
+        Ok(r)
     }
 
     fn claim(&self, wait_ms: u64) -> R<Value> {

@@ -361,6 +361,22 @@ static const cJSON *actions(const Run *r) { return field(r->v, "actions"); }
 
 static const cJSON *expect(const Run *r) { return field(r->v, "expect"); }
 
+/* send_signal {task_id, name: signal, payload?: EXPR} (only $context in scope). */
+static int signal_request(Run *r, const cJSON *a, cJSON *req) {
+    cJSON_AddNumberToObject(req, "task_id", r->task_id);
+    cJSON_AddItemToObject(req, "name", field(a, "signal") ? cJSON_Duplicate(field(a, "signal"), 1) : cJSON_CreateNull());
+    if (field(a, "payload")) {
+        const cJSON *ctx = field(r->v, "context");
+        cJSON *empty = cJSON_CreateObject();
+        Scope s = {ctx ? ctx : empty, NULL, NULL, NULL};
+        cJSON *payload = eval(field(a, "payload"), &s);
+        cJSON_Delete(empty);
+        if (payload == NULL) return -1;
+        cJSON_AddItemToObject(req, "payload", payload);
+    }
+    return 0;
+}
+
 static int act(Run *r, const cJSON *a) {
     const char *what = field_str(a, "do");
     const cJSON *step = field(a, "step");
@@ -418,6 +434,9 @@ static int act(Run *r, const cJSON *a) {
         op = "advance_clock";
         const cJSON *ms = field(a, "ms");
         cJSON_AddItemToObject(req, "ms", ms ? cJSON_Duplicate(ms, 1) : cJSON_CreateNull());
+    } else if (strcmp(what, "send_signal") == 0) {
+        op = "send_signal";
+        rc = signal_request(r, a, req);
     } else {
         rc = failf("unknown action `%s`", what);
     }

@@ -167,7 +167,10 @@ module Conformance
       tpl = @v.fetch("template")
       ns = tpl["namespace"]
       name = tpl["name"]
-      tpl.fetch("steps", []).each { |s| @handlers << s["handler"] unless @handlers.include?(s["handler"]) }
+      # A step with wait_for has no handler (the engine runs it).
+      tpl.fetch("steps", []).each do |s|
+        @handlers << s["handler"] unless s["handler"].nil? || @handlers.include?(s["handler"])
+      end
       expect = @v.fetch("expect")
       if expect.key?("register_error")
         expect_failure(expect["register_error"], "register_template") { @t.register_template(tpl) }
@@ -272,6 +275,12 @@ module Conformance
       end
     end
 
+    # send_signal(task_id, signal, payload: EXPR) (only $context in scope).
+    def signal_call(a)
+      payload = a.key?("payload") ? Conformance.evaluate(a["payload"], { "context" => @v.fetch("context", {}) }) : nil
+      -> { @t.send_signal(@task_id, a["signal"], payload: payload) }
+    end
+
     def act(a)
       what = a["do"]
       step = a["step"]
@@ -296,6 +305,7 @@ module Conformance
         when "advance_clock"
           # Scheduling vectors: move the manual clock (config.clock: manual).
           -> { @t.call("advance_clock", { "ms" => a["ms"] }) }
+        when "send_signal" then signal_call(a)
         else fail!("unknown action `#{what}`")
         end
       resp = checked(a["expect_error"], what) { blk.call }

@@ -51,6 +51,7 @@ import type {
   Explanation,
   Cancelled,
   StepChange,
+  SignalSent,
   Stats,
   TaskerEvent,
   EventPage,
@@ -133,6 +134,8 @@ async function main(): Promise<void> {
   const ref: StepRef = { taskId: id, stepName: 'validate' };
   const retried: StepChange = await t.retryStep(ref);
   const resolved: StepChange = await t.resolveStep(7, { result: { ok: true }, reason: 'by hand' });
+  const signalled: SignalSent = await t.sendSignal(id, 'approved', { by: 'ada' });
+  const signalledState: StepState = signalled.steps[0].state;
   const stats: Stats = await t.stats({ windowMs: 60000 });
   const events: EventPage = await t.events({ since: 0, limit: 10, waitMs: 0, taskId: id, types: ['task.created'] });
   const first: TaskerEvent | undefined = events.events[0];
@@ -199,7 +202,7 @@ async function main(): Promise<void> {
   const after: number | null = new RetryableError('y').retryAfterMs;
   const lists: readonly string[] = [...TASK_STATES, ...STEP_STATES, ...EVENT_NAMES, ...STOP_REASONS];
   const reason: StopReason = 'timeout';
-  console.log(v, reg, regFile, regText, firstOfBatch, valid, validText, tpl, summaries, err, state, stepState, explained);
+  console.log(v, reg, regFile, regText, firstOfBatch, valid, validText, tpl, summaries, err, state, stepState, explained, signalledState);
   console.log(cancelled, retried, resolved, name, raw, rawText, fromCode, byCode, codes, he, after, lists, reason);
   await t2.close();
   await t.close();

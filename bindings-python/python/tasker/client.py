@@ -16,6 +16,7 @@ from .types import (
     Explanation,
     Registered,
     Schedule,
+    SignalSent,
     TaskInfo,
     TaskPage,
 )
@@ -447,6 +448,21 @@ class Tasker:
         if result is not _UNSET:
             req["result"] = result
         return cast(Dict[str, Any], self._h.call_obj("resolve_step", req))
+
+    def send_signal(self, task_id: int, name: str, payload: Any = None) -> SignalSent:
+        """Sends signal ``name`` to a task: every step of it that waits for the signal
+        (``wait_for`` in the template) and is ``waiting`` completes with ``payload`` as
+        its result; a step not waiting yet takes the signal when it gets there.
+
+        Returns ``{task_id, signal, steps: [{step_id, step_name, state}], task_state}``.
+
+        Raises:
+            NotFoundError: no such task, or no step of it waits for ``name``.
+            InvalidStateError: the task is complete or cancelled.
+            ConflictError: this signal was already sent to the task.
+        """
+        req = {"task_id": task_id, "name": name, "payload": payload}
+        return cast(SignalSent, self._h.call_obj("send_signal", req))
 
     def stats(self, window_ms: Optional[int] = None) -> Dict[str, Any]:
         """Counts by state, throughput in the window, the slowest steps and tasks, and

@@ -53,6 +53,24 @@ class Registered(TypedDict):
     note: NotRequired[str]
 
 
+class SignalledStep(TypedDict):
+    """A step that waits for the signal ``send_signal`` sent, after the call."""
+
+    step_id: int
+    step_name: str
+    state: str
+
+
+class SignalSent(TypedDict):
+    """``send_signal``: every step of the task that waits for the signal (``complete``
+    when it took it now) and the task's state."""
+
+    task_id: int
+    signal: str
+    steps: List[SignalledStep]
+    task_state: str
+
+
 class CreatedTask(TypedDict):
     """``create_task``: ``created`` is False when an existing task with the same
     idempotency key was returned; ``state`` is that task's current state."""
@@ -146,6 +164,7 @@ class StepInfo(TypedDict):
     worker: Optional[str]
     ready_at: Optional[str]
     lease_expires_at: Optional[str]
+    wait_until: NotRequired[str]
     first_started_at: Optional[str]
     started_at: Optional[str]
     finished_at: Optional[str]

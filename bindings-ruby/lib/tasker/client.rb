@@ -308,6 +308,19 @@ module Tasker
       @h.call_obj("resolve_step", req)
     end
 
+    # Sends signal +name+ to a task: every step of it that waits for the signal
+    # (+wait_for+ in the template) and is "waiting" completes with +payload:+ (default
+    # nil) as its result; a step not waiting yet takes the signal when it gets there.
+    # Returns {"task_id", "signal", "steps" => [{"step_id", "step_name", "state"}],
+    # "task_state"}. Raises Tasker::NotFoundError (no such task, or nothing waits for
+    # +name+), Tasker::InvalidStateError (the task is complete or cancelled),
+    # Tasker::ConflictError (the signal was already sent).
+    def send_signal(task_id, name, payload: nil)
+      Types.integer!("task_id", task_id)
+      Types.string!("name", name)
+      @h.call_obj("send_signal", { "task_id" => task_id, "name" => name, "payload" => payload })
+    end
+
     # Counts by state, throughput in the window, the slowest steps and tasks, and
     # "last_event_id". Reads whole tables: for dashboards, not per task.
     def stats(window_ms: nil)

@@ -15,6 +15,7 @@ pub fn run(cli: &Cli) -> Outcome {
         Command::Template(cmd) => template(cli, cmd),
         Command::Task(cmd) => task(cli, cmd),
         Command::Step(cmd) => step(cli, cmd),
+        Command::Signal(cmd) => crate::signal::run(cli, cmd),
         Command::Stats => stats(cli),
         Command::Events(args) => events(cli, args),
         Command::Schedule(cmd) => crate::schedule::run(cli, cmd),

@@ -15,6 +15,7 @@ mod create;
 mod import;
 mod schedule;
 mod session;
+mod signal;
 
 use session::Failure;
 
@@ -56,6 +57,9 @@ pub enum Command {
     /// Retry or manually resolve a step
     #[command(subcommand)]
     Step(StepCmd),
+    /// Send a signal to a task's steps that wait for it (`wait_for` in the template)
+    #[command(subcommand)]
+    Signal(SignalCmd),
     /// Counts of tasks and steps by state, queue age and the slowest steps
     Stats,
     /// Print lifecycle events from the durable event log
@@ -225,6 +229,23 @@ pub enum StepCmd {
         /// Why (recorded in the audit trail)
         #[arg(long, value_name = "REASON")]
         reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SignalCmd {
+    /// Complete the steps of TASK_ID waiting for signal NAME, with PAYLOAD_JSON as their
+    /// result (default: null); a step not waiting yet takes it when it gets there
+    Send {
+        /// The task's id
+        #[arg(value_name = "TASK_ID")]
+        task_id: i64,
+        /// The signal's name (as in the template's `wait_for.signal`)
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The payload, as JSON (default: null)
+        #[arg(value_name = "PAYLOAD_JSON")]
+        payload: Option<String>,
     },
 }
 

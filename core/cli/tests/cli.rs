@@ -593,3 +593,58 @@ fn task_create_template_list_and_completion() {
     let r = db.ok(&["--help"]);
     assert!(r.stdout.contains("postgres://"), "{}", r.stdout);
 }
+
+#[test]
+fn signal_send_completes_a_waiting_step() {
+    let db = Db::new();
+    db.ok(&["migrate"]);
+    let t = db.open();
+    call(
+        &t,
+        "register_template",
+        json!({ "template": { "namespace": "ops", "name": "approve", "version": "1", "steps": [
+            { "name": "approve", "wait_for": { "signal": "approved" } },
+            { "name": "pay", "handler": "pay", "depends_on": ["approve"] }
+        ] } }),
+    );
+    let id = call(
+        &t,
+        "create_task",
+        json!({ "namespace": "ops", "name": "approve" }),
+    )["task_id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    t.close();
+    let r = db.ok(&["signal", "send", &id, "approved", r#"{"by": "ada"}"#]);
+    assert!(
+        r.stdout.contains("signal approved sent to task"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("step approve"), "{}", r.stdout);
+    assert!(r.stdout.contains("took it"), "{}", r.stdout);
+    let shown = db.json(&["task", "show", &id]);
+    let approve = shown["task"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "approve")
+        .unwrap()
+        .clone();
+    assert_eq!(approve["result"], json!({ "by": "ada" }));
+    // The same signal again: the engine's conflict, exit 1; bad JSON: a usage error.
+    let again = db.run(&["signal", "send", &id, "approved"]);
+    assert_eq!(again.code, 1, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("error [conflict]"),
+        "{}",
+        again.stderr
+    );
+    let bad = db.run(&["signal", "send", &id, "approved", "{nope"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    let missing = db.run(&["--json", "signal", "send", &id, "nothing"]);
+    assert_eq!(missing.code, 1);
+    let err: Value = serde_json::from_str(missing.stdout.trim()).unwrap();
+    assert_eq!(err["code"], "not_found", "{err}");
+}

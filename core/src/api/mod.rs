@@ -20,6 +20,7 @@ mod clock_ops;
 pub mod host;
 pub mod ops;
 mod schedule_ops;
+mod signal_ops;
 mod subscription;
 mod template_ops;
 pub mod validate;

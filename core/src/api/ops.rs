@@ -52,6 +52,7 @@ pub const OPERATIONS: &[&str] = &[
     "pause_schedule",
     "resume_schedule",
     "delete_schedule",
+    "send_signal",
 ];
 
 /// Parses JSON, telling malformed JSON (`invalid_json`) from well-formed JSON of the
@@ -403,6 +404,7 @@ pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<S
         | "resume_schedule" | "delete_schedule" => {
             return super::schedule_ops::dispatch(engine, op, f).await
         }
+        "send_signal" => return super::signal_ops::send_signal(engine, f).await,
         "advance_clock" | "next_ready_at" => {
             return super::clock_ops::dispatch(engine, op, f).await
         }

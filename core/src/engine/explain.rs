@@ -22,7 +22,7 @@ pub struct StepExplanation {
     /// Dependency level (0: no parents).
     pub level: i64,
     /// One of `waiting_on_parents`, `blocked`, `retry_scheduled`, `waiting_for_worker`,
-    /// `running`, `failed`, `cancelled`.
+    /// `running`, `waiting_for_signal`, `failed`, `cancelled`.
     pub status: &'static str,
     pub reason: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -71,6 +71,9 @@ fn shell_word(s: &str) -> String {
         format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
+
+/// Most unfinished parents a `waiting_on_parents` reason names (`waiting_on` lists all).
+const EXPLAIN_PARENTS: usize = 10;
 
 pub fn explain(view: &TaskView, now: i64) -> Explanation {
     let state_of: HashMap<&str, &str> = view
@@ -141,10 +144,15 @@ pub fn explain(view: &TaskView, now: i64) -> Explanation {
                     })
                     .cloned()
                     .collect();
-                let detail: Vec<String> = waiting
+                // A fan-out step waits on every instance: name the first few.
+                let mut detail: Vec<String> = waiting
                     .iter()
+                    .take(EXPLAIN_PARENTS)
                     .map(|p| format!("{p} ({})", state_of.get(p.as_str()).copied().unwrap_or("?")))
                     .collect();
+                if waiting.len() > EXPLAIN_PARENTS {
+                    detail.push(format!("and {} more", waiting.len() - EXPLAIN_PARENTS));
+                }
                 (
                     "waiting_on_parents",
                     format!("waiting on {}", detail.join(", ")),
@@ -179,6 +187,25 @@ pub fn explain(view: &TaskView, now: i64) -> Explanation {
                 ),
                 Vec::new(),
             ),
+            "waiting" => {
+                let signal = s
+                    .config
+                    .as_ref()
+                    .and_then(|c| serde_json::from_str::<serde_json::Value>(c.get()).ok())
+                    .and_then(|c| c.get("signal").and_then(|v| v.as_str()).map(str::to_owned))
+                    .unwrap_or_default();
+                let until = s.wait_until.map(|t| rfc3339(t.0)).unwrap_or_default();
+                actions.push(Action {
+                    operation: "send_signal",
+                    request: serde_json::json!({ "task_id": task_id, "name": signal, "payload": null }),
+                    command: format!("tasker signal send {task_id} {} JSON", shell_word(&signal)),
+                });
+                (
+                    "waiting_for_signal",
+                    format!("waiting for signal `{signal}`; fails with signal_timeout at {until}"),
+                    Vec::new(),
+                )
+            }
             "error" => {
                 let message = s
                     .error

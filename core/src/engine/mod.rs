@@ -22,6 +22,7 @@ use crate::store::*;
 
 mod explain;
 mod scheduling;
+mod signals;
 mod templates;
 
 pub use explain::{explain, Explanation};
@@ -48,6 +49,10 @@ pub struct Engine {
     closed: AtomicBool,
     /// Delayed tasks and schedules (see `scheduling.rs`).
     scheduling: scheduling::State,
+    /// Set once this engine has seen a template with a step the engine itself runs
+    /// (`wait_for`, `fan_out`) or sent a signal: calls that release steps then move
+    /// such steps on at once (the sweep does it in every process regardless).
+    waits_seen: AtomicBool,
 }
 
 /// A request to create a task.
@@ -181,6 +186,7 @@ impl Engine {
             clock,
             closed: AtomicBool::new(false),
             scheduling: scheduling::State::default(),
+            waits_seen: AtomicBool::new(false),
         }))
     }
 
@@ -354,6 +360,14 @@ impl Engine {
     }
 
     fn cache(&self, compiled: Arc<Compiled>) {
+        if compiled
+            .template
+            .steps
+            .iter()
+            .any(|s| s.wait_for.is_some() || s.fan_out.is_some())
+        {
+            self.waits_seen.store(true, Ordering::Release);
+        }
         let key = compiled.template.key();
         self.templates
             .write()
@@ -461,6 +475,7 @@ impl Engine {
                 self.note_due(at);
             }
             self.changed(true);
+            self.after_release().await;
         }
         Ok(created)
     }
@@ -538,6 +553,7 @@ impl Engine {
         };
         if made.iter().any(|c| c.created) {
             self.changed(true);
+            self.after_release().await;
         }
         let mut out: Vec<CreatedTask> = Vec::with_capacity(slots.len());
         for slot in slots {
@@ -630,6 +646,15 @@ impl Engine {
         }
         for (i, h) in req.handlers.iter().enumerate() {
             check_str(&format!("handlers[{i}]"), h, 1, 256)?;
+            if h.starts_with(crate::model::template::RESERVED_HANDLER_PREFIX) {
+                return Err(crate::api::validate::field_error(
+                    &format!("handlers[{i}]"),
+                    format!(
+                        "`{h}`: handler names starting with `{}` are reserved for the engine, which runs those steps itself",
+                        crate::model::template::RESERVED_HANDLER_PREFIX
+                    ),
+                ));
+            }
         }
         check_str("worker_id", &req.worker, 0, 256)?;
         let mut handlers = req.handlers;
@@ -758,6 +783,7 @@ impl Engine {
         }
         let out = self.store.complete(items, params, now).await?;
         self.changed(true);
+        self.after_release().await;
         Ok(out)
     }
 
@@ -829,6 +855,10 @@ impl Engine {
                 break;
             }
         }
+        // Waits: deadlines first (a wait that ran out fails even if it could start
+        // now), then steps whose parents finished in a process that left them ready.
+        total += self.expire_waits().await?;
+        self.advance_waits().await?;
         if total > 0 {
             self.changed(true);
         }
@@ -858,6 +888,7 @@ impl Engine {
         self.check_open()?;
         let out = self.store.retry_step(step, self.now_ms()).await?;
         self.changed(true);
+        self.after_release().await;
         Ok(out)
     }
 
@@ -880,6 +911,7 @@ impl Engine {
             .resolve_step(step, result, reason, self.now_ms())
             .await?;
         self.changed(true);
+        self.after_release().await;
         Ok(out)
     }
 

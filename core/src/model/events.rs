@@ -20,6 +20,16 @@ pub mod reason {
     pub const DUE: &str = "due";
     /// The task's timeout (`timeout_s`) passed: the task failed, its steps stopped.
     pub const TASK_TIMEOUT: &str = "task_timeout";
+    /// A runnable step the engine holds until a signal arrives (see `send_signal`).
+    pub const WAITING: &str = "waiting";
+    /// A waiting step completed by `send_signal` (its payload is the result).
+    pub const SIGNALLED: &str = "signalled";
+    /// A waiting step whose deadline passed without its signal.
+    pub const SIGNAL_TIMEOUT: &str = "signal_timeout";
+    /// A fan-out step expanded into its instances (it waits on them as on parents).
+    pub const FANNED_OUT: &str = "fanned_out";
+    /// A fan-out step whose items were missing, not a list, or too many.
+    pub const FAN_OUT_FAILED: &str = "fan_out_failed";
 }
 
 /// Every event name the engine emits.
@@ -42,6 +52,9 @@ pub const ALL: &[&str] = &[
     "step.retry_requested",
     "step.resolved_manually",
     "step.cancelled",
+    "step.waiting",
+    "step.signalled",
+    "step.fanned_out",
 ];
 
 /// The event name of a task transition.
@@ -63,11 +76,14 @@ pub fn step_event(from: Option<&str>, to: &str, reason: Option<&str>) -> &'stati
         (_, _, Some(reason::LEASE_EXPIRED)) => "step.lease_expired",
         (_, _, Some(reason::TIMEOUT)) => "step.timed_out",
         (None, "pending", _) => "step.created",
+        (_, "pending", Some(reason::FANNED_OUT)) => "step.fanned_out",
         (_, "ready", Some(reason::OPERATOR_RETRY)) => "step.retry_requested",
         (_, "ready", Some(reason::RELEASED)) => "step.released",
         (Some("running"), "ready", _) => "step.retry_scheduled",
         (_, "ready", _) => "step.ready",
         (_, "running", _) => "step.started",
+        (_, "waiting", _) => "step.waiting",
+        (_, "complete", Some(reason::SIGNALLED)) => "step.signalled",
         (_, "complete", _) => "step.completed",
         (_, "error", _) => "step.failed",
         (_, "resolved_manually", _) => "step.resolved_manually",
@@ -100,6 +116,37 @@ mod tests {
                 "step.retry_scheduled",
             ),
             (Some("running"), "error", Some("failed"), "step.failed"),
+            (Some("ready"), "waiting", Some("waiting"), "step.waiting"),
+            (
+                Some("ready"),
+                "pending",
+                Some("fanned_out"),
+                "step.fanned_out",
+            ),
+            (
+                Some("ready"),
+                "complete",
+                Some("fanned_out"),
+                "step.completed",
+            ),
+            (
+                Some("ready"),
+                "error",
+                Some("fan_out_failed"),
+                "step.failed",
+            ),
+            (
+                Some("waiting"),
+                "complete",
+                Some("signalled"),
+                "step.signalled",
+            ),
+            (
+                Some("waiting"),
+                "error",
+                Some("signal_timeout"),
+                "step.failed",
+            ),
             (
                 Some("running"),
                 "ready",

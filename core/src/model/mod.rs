@@ -2,6 +2,7 @@
 //! names of lifecycle events. Pure code: no I/O, so every rule here is tested as a table.
 
 pub mod events;
+pub mod fan_out;
 pub mod retry;
 pub mod schedule;
 pub mod state;

@@ -13,6 +13,9 @@ pub enum StepState {
     Ready,
     /// Held by a worker under a lease.
     Running,
+    /// Runnable, but held by the engine until something outside arrives: a signal
+    /// (`send_signal`), or its deadline (the sweep fails it then).
+    Waiting,
     /// Finished with a result.
     Complete,
     /// Failed permanently or out of attempts; an operator may retry or resolve it.
@@ -62,6 +65,7 @@ state_strings!(StepState {
     Pending => "pending",
     Ready => "ready",
     Running => "running",
+    Waiting => "waiting",
     Complete => "complete",
     Error => "error",
     Cancelled => "cancelled",
@@ -101,8 +105,17 @@ impl StepState {
                 | (Running, Ready)
                 | (Running, Error)
                 | (Error, Ready)
-                | (Pending | Ready | Running | Error, ResolvedManually)
-                | (Pending | Ready | Running | Error, Cancelled)
+                | (Ready, Waiting)
+                // A step the engine runs itself (fan-out): expanded (it then waits on
+                // its instances as on parents), empty or collected, or refused.
+                | (Ready, Pending | Complete | Error)
+                | (Waiting, Complete)
+                | (Waiting, Error)
+                | (
+                    Pending | Ready | Running | Waiting | Error,
+                    ResolvedManually
+                )
+                | (Pending | Ready | Running | Waiting | Error, Cancelled)
         )
     }
 }
@@ -141,6 +154,14 @@ mod tests {
             (Running, Ready),
             (Running, Error),
             (Error, Ready),
+            (Ready, Waiting),
+            (Ready, Pending),
+            (Ready, Complete),
+            (Ready, Error),
+            (Waiting, Complete),
+            (Waiting, Error),
+            (Waiting, ResolvedManually),
+            (Waiting, Cancelled),
             (Pending, ResolvedManually),
             (Ready, ResolvedManually),
             (Running, ResolvedManually),

@@ -43,6 +43,8 @@ pub struct DefaultsDoc {
 #[serde(deny_unknown_fields)]
 pub struct StepDoc {
     pub name: String,
+    /// Required, except for a step that waits for a signal (`wait_for`), which has none.
+    #[serde(default)]
     pub handler: String,
     #[serde(default)]
     pub description: Option<String>,
@@ -56,6 +58,55 @@ pub struct StepDoc {
     pub priority: Option<i32>,
     #[serde(default)]
     pub config: Option<Value>,
+    /// Makes the step wait for a signal instead of running a handler (see `wait_for`).
+    #[serde(default)]
+    pub wait_for: Option<WaitForDoc>,
+    /// Makes the step run its handler once per item of a list, at run time.
+    #[serde(default)]
+    pub fan_out: Option<FanOutDoc>,
+}
+
+/// `fan_out:` of a step: where the list is, and how long it may be.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FanOutDoc {
+    pub items: String,
+    #[serde(default)]
+    pub max_items: Option<u64>,
+}
+
+/// A resolved `fan_out`: the step expands into one instance per item of `items`, each
+/// running `handler`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FanOut {
+    pub items: String,
+    pub max_items: u64,
+    pub handler: String,
+}
+
+/// `wait_for:` of a step: the signal it waits for and how long.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitForDoc {
+    pub signal: String,
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+}
+
+/// The handler name of a step that waits for a signal. Names starting with `tasker.`
+/// are reserved for the engine: no template may declare one and no worker may claim one.
+pub const SIGNAL_HANDLER: &str = "tasker.signal";
+/// The prefix of every handler name the engine reserves.
+pub const RESERVED_HANDLER_PREFIX: &str = "tasker.";
+/// How long a step waits for its signal when `wait_for.timeout_s` is not given (7 days).
+pub const DEFAULT_SIGNAL_TIMEOUT_S: u64 = 7 * 24 * 3600;
+
+/// A resolved `wait_for`: the step waits in state `waiting` until `send_signal` names
+/// this signal, or fails with kind `signal_timeout` after `timeout_s`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaitFor {
+    pub signal: String,
+    pub timeout_s: u64,
 }
 
 /// Overrides applied when `TASKER_ENV` names this environment.
@@ -111,6 +162,10 @@ pub struct StepSpec {
     pub priority: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for: Option<WaitFor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fan_out: Option<FanOut>,
 }
 
 /// Longest step timeout, in seconds (30 days): a timeout in milliseconds added to any
@@ -346,7 +401,21 @@ impl TemplateDoc {
                     json!({ "step": s.name }),
                 ));
             }
-            if s.handler.is_empty() || s.handler.len() > 256 || s.handler.contains('\0') {
+            check_wait_for(s)?;
+            check_fan_out(s)?;
+            if s.wait_for.is_none() && s.handler.starts_with(RESERVED_HANDLER_PREFIX) {
+                return Err(Error::invalid_template(
+                    "reserved_handler",
+                    format!(
+                        "step `{}` handler `{}`: names starting with `{RESERVED_HANDLER_PREFIX}` are reserved for the engine",
+                        s.name, s.handler
+                    ),
+                    json!({ "step": s.name, "handler": s.handler }),
+                ));
+            }
+            if s.wait_for.is_none()
+                && (s.handler.is_empty() || s.handler.len() > 256 || s.handler.contains('\0'))
+            {
                 return Err(Error::invalid_template(
                     "bad_handler",
                     format!(
@@ -430,7 +499,7 @@ impl TemplateDoc {
                     json!({ "step": s.name }),
                 ));
             }
-            resolved.push(StepSpec {
+            let mut spec = StepSpec {
                 name: s.name.clone(),
                 handler: s.handler.clone(),
                 description: s.description.clone(),
@@ -439,7 +508,40 @@ impl TemplateDoc {
                 timeout_s,
                 priority,
                 config: s.config.clone(),
-            });
+                wait_for: None,
+                fan_out: None,
+            };
+            if let Some(w) = &s.wait_for {
+                // A waiting step runs no handler: the engine holds it (handler
+                // `tasker.signal`), its timeout is the wait's, and its stored config names
+                // the signal, so the stores find it without the template.
+                let wait_s = w.timeout_s.unwrap_or(DEFAULT_SIGNAL_TIMEOUT_S);
+                spec.handler = SIGNAL_HANDLER.to_owned();
+                spec.timeout_s = wait_s;
+                spec.retry.max_attempts = 1;
+                spec.config = Some(json!({ "signal": w.signal, "timeout_s": wait_s }));
+                spec.wait_for = Some(WaitFor {
+                    signal: w.signal.clone(),
+                    timeout_s: wait_s,
+                });
+            }
+            if let Some(f) = &s.fan_out {
+                // The engine expands the step (handler `tasker.fan_out`); its stored config
+                // holds what the expansion needs, the instances' handler and config.
+                let max_items = f
+                    .max_items
+                    .unwrap_or(crate::model::fan_out::DEFAULT_MAX_ITEMS);
+                spec.handler = crate::model::fan_out::FAN_OUT_HANDLER.to_owned();
+                spec.config = Some(json!({
+                    "items": f.items, "max_items": max_items, "handler": s.handler, "config": s.config,
+                }));
+                spec.fan_out = Some(FanOut {
+                    items: f.items.clone(),
+                    max_items,
+                    handler: s.handler.clone(),
+                });
+            }
+            resolved.push(spec);
         }
         Ok(Template {
             namespace,
@@ -450,6 +552,91 @@ impl TemplateDoc {
             steps: resolved,
         })
     }
+}
+
+/// The rules of `wait_for`: a signal name like a step name, a timeout in range, and
+/// nothing that only a handler would use.
+fn check_wait_for(s: &StepDoc) -> Result<()> {
+    let Some(w) = &s.wait_for else {
+        return Ok(());
+    };
+    let bad = |message: String| {
+        Err(Error::invalid_template(
+            "bad_wait_for",
+            format!("step `{}` wait_for: {message}", s.name),
+            json!({ "step": s.name }),
+        ))
+    };
+    if !valid_identifier(&w.signal) {
+        return bad(format!(
+            "signal `{}` must be 1-128 characters of letters, digits, `_`, `-` or `.`",
+            w.signal
+        ));
+    }
+    if let Some(t) = w.timeout_s {
+        if t == 0 || t > MAX_TIMEOUT_S {
+            return bad(format!(
+                "timeout_s must be between 1 and {MAX_TIMEOUT_S} (30 days), got {t}"
+            ));
+        }
+    }
+    if !s.handler.is_empty() {
+        return bad("a step that waits for a signal has no handler; remove `handler`".into());
+    }
+    for (field, set) in [
+        ("config", s.config.is_some()),
+        ("retry", s.retry.is_some()),
+        ("timeout_s", s.timeout_s.is_some()),
+    ] {
+        if set {
+            return bad(format!(
+                "a step that waits for a signal takes no `{field}` (its timeout is wait_for.timeout_s)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The rules of `fan_out`: an items path into the context or a parent's result, a
+/// bound in range, a handler for the instances, and a config they can carry an item in.
+fn check_fan_out(s: &StepDoc) -> Result<()> {
+    use crate::model::fan_out::{check_path, INSTANCE_KEY, MAX_ITEMS_LIMIT};
+    let Some(f) = &s.fan_out else {
+        return Ok(());
+    };
+    let bad = |message: String| {
+        Err(Error::invalid_template(
+            "bad_fan_out",
+            format!("step `{}` fan_out: {message}", s.name),
+            json!({ "step": s.name }),
+        ))
+    };
+    if s.wait_for.is_some() {
+        return bad("a step cannot both fan out and wait for a signal".into());
+    }
+    if let Err(m) = check_path(&f.items, &s.depends_on) {
+        return bad(format!("items {m}"));
+    }
+    if let Some(n) = f.max_items {
+        if n == 0 || n > MAX_ITEMS_LIMIT {
+            return bad(format!(
+                "max_items must be between 1 and {MAX_ITEMS_LIMIT}, got {n}"
+            ));
+        }
+    }
+    match &s.config {
+        None => {}
+        Some(Value::Object(m)) if !m.contains_key(INSTANCE_KEY) => {}
+        Some(Value::Object(_)) => {
+            return bad(format!(
+                "config key `{INSTANCE_KEY}` is reserved: each instance finds its item there"
+            ))
+        }
+        Some(_) => {
+            return bad("config must be an object (each instance's item is added to it)".into())
+        }
+    }
+    Ok(())
 }
 
 fn apply_override(step: &mut StepDoc, o: &StepOverride) {

@@ -16,6 +16,7 @@ use crate::model::template::Template;
 
 pub mod postgres;
 pub mod shared;
+pub mod signals;
 pub mod sqlite;
 
 /// A boxed future, so the trait stays object-safe (`Arc<dyn Store>`).
@@ -246,6 +247,9 @@ pub struct StepView {
     pub worker: Option<String>,
     pub ready_at: Option<Ts>,
     pub lease_expires_at: Option<Ts>,
+    /// A `waiting` step's deadline: it fails with kind `signal_timeout` then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_until: Option<Ts>,
     pub first_started_at: Option<Ts>,
     pub started_at: Option<Ts>,
     pub finished_at: Option<Ts>,
@@ -545,4 +549,35 @@ pub trait Store: Send + Sync {
         last_task: Option<i64>,
         now: i64,
     ) -> BoxFut<'_, bool>;
+    // Signals (steps with `wait_for`, handler `tasker.signal`).
+
+    /// Moves up to `limit` ready `tasker.signal` steps to `waiting`, each with its
+    /// deadline (now plus the step's timeout); a step whose signal was sent earlier takes
+    /// it and completes in the same transaction. Returns how many steps it moved.
+    fn begin_waits(&self, now: i64, limit: u32) -> BoxFut<'_, u32>;
+    /// Records signal `name` for a task and completes every step waiting for it with
+    /// `payload` (JSON text) as its result; steps that wait for it later take it then.
+    /// `not_found` for an unknown task or a name no step of the task waits for,
+    /// `invalid_state` for a complete or cancelled task, `conflict` when the name was
+    /// already sent; nothing changes then.
+    fn send_signal<'a>(
+        &'a self,
+        task_id: i64,
+        name: &'a str,
+        payload: &'a str,
+        now: i64,
+    ) -> BoxFut<'a, signals::SignalSent>;
+    /// Fails up to `limit` waiting steps whose deadline passed (kind `signal_timeout`,
+    /// permanent). Returns how many.
+    fn expire_waits(&self, now: i64, limit: u32) -> BoxFut<'_, u32>;
+
+    // Dynamic fan-out (steps with `fan_out`, handler `tasker.fan_out`).
+
+    /// Takes up to `limit` ready fan-out steps: one not yet expanded in this run gets one
+    /// ready instance per item (its parents from then on; the step goes back to
+    /// `pending`), completes with `[]` for no items, or fails permanently (missing, not
+    /// a list, too many); one whose instances are done completes with their results in
+    /// item order. An expansion that would make the task more than `max_steps` steps
+    /// fails like a list over `max_items`. Returns how many steps it took.
+    fn advance_fan_outs(&self, now: i64, limit: u32, max_steps: i64) -> BoxFut<'_, u32>;
 }

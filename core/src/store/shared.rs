@@ -265,13 +265,24 @@ pub fn handlers_of(bodies: impl IntoIterator<Item = String>) -> Vec<String> {
     #[derive(serde::Deserialize)]
     struct StepBody {
         handler: String,
+        #[serde(default)]
+        fan_out: Option<FanOutBody>,
+    }
+    #[derive(serde::Deserialize)]
+    struct FanOutBody {
+        handler: String,
     }
     let mut names = std::collections::BTreeSet::new();
     for body in bodies {
         // An unreadable body is reported where it is used (get_template); here it
         // only contributes no names.
         if let Ok(b) = serde_json::from_str::<Body>(&body) {
-            names.extend(b.steps.into_iter().map(|s| s.handler));
+            // A fan-out step's instances run its `fan_out.handler`.
+            names.extend(
+                b.steps
+                    .into_iter()
+                    .map(|s| s.fan_out.map_or(s.handler, |f| f.handler)),
+            );
         }
     }
     names.into_iter().collect()

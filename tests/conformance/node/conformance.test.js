@@ -177,7 +177,8 @@ class Run {
     const tpl = v.template;
     const ns = tpl.namespace;
     const name = tpl.name;
-    for (const s of tpl.steps || []) if (!this.handlers.includes(s.handler)) this.handlers.push(s.handler);
+    // A step with wait_for has no handler (the engine runs it).
+    for (const s of tpl.steps || []) if (s.handler !== undefined && !this.handlers.includes(s.handler)) this.handlers.push(s.handler);
     const expect = v.expect;
     if ('register_error' in expect) {
       await this.expectFailure(expect.register_error, 'register_template', () => t.registerTemplate(tpl));
@@ -318,6 +319,8 @@ class Run {
       case 'advance_clock':
         // Scheduling vectors: move the manual clock (config.clock: manual).
         fn = () => t.call('advance_clock', { ms: a.ms });
+      case 'send_signal':
+        fn = this.signalCall(a);
         break;
       default:
         throw new VectorFailure(`unknown action \`${a.do}\``);
@@ -330,6 +333,14 @@ class Run {
         }
       }
     }
+  }
+
+  /** sendSignal(taskId, signal, payload?: EXPR) (only $context in scope). */
+  signalCall(a) {
+    const payload = 'payload' in a
+      ? evaluate(a.payload, { context: this.v.context === undefined ? {} : this.v.context })
+      : undefined;
+    return () => this.t.sendSignal(this.taskId, a.signal, payload);
   }
 
   async claim(waitMs) {

@@ -53,6 +53,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "scheduling",
         include_str!("../../../../migrations/postgres/0009_scheduling.sql"),
     ),
+    (
+        11,
+        "signals",
+        include_str!("../../../../migrations/postgres/0011_signals.sql"),
+    ),
 ];
 
 pub async fn run(conn: &mut PgConnection, lock_key: i64) -> Result<u32> {

@@ -19,10 +19,12 @@ use crate::model::template::Template;
 use crate::store::*;
 
 mod claims;
+mod fan_out;
 mod hot;
 mod migrate;
 mod reads;
 mod scheduling;
+mod signals;
 mod tasks;
 mod write;
 
@@ -799,5 +801,42 @@ impl Store for PgStore {
             self.notify_pool.close().await;
             Ok(())
         })
+    }
+
+    fn begin_waits(&self, now: i64, limit: u32) -> BoxFut<'_, u32> {
+        Box::pin(self.write(move |c, ctx| {
+            Box::pin(async move { signals::begin_waits(c, &ctx, now, limit).await })
+        }))
+    }
+
+    fn send_signal<'a>(
+        &'a self,
+        task_id: i64,
+        name: &'a str,
+        payload: &'a str,
+        now: i64,
+    ) -> BoxFut<'a, crate::store::signals::SignalSent> {
+        let (name, payload) = (name.to_owned(), payload.to_owned());
+        Box::pin(async move {
+            self.write(move |c, ctx| {
+                let (name, payload) = (name.clone(), payload.clone());
+                Box::pin(async move {
+                    signals::send_signal(c, &ctx, task_id, &name, &payload, now).await
+                })
+            })
+            .await
+        })
+    }
+
+    fn expire_waits(&self, now: i64, limit: u32) -> BoxFut<'_, u32> {
+        Box::pin(self.write(move |c, ctx| {
+            Box::pin(async move { signals::expire_waits(c, &ctx, now, limit).await })
+        }))
+    }
+
+    fn advance_fan_outs(&self, now: i64, limit: u32, max_steps: i64) -> BoxFut<'_, u32> {
+        Box::pin(self.write(move |c, ctx| {
+            Box::pin(async move { fan_out::advance_fan_outs(c, &ctx, now, limit, max_steps).await })
+        }))
     }
 }

@@ -192,7 +192,8 @@ pub async fn get_task(conn: &mut PgConnection, task_id: i64) -> Result<Option<Ta
     }
     let rows = sqlx::query(
         "SELECT id, name, handler, state, pending_parents, attempts, retry_base, max_attempts, priority, config,
-                result, last_error, worker, ready_at, lease_expires_at, first_started_at, started_at, finished_at
+                result, last_error, worker, ready_at, lease_expires_at, first_started_at, started_at, finished_at,
+                wait_until
          FROM tasker_steps WHERE task_id = $1 ORDER BY id",
     )
     .bind(task_id)
@@ -229,6 +230,7 @@ pub async fn get_task(conn: &mut PgConnection, task_id: i64) -> Result<Option<Ta
             worker: r.try_get(12)?,
             ready_at: ts(ready_at),
             lease_expires_at: ts(lease),
+            wait_until: ts(r.try_get(18)?),
             first_started_at: ts(first),
             started_at: ts(r.try_get(16)?),
             finished_at: ts(finished),

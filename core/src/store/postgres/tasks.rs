@@ -102,7 +102,7 @@ pub async fn cancel(
     let details = why.map(|r| json!({ "reason": r }).to_string());
     let rows = sqlx::query(
         "WITH old AS (SELECT id, state FROM tasker_steps
-                      WHERE task_id = $1 AND state IN ('pending', 'ready', 'running', 'error') ORDER BY id FOR UPDATE)
+                      WHERE task_id = $1 AND state IN ('pending', 'ready', 'running', 'waiting', 'error') ORDER BY id FOR UPDATE)
          UPDATE tasker_steps s SET state = 'cancelled', claim_token = NULL, lease_expires_at = NULL,
              finished_at = $2, updated_at = $2
          FROM old WHERE s.id = old.id
@@ -312,7 +312,7 @@ pub async fn resolve_step(
     bump(&mut deltas, t.task_id, |d| {
         d.done += 1;
         match t.state {
-            StepState::Ready | StepState::Running => d.active -= 1,
+            StepState::Ready | StepState::Running | StepState::Waiting => d.active -= 1,
             StepState::Error => d.error -= 1,
             _ => {}
         }

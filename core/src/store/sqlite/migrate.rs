@@ -21,6 +21,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "scheduling",
         include_str!("../../../../migrations/sqlite/0003_scheduling.sql"),
     ),
+    (
+        5,
+        "signals",
+        include_str!("../../../../migrations/sqlite/0005_signals.sql"),
+    ),
 ];
 
 pub fn run(conn: &mut Connection) -> Result<u32> {

@@ -18,9 +18,11 @@ use crate::model::template::Template;
 use crate::store::*;
 
 mod claims;
+mod fan_out;
 mod migrate;
 mod reads;
 mod scheduling;
+mod signals;
 mod tasks;
 mod write;
 
@@ -408,5 +410,27 @@ impl Store for SqliteStore {
             Some(conn) => conn.close().map_err(|(_, e)| e.into()),
             None => Ok(()),
         })
+    }
+
+    fn begin_waits(&self, now: i64, limit: u32) -> BoxFut<'_, u32> {
+        done(self.write(|c| signals::begin_waits(c, now, limit)))
+    }
+
+    fn send_signal<'a>(
+        &'a self,
+        task_id: i64,
+        name: &'a str,
+        payload: &'a str,
+        now: i64,
+    ) -> BoxFut<'a, crate::store::signals::SignalSent> {
+        done(self.write(|c| signals::send_signal(c, task_id, name, payload, now)))
+    }
+
+    fn expire_waits(&self, now: i64, limit: u32) -> BoxFut<'_, u32> {
+        done(self.write(|c| signals::expire_waits(c, now, limit)))
+    }
+
+    fn advance_fan_outs(&self, now: i64, limit: u32, max_steps: i64) -> BoxFut<'_, u32> {
+        done(self.write(|c| fan_out::advance_fan_outs(c, now, limit, max_steps)))
     }
 }

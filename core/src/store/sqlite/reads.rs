@@ -150,7 +150,8 @@ pub fn get_task(conn: &Connection, task_id: i64) -> Result<Option<TaskView>> {
     }
     let mut stmt = conn.prepare_cached(
         "SELECT id, name, handler, state, pending_parents, attempts, retry_base, max_attempts, priority, config,
-                result, last_error, worker, ready_at, lease_expires_at, first_started_at, started_at, finished_at
+                result, last_error, worker, ready_at, lease_expires_at, first_started_at, started_at, finished_at,
+                wait_until
          FROM tasker_steps WHERE task_id = ?1 ORDER BY id",
     )?;
     let mut rows = stmt.query([task_id])?;
@@ -185,6 +186,7 @@ pub fn get_task(conn: &Connection, task_id: i64) -> Result<Option<TaskView>> {
             worker: r.get(12)?,
             ready_at: ts(ready_at),
             lease_expires_at: ts(lease),
+            wait_until: ts(r.get(18)?),
             first_started_at: ts(first),
             started_at: ts(r.get(16)?),
             finished_at: ts(finished),

@@ -156,7 +156,7 @@ pub fn cancel(
     let rows: Vec<(i64, String, String, i64, Option<String>)> = conn
         .prepare_cached(
             "SELECT id, name, state, attempts, worker FROM tasker_steps
-             WHERE task_id = ?1 AND state IN ('pending', 'ready', 'running', 'error') ORDER BY id",
+             WHERE task_id = ?1 AND state IN ('pending', 'ready', 'running', 'waiting', 'error') ORDER BY id",
         )?
         .query_map([task_id], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
@@ -165,7 +165,7 @@ pub fn cancel(
     conn.prepare_cached(
         "UPDATE tasker_steps SET state = 'cancelled', claim_token = NULL, lease_expires_at = NULL,
              finished_at = ?2, updated_at = ?2
-         WHERE task_id = ?1 AND state IN ('pending', 'ready', 'running', 'error')",
+         WHERE task_id = ?1 AND state IN ('pending', 'ready', 'running', 'waiting', 'error')",
     )?
     .execute(params![task_id, now])?;
     conn.prepare_cached(
@@ -345,7 +345,7 @@ pub fn resolve_step(
     bump(&mut deltas, t.task_id, |d| {
         d.done += 1;
         match t.state {
-            StepState::Ready | StepState::Running => d.active -= 1,
+            StepState::Ready | StepState::Running | StepState::Waiting => d.active -= 1,
             StepState::Error => d.error -= 1,
             _ => {}
         }
