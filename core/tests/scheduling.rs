@@ -585,3 +585,40 @@ fn waiting_claims_and_sessions_wake_when_a_delayed_task_comes_due() {
     assert!(start.elapsed() >= std::time::Duration::from_millis(390));
     db.call("worker_close", json!({ "worker_id": w, "grace_ms": 0 }));
 }
+
+#[test]
+fn a_task_timeout_ends_a_step_waiting_for_its_signal_too() {
+    let db = open(json!({ "clock": "manual" }));
+    db.call(
+        "register_template",
+        json!({ "template": { "namespace": "t", "name": "approval", "version": "1.0.0",
+            "steps": [
+                { "name": "approve", "wait_for": { "signal": "approved", "timeout_s": 3600 } },
+                { "name": "pay", "handler": "pay", "depends_on": ["approve"] }
+            ] } }),
+    );
+    let id = db.call(
+        "create_task",
+        json!({ "namespace": "t", "name": "approval", "timeout_s": 60 }),
+    )["task_id"]
+        .as_i64()
+        .unwrap();
+    // The wait starts right after the creation (or at the next sweep).
+    db.call("sweep", json!({}));
+    assert_eq!(db.step(id, "approve")["state"], "waiting");
+    advance(&db, 60_000);
+    let task = db.task(id);
+    assert_eq!(task["state"], "error", "{task}");
+    assert_eq!(task["steps_done"], 0, "{task}");
+    assert_eq!(db.step(id, "approve")["state"], "cancelled");
+    assert_eq!(db.step(id, "pay")["state"], "cancelled");
+    // A late signal is kept for an operator's retry of the task's errored steps (as for
+    // any task in `error`), and wakes nothing now.
+    let sent = db.call(
+        "send_signal",
+        json!({ "task_id": id, "name": "approved", "payload": 1 }),
+    );
+    assert_eq!(sent["task_state"], "error", "{sent}");
+    assert_eq!(db.step(id, "approve")["state"], "cancelled");
+    assert_eq!(db.task(id)["state"], "error");
+}

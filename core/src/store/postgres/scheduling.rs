@@ -86,7 +86,7 @@ pub async fn time_out_tasks(
         let details = Some(timeout_details(timeout_ms));
         let rows = sqlx::query(
             "WITH old AS (SELECT id, state FROM tasker_steps
-                          WHERE task_id = $1 AND state IN ('pending', 'ready', 'running') ORDER BY id FOR UPDATE)
+                          WHERE task_id = $1 AND state IN ('pending', 'ready', 'running', 'waiting') ORDER BY id FOR UPDATE)
              UPDATE tasker_steps s SET state = 'cancelled', claim_token = NULL, lease_expires_at = NULL,
                  finished_at = $2, updated_at = $2
              FROM old WHERE s.id = old.id

@@ -75,7 +75,7 @@ pub fn time_out_tasks(conn: &Connection, now: i64, limit: u32) -> Result<Vec<i64
         let steps: Vec<(i64, String, String, i64, Option<String>)> = conn
             .prepare_cached(
                 "SELECT id, name, state, attempts, worker FROM tasker_steps
-                 WHERE task_id = ?1 AND state IN ('pending', 'ready', 'running') ORDER BY id",
+                 WHERE task_id = ?1 AND state IN ('pending', 'ready', 'running', 'waiting') ORDER BY id",
             )?
             .query_map([task_id], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
@@ -84,7 +84,7 @@ pub fn time_out_tasks(conn: &Connection, now: i64, limit: u32) -> Result<Vec<i64
         conn.prepare_cached(
             "UPDATE tasker_steps SET state = 'cancelled', claim_token = NULL, lease_expires_at = NULL,
                  finished_at = ?2, updated_at = ?2
-             WHERE task_id = ?1 AND state IN ('pending', 'ready', 'running')",
+             WHERE task_id = ?1 AND state IN ('pending', 'ready', 'running', 'waiting')",
         )?
         .execute(params![task_id, now])?;
         conn.prepare_cached(
