@@ -202,7 +202,12 @@ impl Engine {
     /// a step completes, not at a time.
     pub async fn next_ready_at(&self, handlers: Option<Vec<String>>) -> Result<Option<i64>> {
         self.check_open()?;
-        self.store.next_ready_at(handlers).await
+        let plain = self.store.next_ready_at(handlers.clone()).await?;
+        let limited = self
+            .store
+            .limited_next_ready_at(handlers, self.now_ms())
+            .await?;
+        Ok([plain, limited].into_iter().flatten().min())
     }
 
     pub(crate) fn signals(&self) -> &Signals {
@@ -573,7 +578,9 @@ impl Engine {
                 .with_details(serde_json::json!({ "errors": problems })));
             }
         }
+        let limits = crate::model::limits::resolve_task(&compiled.template, &context)?;
         Ok(NewTask {
+            limits,
             template: compiled.template.clone(),
             context,
             idempotency_key: req.idempotency_key,
@@ -924,7 +931,13 @@ impl Engine {
 
     pub async fn explain_task(&self, task_id: i64) -> Result<Explanation> {
         let view = self.get_task(task_id).await?;
-        Ok(explain(&view, self.now_ms()))
+        let now = self.now_ms();
+        let ex = explain(&view, now);
+        if !ex.steps.iter().any(|s| s.state == "ready" || s.state == "running") {
+            return Ok(ex);
+        }
+        let limits = self.store.step_limits(task_id, now).await?;
+        Ok(explain::with_limits(ex, limits, now))
     }
 
     /// Health counts, throughput and rates over the last `window_ms` (default

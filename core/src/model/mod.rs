@@ -2,6 +2,7 @@
 //! names of lifecycle events. Pure code: no I/O, so every rule here is tested as a table.
 
 pub mod events;
+pub mod limits;
 pub mod retry;
 pub mod state;
 pub mod suggest;

@@ -48,6 +48,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "batch_create",
         include_str!("../../../../migrations/postgres/0008_batch_create.sql"),
     ),
+    (
+        10,
+        "limits",
+        include_str!("../../../../migrations/postgres/0010_limits.sql"),
+    ),
 ];
 
 pub async fn run(conn: &mut PgConnection, lock_key: i64) -> Result<u32> {

@@ -16,6 +16,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "bounded_timeouts",
         include_str!("../../../../migrations/sqlite/0002_bounded_timeouts.sql"),
     ),
+    (
+        4,
+        "limits",
+        include_str!("../../../../migrations/sqlite/0004_limits.sql"),
+    ),
 ];
 
 pub fn run(conn: &mut Connection) -> Result<u32> {
