@@ -9,7 +9,7 @@ use sqlx::Row;
 use crate::error::Result;
 use crate::model::limits::StepLimits;
 use crate::model::template::Template;
-use crate::store::{LimitState, StepLimitState};
+use crate::store::{LimitState, StepLimitState, Ts};
 
 /// Sets the limits of the steps of task `task_id`, in the transaction that created it
 /// (so no claimer sees its steps without them).

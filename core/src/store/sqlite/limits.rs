@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::error::Result;
 use crate::model::limits::StepLimits;
 use crate::model::template::Template;
-use crate::store::{LimitState, StepLimitState};
+use crate::store::{LimitState, StepLimitState, Ts};
 
 /// Sets the limits of the steps of task `task_id` (created in this transaction).
 pub fn apply(conn: &Connection, task_id: i64, t: &Template, limits: &[StepLimits]) -> Result<()> {
