@@ -181,12 +181,25 @@ export interface ExplainedStep {
     | 'blocked'
     | 'retry_scheduled'
     | 'waiting_for_worker'
+    | 'held_by_limit'
     | 'running'
     | 'failed'
     | 'cancelled';
   reason: string;
   waiting_on?: string[];
   blocked_by?: string[];
+  /** Ready and running steps with limits (docs/scheduling.md): their use now. */
+  limits?: { concurrency?: LimitUse; rate?: LimitUse };
+}
+
+/** One limit of a step: `running` of `max` (for a rate limit: starts in the last `per_ms`). */
+export interface LimitUse {
+  key: string;
+  running: number;
+  max: number;
+  per_ms?: number;
+  /** When a full rate window admits its next start. */
+  next_free_at?: string;
 }
 
 export interface Explanation {
