@@ -393,3 +393,41 @@ fn concurrent_claimers_never_run_more_than_max_steps_of_a_key() {
         "claimers did compete for the keys: {most:?}"
     );
 }
+
+/// A worker whose every ready step is held back waits (the claim answers no
+/// `next_ready_at`, so nothing spins) and is woken by the completion that frees the
+/// slot, not by `claim_poll_ms` (set to 60 s here).
+#[test]
+fn a_worker_held_back_by_a_limit_wakes_when_a_completion_frees_a_slot() {
+    let db = open(json!({ "claim_poll_ms": 60_000 }));
+    db.register(limited(
+        "wake",
+        json!({ "concurrency": { "key": "one", "max": 1 } }),
+    ));
+    for _ in 0..4 {
+        db.create("wake", json!({}));
+    }
+    let running = Arc::new(AtomicI64::new(0));
+    let most = Arc::new(AtomicI64::new(0));
+    let (r, m) = (running.clone(), most.clone());
+    let started = std::time::Instant::now();
+    let stats = tasker_core::worker::Worker::new(&db.tasker, "w")
+        .concurrency(4)
+        .idle_wait_ms(100)
+        .handle("work", move |_| {
+            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            r.fetch_sub(1, Ordering::SeqCst);
+            Ok(json!(null))
+        })
+        .run_until_idle()
+        .unwrap();
+    assert_eq!(stats.completed, 4);
+    assert_eq!(most.load(Ordering::SeqCst), 1);
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "the held claimers waited for claim_poll_ms instead of the completions: {took:?}"
+    );
+}
