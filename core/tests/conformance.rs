@@ -681,7 +681,9 @@ impl Run<'_> {
             let got = resp["steps"]
                 .as_array()
                 .and_then(|s| s.iter().find(|x| x["name"] == json!(name)))
-                .ok_or_else(|| format!("action {a}: step {name} is not in the explanation {resp}"))?;
+                .ok_or_else(|| {
+                    format!("action {a}: step {name} is not in the explanation {resp}")
+                })?;
             for (k, w) in fields.as_object().cloned().unwrap_or_default() {
                 if !json_eq(&w, &got[&k]) {
                     return Err(format!(

@@ -231,19 +231,63 @@ fn bad_limits_are_refused_with_the_problem_named_and_change_nothing() {
     let db = open(json!({}));
     let before = db.fingerprint();
     for (step, problem, needle) in [
-        (json!({ "concurrency": { "key": "k", "max": 0 } }), "bad_concurrency", "max must be between 1"),
-        (json!({ "concurrency": { "key": "k", "max": -1 } }), "shape", "concurrency.max"),
-        (json!({ "concurrency": { "key": "$ctx.k", "max": 1 } }), "bad_concurrency", "not a context path"),
-        (json!({ "concurrency": { "key": "$context.", "max": 1 } }), "bad_concurrency", "empty segment"),
-        (json!({ "concurrency": { "key": "k", "max": 1, "scope": "world" } }), "shape", "scope"),
+        (
+            json!({ "concurrency": { "key": "k", "max": 0 } }),
+            "bad_concurrency",
+            "max must be between 1",
+        ),
+        (
+            json!({ "concurrency": { "key": "k", "max": -1 } }),
+            "shape",
+            "concurrency.max",
+        ),
+        (
+            json!({ "concurrency": { "key": "$ctx.k", "max": 1 } }),
+            "bad_concurrency",
+            "not a context path",
+        ),
+        (
+            json!({ "concurrency": { "key": "$context.", "max": 1 } }),
+            "bad_concurrency",
+            "empty segment",
+        ),
+        (
+            json!({ "concurrency": { "key": "k", "max": 1, "scope": "world" } }),
+            "shape",
+            "scope",
+        ),
         (json!({ "concurrency": { "max": 1 } }), "shape", "key"),
-        (json!({ "concurrency": { "key": "k", "max": 1, "extra": 1 } }), "shape", "extra"),
-        (json!({ "rate_limit": { "limit": 0, "per_ms": 10 } }), "bad_rate_limit", "limit must be between 1"),
-        (json!({ "rate_limit": { "limit": 1, "per_ms": 0 } }), "bad_rate_limit", "per_ms must be between 1"),
-        (json!({ "rate_limit": { "limit": 1, "per_ms": -5 } }), "shape", "per_ms"),
-        (json!({ "rate_limit": { "limit": 1, "per_ms": 86_400_001u64 } }), "bad_rate_limit", "per_ms"),
+        (
+            json!({ "concurrency": { "key": "k", "max": 1, "extra": 1 } }),
+            "shape",
+            "extra",
+        ),
+        (
+            json!({ "rate_limit": { "limit": 0, "per_ms": 10 } }),
+            "bad_rate_limit",
+            "limit must be between 1",
+        ),
+        (
+            json!({ "rate_limit": { "limit": 1, "per_ms": 0 } }),
+            "bad_rate_limit",
+            "per_ms must be between 1",
+        ),
+        (
+            json!({ "rate_limit": { "limit": 1, "per_ms": -5 } }),
+            "shape",
+            "per_ms",
+        ),
+        (
+            json!({ "rate_limit": { "limit": 1, "per_ms": 86_400_001u64 } }),
+            "bad_rate_limit",
+            "per_ms",
+        ),
         (json!({ "rate_limit": { "limit": 1 } }), "shape", "per_ms"),
-        (json!({ "rate_limit": { "key": "$x", "limit": 1, "per_ms": 5 } }), "bad_rate_limit", "not a context path"),
+        (
+            json!({ "rate_limit": { "key": "$x", "limit": 1, "per_ms": 5 } }),
+            "bad_rate_limit",
+            "not a context path",
+        ),
     ] {
         let e = db.call_err(
             "register_template",
@@ -387,7 +431,10 @@ fn concurrent_claimers_never_run_more_than_max_steps_of_a_key() {
     }
     assert_eq!(done.load(Ordering::SeqCst), 120, "every step ran");
     let most = most.lock().unwrap().clone();
-    assert!(most.iter().all(|&m| m <= 2), "most held at once per key: {most:?}");
+    assert!(
+        most.iter().all(|&m| m <= 2),
+        "most held at once per key: {most:?}"
+    );
     assert!(
         most.iter().any(|&m| m == 2),
         "claimers did compete for the keys: {most:?}"

@@ -933,7 +933,11 @@ impl Engine {
         let view = self.get_task(task_id).await?;
         let now = self.now_ms();
         let ex = explain(&view, now);
-        if !ex.steps.iter().any(|s| s.state == "ready" || s.state == "running") {
+        if !ex
+            .steps
+            .iter()
+            .any(|s| s.state == "ready" || s.state == "running")
+        {
             return Ok(ex);
         }
         let limits = self.store.step_limits(task_id, now).await?;

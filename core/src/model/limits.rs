@@ -138,12 +138,19 @@ fn literal(s: String) -> std::result::Result<KeyExpr, String> {
 /// Checks a step's (or the defaults') `concurrency`; `at` names where it was written.
 pub fn check_concurrency(c: &ConcurrencySpec, at: &str, details: Value) -> Result<()> {
     KeyExpr::parse(&c.key).map_err(|m| {
-        Error::invalid_template("bad_concurrency", format!("{at} concurrency: {m}"), details.clone())
+        Error::invalid_template(
+            "bad_concurrency",
+            format!("{at} concurrency: {m}"),
+            details.clone(),
+        )
     })?;
     if c.max == 0 || c.max > MAX_LIMIT {
         return Err(Error::invalid_template(
             "bad_concurrency",
-            format!("{at} concurrency: max must be between 1 and {MAX_LIMIT}, got {}", c.max),
+            format!(
+                "{at} concurrency: max must be between 1 and {MAX_LIMIT}, got {}",
+                c.max
+            ),
             details,
         ));
     }
@@ -154,13 +161,20 @@ pub fn check_concurrency(c: &ConcurrencySpec, at: &str, details: Value) -> Resul
 pub fn check_rate_limit(r: &RateLimitSpec, at: &str, details: Value) -> Result<()> {
     if let Some(k) = &r.key {
         KeyExpr::parse(k).map_err(|m| {
-            Error::invalid_template("bad_rate_limit", format!("{at} rate_limit: {m}"), details.clone())
+            Error::invalid_template(
+                "bad_rate_limit",
+                format!("{at} rate_limit: {m}"),
+                details.clone(),
+            )
         })?;
     }
     if r.limit == 0 || r.limit > MAX_LIMIT {
         return Err(Error::invalid_template(
             "bad_rate_limit",
-            format!("{at} rate_limit: limit must be between 1 and {MAX_LIMIT}, got {}", r.limit),
+            format!(
+                "{at} rate_limit: limit must be between 1 and {MAX_LIMIT}, got {}",
+                r.limit
+            ),
             details,
         ));
     }
@@ -219,9 +233,8 @@ pub fn resolve_task(
     })?;
     let (ns, name) = (&template.namespace, &template.name);
     let key_of = |step: &str, what: &str, text: &str| -> Result<String> {
-        let expr = KeyExpr::parse(text).map_err(|m| {
-            Error::invalid_argument(format!("step `{step}` {what} key: {m}"))
-        })?;
+        let expr = KeyExpr::parse(text)
+            .map_err(|m| Error::invalid_argument(format!("step `{step}` {what} key: {m}")))?;
         expr.resolve(&ctx).map_err(|m| {
             let field = expr.field().unwrap_or_default();
             Error::invalid_argument(format!(

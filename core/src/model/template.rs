@@ -459,13 +459,24 @@ impl TemplateDoc {
                     json!({ "step": s.name }),
                 ));
             }
-            let concurrency = s.concurrency.clone().or_else(|| defaults.concurrency.clone());
+            let concurrency = s
+                .concurrency
+                .clone()
+                .or_else(|| defaults.concurrency.clone());
             if let Some(c) = &concurrency {
-                limits::check_concurrency(c, &format!("step `{}`", s.name), json!({ "step": s.name }))?;
+                limits::check_concurrency(
+                    c,
+                    &format!("step `{}`", s.name),
+                    json!({ "step": s.name }),
+                )?;
             }
             let rate_limit = s.rate_limit.clone().or_else(|| defaults.rate_limit.clone());
             if let Some(r) = &rate_limit {
-                limits::check_rate_limit(r, &format!("step `{}`", s.name), json!({ "step": s.name }))?;
+                limits::check_rate_limit(
+                    r,
+                    &format!("step `{}`", s.name),
+                    json!({ "step": s.name }),
+                )?;
             }
             resolved.push(StepSpec {
                 name: s.name.clone(),

@@ -61,7 +61,12 @@ pub fn scan_for(limit: u32) -> i64 {
 }
 
 /// The best `scan` limited steps of `handlers` that are due, best first.
-pub fn candidates(conn: &Connection, handlers: &[String], now: i64, scan: i64) -> Result<Vec<Cand>> {
+pub fn candidates(
+    conn: &Connection,
+    handlers: &[String],
+    now: i64,
+    scan: i64,
+) -> Result<Vec<Cand>> {
     let mut sql = String::new();
     for i in 0..handlers.len() {
         if i > 0 {
@@ -115,7 +120,12 @@ fn starts(conn: &Connection, key: &str, per_ms: i64, now: i64) -> Result<(i64, O
 /// Which of `cands` (best first) the limits let start now, at most `limit`, and the
 /// earliest time a rate window that held one back frees. Drops starts that left their
 /// window.
-pub fn admit(conn: &Connection, cands: &[Cand], limit: u32, now: i64) -> Result<(Vec<i64>, Option<i64>)> {
+pub fn admit(
+    conn: &Connection,
+    cands: &[Cand],
+    limit: u32,
+    now: i64,
+) -> Result<(Vec<i64>, Option<i64>)> {
     use std::collections::HashMap;
     let mut used: HashMap<(u8, String, i64), (i64, Option<i64>)> = HashMap::new();
     let mut out = Vec::new();
@@ -197,10 +207,24 @@ pub fn next_ready(conn: &Connection, handlers: Option<&[String]>, now: i64) -> R
            AND (?2 IS NULL OR handler IN (SELECT value FROM json_each(?2)))
          GROUP BY 1, 2, 3, 4, 5 LIMIT 1000",
     )?;
-    type Group = (Option<String>, Option<i64>, Option<String>, Option<i64>, Option<i64>, i64);
+    type Group = (
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+        i64,
+    );
     let groups: Vec<Group> = stmt
         .query_map(params![now, filter], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
         })?
         .collect::<rusqlite::Result<_>>()?;
     for (ckey, cmax, rkey, rlimit, rper, ready_at) in groups {
@@ -228,10 +252,24 @@ pub fn task_state(conn: &Connection, task_id: i64, now: i64) -> Result<Vec<StepL
         "SELECT name, concurrency_key, concurrency_max, rate_key, rate_limit, rate_per_ms
          FROM tasker_steps WHERE task_id = ?1 AND limited = 1 ORDER BY id",
     )?;
-    type Row = (String, Option<String>, Option<i64>, Option<String>, Option<i64>, Option<i64>);
+    type Row = (
+        String,
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+    );
     let rows: Vec<Row> = stmt
         .query_map([task_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
         })?
         .collect::<rusqlite::Result<_>>()?;
     let mut out = Vec::with_capacity(rows.len());
