@@ -436,7 +436,7 @@ fn concurrent_claimers_never_run_more_than_max_steps_of_a_key() {
         "most held at once per key: {most:?}"
     );
     assert!(
-        most.iter().any(|&m| m == 2),
+        most.contains(&2),
         "claimers did compete for the keys: {most:?}"
     );
 }
@@ -477,4 +477,49 @@ fn a_worker_held_back_by_a_limit_wakes_when_a_completion_frees_a_slot() {
         took < std::time::Duration::from_secs(20),
         "the held claimers waited for claim_poll_ms instead of the completions: {took:?}"
     );
+}
+
+#[test]
+fn environments_override_limits_and_the_stored_template_shows_them() {
+    let db = open(json!({ "env": "prod" }));
+    db.register(json!({
+        "namespace": "t", "name": "env", "version": "1",
+        "defaults": { "concurrency": { "key": "$context.k", "max": 5 } },
+        "steps": [{ "name": "a", "handler": "a" }, { "name": "b", "handler": "b" }],
+        "environments": { "prod": {
+            "defaults": { "rate_limit": { "limit": 10, "per_ms": 1000, "scope": "template" } },
+            "steps": [{ "name": "b", "concurrency": { "key": "$$vip", "max": 1 } }]
+        } }
+    }));
+    let t = db.call(
+        "get_template",
+        json!({ "namespace": "t", "name": "env", "version": "1" }),
+    )["template"]
+        .clone();
+    let steps = t["steps"].as_array().unwrap();
+    assert_eq!(
+        steps[0]["concurrency"],
+        json!({ "key": "$context.k", "max": 5, "scope": "global" })
+    );
+    assert_eq!(
+        steps[1]["concurrency"],
+        json!({ "key": "$$vip", "max": 1, "scope": "global" })
+    );
+    assert_eq!(
+        steps[1]["rate_limit"],
+        json!({ "limit": 10, "per_ms": 1000, "scope": "template" })
+    );
+    let id = db.create("env", json!({ "k": 1 }));
+    db.claim(&["a", "b"], 10, 60_000);
+    let why = db.call("explain_task", json!({ "task_id": id }));
+    let b = why["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "b")
+        .unwrap()
+        .clone();
+    assert_eq!(b["limits"]["concurrency"]["key"], "global:$vip", "{why}");
+    assert_eq!(b["limits"]["rate"]["key"], "template:t/env:b", "{why}");
+    assert_eq!(b["limits"]["rate"]["running"], 1, "{why}");
 }
