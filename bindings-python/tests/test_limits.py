@@ -157,3 +157,24 @@ def test_bad_limits_are_refused_and_store_nothing(tk: tasker.Tasker) -> None:
         tk.create_task("t", "ok", context={"other": 1})
     assert "context.k" in str(e2.value)
     assert fingerprint(tk) == before
+
+
+def test_the_testing_harness_advances_its_clock_through_a_rate_limit() -> None:
+    from tasker.testing import harness
+
+    with harness() as t:
+        t.register_template({
+            "namespace": "t", "name": "slow_api", "version": "1",
+            "steps": [{"name": "call", "handler": "call",
+                       "rate_limit": {"limit": 1, "per_ms": 60_000}}],
+        })
+        for _ in range(3):
+            t.create_task("t", "slow_api")
+        start = t.call("advance_clock", {"ms": 0})["now_ms"]
+        seen: List[int] = []
+        w = tasker.Worker(t, handlers={"call": lambda s: seen.append(1)})
+        stats = t.run_until_idle(w)
+        assert stats.completed == 3 and len(seen) == 3
+        # One start a minute: the harness moved its clock to each window's end.
+        assert t.call("advance_clock", {"ms": 0})["now_ms"] - start == 120_000
+        assert t.next_ready_at()["next_ready_at"] is None
