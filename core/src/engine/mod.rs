@@ -199,7 +199,9 @@ impl Engine {
     /// The earliest `ready_at` of a ready step (of these handlers, when given): when
     /// the next step becomes claimable, or `None` when no step is waiting to run.
     /// Steps whose parents have not finished are not counted: they become ready when
-    /// a step completes, not at a time.
+    /// a step completes, not at a time; nor are ready steps a concurrency limit holds
+    /// back (a slot frees at a completion). A step a rate limit holds back counts at
+    /// the time its window frees.
     pub async fn next_ready_at(&self, handlers: Option<Vec<String>>) -> Result<Option<i64>> {
         self.check_open()?;
         let plain = self.store.next_ready_at(handlers.clone()).await?;
