@@ -133,19 +133,27 @@ fn held_back_steps_do_not_starve_steps_without_limits_or_with_other_keys() {
         json!({ "priority": 100, "concurrency": { "key": "$context.k", "max": 1 } }),
     ));
     db.register(limited("free", json!({})));
-    // Fewer than a claim looks at past held-back ones (4 x limit + 128).
-    for _ in 0..150 {
+    // More than a claim's first look reaches (4 x limit + 128): the best step of each
+    // other key is looked at too.
+    for _ in 0..400 {
         db.create("busy", json!({ "k": "hot" }));
     }
-    db.create("busy", json!({ "k": "cold" }));
+    for k in ["cold-a", "cold-b", "cold-c"] {
+        db.create("busy", json!({ "k": k }));
+    }
     let plain = db.create("free", json!({}));
+    let first = db.claim(&["work"], 1, 60_000);
+    assert_eq!(first[0]["context"]["k"], "hot", "highest priority first");
+    // `hot` is at its max now, with 399 steps queued ahead of every other one.
     let got = db.claim(&["work"], 10, 60_000);
-    let tasks: Vec<i64> = got.iter().map(|s| s["task_id"].as_i64().unwrap()).collect();
-    assert_eq!(got.len(), 3, "{got:?}");
-    assert!(tasks.contains(&plain));
-    let n = customers(&got);
-    assert!(got.iter().any(|s| s["context"]["k"] == "hot"), "{n:?}");
-    assert!(got.iter().any(|s| s["context"]["k"] == "cold"), "{n:?}");
+    let mut keys: Vec<String> = got
+        .iter()
+        .map(|s| s["context"]["k"].as_str().unwrap_or("none").to_owned())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["cold-a", "cold-b", "cold-c", "none"], "{got:?}");
+    assert!(got.iter().any(|s| s["task_id"] == plain));
+    assert!(db.claim(&["work"], 10, 60_000).is_empty());
 }
 
 #[test]

@@ -120,6 +120,65 @@ BEGIN
 END
 $$;
 
+-- Limited ready steps by concurrency key, for `tasker_limited_key_heads`.
+CREATE INDEX tasker_steps_limited_key
+    ON tasker_steps (handler, concurrency_key, priority DESC, ready_at, id)
+    WHERE state = 'ready' AND limited = true;
+
+-- When the best limited candidates of a claim (`p_cand`, a full scan of `p_scan`) may
+-- all be held back: the best due step of each other concurrency key of `p_handlers`
+-- (at most `p_scan` keys, found by a skip scan of `tasker_steps_limited_key`, one index
+-- probe per key), best first. So a long queue of one held-back key does not hide the
+-- steps of other keys.
+CREATE FUNCTION tasker_limited_key_heads(
+    p_handlers TEXT[], p_cand tasker_limit_cand[], p_now BIGINT, p_scan BIGINT)
+RETURNS tasker_limit_cand[]
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+AS $$
+DECLARE
+    v_seen TEXT[] := ARRAY(SELECT DISTINCT u.ckey FROM unnest(p_cand) AS u WHERE u.ckey IS NOT NULL);
+    v_ids  BIGINT[] := ARRAY(SELECT u.id FROM unnest(p_cand) AS u);
+    v_keys TEXT[];
+    v_h    TEXT;
+    v_out  tasker_limit_cand[] := '{}';
+BEGIN
+    FOREACH v_h IN ARRAY p_handlers LOOP
+        v_keys := ARRAY(
+            WITH RECURSIVE k(key, n) AS (
+                SELECT (SELECT min(s.concurrency_key) FROM tasker_steps s
+                        WHERE s.state = 'ready' AND s.limited = true AND s.handler = v_h
+                          AND s.concurrency_key IS NOT NULL), 1::bigint
+                UNION ALL
+                SELECT (SELECT min(s.concurrency_key) FROM tasker_steps s
+                        WHERE s.state = 'ready' AND s.limited = true AND s.handler = v_h
+                          AND s.concurrency_key > k.key), k.n + 1
+                FROM k WHERE k.key IS NOT NULL AND k.n < p_scan + cardinality(v_seen))
+            SELECT k.key FROM k WHERE k.key IS NOT NULL AND NOT (k.key = ANY(v_seen)));
+        v_out := v_out || ARRAY(
+            SELECT ROW(c.id, c.concurrency_key, c.concurrency_max, c.rate_key, c.rate_limit,
+                       c.rate_per_ms)::tasker_limit_cand
+            FROM unnest(v_keys) AS ks(key)
+            CROSS JOIN LATERAL (
+                SELECT s.id, s.priority, s.ready_at, s.concurrency_key, s.concurrency_max,
+                       s.rate_key, s.rate_limit, s.rate_per_ms
+                FROM tasker_steps s
+                WHERE s.state = 'ready' AND s.limited = true AND s.handler = v_h
+                  AND s.concurrency_key = ks.key AND s.ready_at <= p_now
+                ORDER BY s.priority DESC, s.ready_at, s.id
+                LIMIT 1) c
+            WHERE NOT (c.id = ANY(v_ids))
+            ORDER BY c.priority DESC, c.ready_at, c.id
+            LIMIT p_scan);
+    END LOOP;
+    RETURN v_out;
+END
+$$;
+
 -- The completion and claim function of 0004, with the claim taking limits into account
 -- (everything before the claim is unchanged).
 CREATE OR REPLACE FUNCTION tasker_complete_and_claim(
@@ -240,6 +299,10 @@ BEGIN
                 LIMIT v_scan) c
             ORDER BY c.priority DESC, c.ready_at, c.id
             LIMIT v_scan);
+        IF cardinality(v_cand) >= v_scan THEN
+            -- The best ones may all be held back: other keys' best steps compete too.
+            v_cand := v_cand || tasker_limited_key_heads(p_handlers, v_cand, p_now, v_scan);
+        END IF;
         IF cardinality(v_cand) > 0 THEN
             SELECT a.r_ids, a.r_next INTO v_admitted, v_rate_next
             FROM tasker_admit_limited(v_cand, p_limit, p_now, p_lock_key) AS a;

@@ -24,3 +24,10 @@ CREATE TABLE tasker_rate_starts (
     at     INTEGER NOT NULL
 );
 CREATE INDEX tasker_rate_starts_key ON tasker_rate_starts (key, per_ms, at);
+
+-- Limited ready steps by concurrency key: when a claim's best candidates are all held
+-- back, a skip scan over this index finds the best step of each other key (one probe
+-- per key), so one key's long queue does not hide the others.
+CREATE INDEX tasker_steps_limited_key
+    ON tasker_steps (handler, concurrency_key, priority DESC, ready_at)
+    WHERE state = 'ready' AND limited = 1;

@@ -86,12 +86,13 @@ pub fn claim(conn: &Connection, params: &ClaimParams) -> Result<ClaimBatch> {
     ];
     args.extend(params.handlers.iter().map(|h| SqlValue::Text(h.clone())));
     // Limited steps first: which of the best of them the limits let start now.
-    let cands = limits::candidates(
-        conn,
-        &params.handlers,
-        params.now,
-        limits::scan_for(params.limit),
-    )?;
+    let scan = limits::scan_for(params.limit);
+    let mut cands = limits::candidates(conn, &params.handlers, params.now, scan)?;
+    if cands.len() as i64 >= scan {
+        // The best ones may all be held back: other keys' best steps compete too.
+        let heads = limits::key_heads(conn, &params.handlers, &cands, params.now, scan)?;
+        cands.extend(heads);
+    }
     let (admitted, rate_next) = if cands.is_empty() {
         (Vec::new(), None)
     } else {

@@ -48,6 +48,8 @@ pub fn apply(conn: &Connection, task_id: i64, t: &Template, limits: &[StepLimits
 #[derive(Debug, Clone)]
 pub struct Cand {
     pub id: i64,
+    priority: i64,
+    ready_at: i64,
     ckey: Option<String>,
     cmax: Option<i64>,
     rkey: Option<String>,
@@ -88,6 +90,8 @@ pub fn candidates(
         .query_map(rusqlite::params_from_iter(args), |r| {
             Ok(Cand {
                 id: r.get(0)?,
+                priority: r.get(1)?,
+                ready_at: r.get(2)?,
                 ckey: r.get(3)?,
                 cmax: r.get(4)?,
                 rkey: r.get(5)?,
@@ -97,6 +101,74 @@ pub fn candidates(
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
+}
+
+/// When the best `scan` limited steps (`cands`) did not reach past the held-back ones,
+/// the best due step of each other concurrency key of `handlers` (at most `scan` keys,
+/// found by a skip scan of `tasker_steps_limited_key`, one index probe per key), best
+/// first: so a long queue of one held-back key does not hide the steps of other keys.
+pub fn key_heads(
+    conn: &Connection,
+    handlers: &[String],
+    cands: &[Cand],
+    now: i64,
+    scan: i64,
+) -> Result<Vec<Cand>> {
+    use std::collections::HashSet;
+    let seen: HashSet<&str> = cands.iter().filter_map(|c| c.ckey.as_deref()).collect();
+    let ids: HashSet<i64> = cands.iter().map(|c| c.id).collect();
+    let mut keys_stmt = conn.prepare_cached(
+        "WITH RECURSIVE k(key, n) AS (
+             SELECT MIN(concurrency_key), 1 FROM tasker_steps
+             WHERE state = 'ready' AND limited = 1 AND handler = ?1 AND concurrency_key IS NOT NULL
+             UNION ALL
+             SELECT (SELECT MIN(concurrency_key) FROM tasker_steps
+                     WHERE state = 'ready' AND limited = 1 AND handler = ?1 AND concurrency_key > k.key),
+                    n + 1
+             FROM k WHERE k.key IS NOT NULL AND n < ?2)
+         SELECT key FROM k WHERE key IS NOT NULL",
+    )?;
+    let mut head_stmt = conn.prepare_cached(
+        "SELECT id, priority, ready_at, concurrency_key, concurrency_max, rate_key, rate_limit,
+                rate_per_ms FROM tasker_steps
+         WHERE state = 'ready' AND limited = 1 AND handler = ?1 AND concurrency_key = ?2
+           AND ready_at <= ?3
+         ORDER BY priority DESC, ready_at LIMIT 1",
+    )?;
+    let mut out = Vec::new();
+    for h in handlers {
+        let keys: Vec<String> = keys_stmt
+            .query_map(params![h, scan + seen.len() as i64], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for key in keys.iter().filter(|k| !seen.contains(k.as_str())) {
+            let head = head_stmt
+                .query_map(params![h, key, now], |r| {
+                    Ok(Cand {
+                        id: r.get(0)?,
+                        priority: r.get(1)?,
+                        ready_at: r.get(2)?,
+                        ckey: r.get(3)?,
+                        cmax: r.get(4)?,
+                        rkey: r.get(5)?,
+                        rlimit: r.get(6)?,
+                        rper: r.get(7)?,
+                    })
+                })?
+                .next()
+                .transpose()?;
+            if let Some(c) = head.filter(|c| !ids.contains(&c.id)) {
+                out.push(c);
+            }
+        }
+    }
+    out.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then(a.ready_at.cmp(&b.ready_at))
+            .then(a.id.cmp(&b.id))
+    });
+    out.truncate(scan as usize);
+    Ok(out)
 }
 
 fn running(conn: &Connection, key: &str) -> Result<i64> {
