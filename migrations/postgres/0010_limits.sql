@@ -7,7 +7,7 @@
 -- index range as before and limited ones are looked at separately.
 --
 -- No counters are kept: a claim takes a transaction-level advisory lock per key of the
--- limited candidates it looks at (in hash order, so two claimers cannot deadlock), then
+-- limited candidates it may start (in hash order, so two claimers cannot deadlock), then
 -- counts: running steps with the key (a partial index), starts of the key within its
 -- window (`tasker_rate_starts`, a sliding log pruned as it is read). The lock is held
 -- until commit, so the next claimer of the key counts after this one's steps are
@@ -45,8 +45,15 @@ CREATE TYPE tasker_limit_cand AS (
 
 -- Which of `p_cand` (best first) the limits let start now, at most `p_limit`: the ids,
 -- and the earliest time a rate window that held one back frees (NULL when none did).
--- Takes the advisory lock of every key first (released at commit). Keys of different
--- schemas use different lock classes (from the schema's lock key).
+--
+-- Two passes, so a claim locks few keys however many candidates it looks at. The first
+-- counts without locks and picks at most `p_limit` candidates whose keys look free (a
+-- key seen full is skipped without being locked: a stale count can only make it look
+-- fuller than it is, which defers a start to the next claim, never over-admits). The
+-- second takes the advisory lock of every key of those picks (in hash order, so two
+-- claimers cannot deadlock; released at commit), counts again, and admits what the
+-- fresh counts allow. Keys of different schemas use different lock classes (from the
+-- schema's lock key).
 CREATE FUNCTION tasker_admit_limited(
     p_cand tasker_limit_cand[], p_limit BIGINT, p_now BIGINT, p_lock_key BIGINT,
     OUT r_ids BIGINT[], OUT r_next BIGINT)
@@ -58,64 +65,83 @@ SET enable_hashjoin = off
 SET enable_mergejoin = off
 AS $$
 DECLARE
-    v_class INT := (p_lock_key % 2147483647)::int;
-    v_lock  INT;
-    v_used  JSONB := '{}';
-    v_n     BIGINT;
-    v_ck    TEXT;
-    v_rk    TEXT;
-    v_ok    BOOLEAN;
-    c       tasker_limit_cand;
+    v_class  INT := (p_lock_key % 2147483647)::int;
+    v_lock   INT;
+    v_used   JSONB;
+    v_n      BIGINT;
+    v_ck     TEXT;
+    v_rk     TEXT;
+    v_ok     BOOLEAN;
+    v_picks  tasker_limit_cand[] := '{}';
+    v_pass   INT;
+    v_list   tasker_limit_cand[];
+    c        tasker_limit_cand;
 BEGIN
-    r_ids := '{}';
-    FOR v_lock IN
-        SELECT k.h FROM (
-            SELECT hashtext('c:' || u.ckey) AS h FROM unnest(p_cand) AS u WHERE u.ckey IS NOT NULL
-            UNION
-            SELECT hashtext('r:' || u.rkey) FROM unnest(p_cand) AS u WHERE u.rkey IS NOT NULL) k
-        ORDER BY k.h
-    LOOP
-        PERFORM pg_advisory_xact_lock(v_class, v_lock);
-    END LOOP;
-    FOREACH c IN ARRAY p_cand LOOP
-        EXIT WHEN cardinality(r_ids) >= p_limit;
-        v_ok := true;
-        v_ck := 'c:' || c.ckey;
-        v_rk := 'r:' || c.rper || ':' || c.rkey;
-        IF c.ckey IS NOT NULL THEN
-            IF NOT v_used ? v_ck THEN
-                SELECT count(*) INTO v_n FROM tasker_steps
-                WHERE concurrency_key = c.ckey AND state = 'running';
-                v_used := v_used || jsonb_build_object(v_ck, v_n);
+    FOR v_pass IN 1..2 LOOP
+        IF v_pass = 2 THEN
+            IF cardinality(v_picks) = 0 THEN
+                EXIT;
             END IF;
-            v_ok := (v_used ->> v_ck)::bigint < c.cmax;
+            FOR v_lock IN
+                SELECT k.h FROM (
+                    SELECT hashtext('c:' || u.ckey) AS h FROM unnest(v_picks) AS u WHERE u.ckey IS NOT NULL
+                    UNION
+                    SELECT hashtext('r:' || u.rkey) FROM unnest(v_picks) AS u WHERE u.rkey IS NOT NULL) k
+                ORDER BY k.h
+            LOOP
+                PERFORM pg_advisory_xact_lock(v_class, v_lock);
+            END LOOP;
         END IF;
-        IF v_ok AND c.rkey IS NOT NULL THEN
-            IF NOT v_used ? v_rk THEN
-                DELETE FROM tasker_rate_starts
-                WHERE key = c.rkey AND per_ms = c.rper AND at <= p_now - c.rper;
-                SELECT count(*) INTO v_n FROM tasker_rate_starts
-                WHERE key = c.rkey AND per_ms = c.rper;
-                v_used := v_used || jsonb_build_object(v_rk, v_n);
-            END IF;
-            IF (v_used ->> v_rk)::bigint >= c.rlimit THEN
-                v_ok := false;
-                -- The oldest start in the window leaves it `per_ms` after it was made
-                -- (a start admitted by this call is made now).
-                r_next := LEAST(r_next, COALESCE(
-                    (SELECT min(s.at) FROM tasker_rate_starts s
-                     WHERE s.key = c.rkey AND s.per_ms = c.rper), p_now) + c.rper);
-            END IF;
-        END IF;
-        IF v_ok THEN
-            r_ids := r_ids || c.id;
+        v_list := CASE WHEN v_pass = 1 THEN p_cand ELSE v_picks END;
+        v_used := '{}';
+        r_ids := '{}';
+        FOREACH c IN ARRAY v_list LOOP
+            EXIT WHEN cardinality(r_ids) >= p_limit;
+            v_ok := true;
+            v_ck := 'c:' || c.ckey;
+            v_rk := 'r:' || c.rper || ':' || c.rkey;
             IF c.ckey IS NOT NULL THEN
-                v_used := v_used || jsonb_build_object(v_ck, (v_used ->> v_ck)::bigint + 1);
+                IF NOT v_used ? v_ck THEN
+                    SELECT count(*) INTO v_n FROM tasker_steps
+                    WHERE concurrency_key = c.ckey AND state = 'running';
+                    v_used := v_used || jsonb_build_object(v_ck, v_n);
+                END IF;
+                v_ok := (v_used ->> v_ck)::bigint < c.cmax;
             END IF;
-            IF c.rkey IS NOT NULL THEN
-                v_used := v_used || jsonb_build_object(v_rk, (v_used ->> v_rk)::bigint + 1);
+            IF v_ok AND c.rkey IS NOT NULL THEN
+                IF NOT v_used ? v_rk THEN
+                    IF v_pass = 2 THEN
+                        -- Starts that left their window, dropped under the key's lock.
+                        DELETE FROM tasker_rate_starts
+                        WHERE key = c.rkey AND per_ms = c.rper AND at <= p_now - c.rper;
+                    END IF;
+                    SELECT count(*) INTO v_n FROM tasker_rate_starts
+                    WHERE key = c.rkey AND per_ms = c.rper AND at > p_now - c.rper;
+                    v_used := v_used || jsonb_build_object(v_rk, v_n);
+                END IF;
+                IF (v_used ->> v_rk)::bigint >= c.rlimit THEN
+                    v_ok := false;
+                    -- The oldest start in the window leaves it `per_ms` after it was made
+                    -- (a start admitted by this call is made now).
+                    r_next := LEAST(r_next, COALESCE(
+                        (SELECT min(s.at) FROM tasker_rate_starts s
+                         WHERE s.key = c.rkey AND s.per_ms = c.rper AND s.at > p_now - c.rper),
+                        p_now) + c.rper);
+                END IF;
             END IF;
-        END IF;
+            IF v_ok THEN
+                r_ids := r_ids || c.id;
+                IF v_pass = 1 THEN
+                    v_picks := v_picks || c;
+                END IF;
+                IF c.ckey IS NOT NULL THEN
+                    v_used := v_used || jsonb_build_object(v_ck, (v_used ->> v_ck)::bigint + 1);
+                END IF;
+                IF c.rkey IS NOT NULL THEN
+                    v_used := v_used || jsonb_build_object(v_rk, (v_used ->> v_rk)::bigint + 1);
+                END IF;
+            END IF;
+        END LOOP;
     END LOOP;
 END
 $$;
