@@ -239,6 +239,7 @@ export interface ExplainedStep {
     | 'blocked'
     | 'retry_scheduled'
     | 'waiting_for_worker'
+    | 'held_by_limit'
     | 'running'
     | 'waiting_for_signal'
     | 'failed'
@@ -246,6 +247,18 @@ export interface ExplainedStep {
   reason: string;
   waiting_on?: string[];
   blocked_by?: string[];
+  /** Ready and running steps with limits (docs/scheduling.md): their use now. */
+  limits?: { concurrency?: LimitUse; rate?: LimitUse };
+}
+
+/** One limit of a step: `running` of `max` (for a rate limit: starts in the last `per_ms`). */
+export interface LimitUse {
+  key: string;
+  running: number;
+  max: number;
+  per_ms?: number;
+  /** When a full rate window admits its next start. */
+  next_free_at?: string;
 }
 
 export interface Explanation {

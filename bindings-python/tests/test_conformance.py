@@ -261,8 +261,23 @@ class Run:
 
         self.fire(matches)
 
+    def explain_action(self, a: Dict[str, Any]) -> None:
+        """`explain_task`: each step named in `expect_steps` must have these fields in
+        the explanation (a step missing from it is a failure)."""
+        resp = self.t.explain_task(self.task_id)
+        for name, fields in a.get("expect_steps", {}).items():
+            got = next((s for s in resp["steps"] if s["name"] == name), None)
+            if got is None:
+                raise VectorFailure(f"action {a}: step {name} is not in the explanation {resp}")
+            for k, w in fields.items():
+                if not json_eq(w, got.get(k)):
+                    raise VectorFailure(f"action {a}: step {name}: expected {k} = {w}, got {got.get(k)} ({resp})")
+
     def act(self, a: Dict[str, Any]) -> None:
         t, what, step = self.t, a.get("do"), a.get("step")
+        if what == "explain_task":
+            self.explain_action(a)
+            return
         if what == "cancel_task":
             fn, args, kw = t.cancel_task, (self.task_id,), {"reason": a.get("reason")}
         elif what == "retry_step":

@@ -662,6 +662,7 @@ impl Run<'_> {
             // Scheduling vectors: move the manual clock (`config.clock: manual`).
             "advance_clock" => ("advance_clock", json!({"ms": a["ms"]})),
             "send_signal" => ("send_signal", self.signal_request(a)?),
+            "explain_task" => return self.explain_action(a),
             other => return Err(format!("unknown action `{other}`")),
         };
         let resp = self
@@ -692,6 +693,32 @@ impl Run<'_> {
             r["payload"] = eval(x, &scope)?;
         }
         Ok(r)
+    }
+
+    /// `explain_task`: each step named in `expect_steps` must have these fields in the
+    /// explanation (a step missing from it is a failure).
+    fn explain_action(&mut self, a: &Value) -> R<()> {
+        let resp = self
+            .c
+            .ok("explain_task", &json!({"task_id": self.task_id}))?;
+        let want = a["expect_steps"].as_object().cloned().unwrap_or_default();
+        for (name, fields) in want {
+            let got = resp["steps"]
+                .as_array()
+                .and_then(|s| s.iter().find(|x| x["name"] == json!(name)))
+                .ok_or_else(|| {
+                    format!("action {a}: step {name} is not in the explanation {resp}")
+                })?;
+            for (k, w) in fields.as_object().cloned().unwrap_or_default() {
+                if !json_eq(&w, &got[&k]) {
+                    return Err(format!(
+                        "action {a}: step {name}: expected {k} = {w}, got {} ({resp})",
+                        got[&k]
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn claim(&self, wait_ms: u64) -> R<Value> {

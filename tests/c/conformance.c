@@ -377,8 +377,43 @@ static int signal_request(Run *r, const cJSON *a, cJSON *req) {
     return 0;
 }
 
+/* `explain_task`: each step named in `expect_steps` must have these fields in the
+ * explanation (a step missing from it is a failure). */
+static int explain_action(Run *r, const cJSON *a) {
+    cJSON *req = cJSON_CreateObject();
+    cJSON_AddNumberToObject(req, "task_id", r->task_id);
+    cJSON *resp = NULL;
+    int rc = api_ok(r->h, "explain_task", req, &resp);
+    cJSON_Delete(req);
+    if (rc != 0) return failf("(in action %s)", js(a));
+    const cJSON *want;
+    cJSON_ArrayForEach(want, field(a, "expect_steps")) {
+        const cJSON *got = NULL, *s;
+        cJSON_ArrayForEach(s, field(resp, "steps")) {
+            const char *n = field_str(s, "name");
+            if (n && strcmp(n, want->string) == 0) got = s;
+        }
+        if (got == NULL) {
+            rc = failf("action %s: step %s is not in the explanation %s", js(a), want->string, js(resp));
+            break;
+        }
+        const cJSON *w;
+        cJSON_ArrayForEach(w, want) {
+            if (!json_eq(w, field(got, w->string))) {
+                rc = failf("action %s: step %s: expected %s = %s, got %s", js(a), want->string,
+                           w->string, js(w), js(field(got, w->string)));
+                break;
+            }
+        }
+        if (rc != 0) break;
+    }
+    cJSON_Delete(resp);
+    return rc;
+}
+
 static int act(Run *r, const cJSON *a) {
     const char *what = field_str(a, "do");
+    if (what != NULL && strcmp(what, "explain_task") == 0) return explain_action(r, a);
     const cJSON *step = field(a, "step");
     const char *op = NULL;
     cJSON *req = cJSON_CreateObject();

@@ -281,9 +281,26 @@ module Conformance
       -> { @t.send_signal(@task_id, a["signal"], payload: payload) }
     end
 
+    # `explain_task`: each step named in `expect_steps` must have these fields in the
+    # explanation (a step missing from it is a failure).
+    def explain_action(a)
+      resp = @t.explain_task(@task_id)
+      a.fetch("expect_steps", {}).each do |name, fields|
+        got = resp["steps"].find { |s| s["name"] == name }
+        fail!("action #{a}: step #{name} is not in the explanation #{resp}") if got.nil?
+        fields.each do |k, w|
+          next if Conformance.json_eq(w, got[k])
+
+          fail!("action #{a}: step #{name}: expected #{k} = #{w.inspect}, got #{got[k].inspect} (#{resp})")
+        end
+      end
+    end
+
     def act(a)
       what = a["do"]
       step = a["step"]
+      return explain_action(a) if what == "explain_task"
+
       blk =
         case what
         when "cancel_task" then -> { @t.cancel_task(@task_id, reason: a["reason"]) }

@@ -49,6 +49,7 @@ import type {
   TaskPage,
   ExplainedStep,
   Explanation,
+  LimitUse,
   Cancelled,
   StepChange,
   SignalSent,
@@ -130,6 +131,7 @@ async function main(): Promise<void> {
   const summaries: TaskSummary[] = page.tasks;
   const why: Explanation = await t.explainTask(id);
   const explained: ExplainedStep | undefined = why.steps[0];
+  const held: LimitUse | undefined = explained?.limits?.concurrency;
   const cancelled: Cancelled = await t.cancelTask(id, { reason: 'typed' });
   const ref: StepRef = { taskId: id, stepName: 'validate' };
   const retried: StepChange = await t.retryStep(ref);
@@ -202,7 +204,7 @@ async function main(): Promise<void> {
   const after: number | null = new RetryableError('y').retryAfterMs;
   const lists: readonly string[] = [...TASK_STATES, ...STEP_STATES, ...EVENT_NAMES, ...STOP_REASONS];
   const reason: StopReason = 'timeout';
-  console.log(v, reg, regFile, regText, firstOfBatch, valid, validText, tpl, summaries, err, state, stepState, explained, signalledState);
+  console.log(v, reg, regFile, regText, firstOfBatch, valid, validText, tpl, summaries, err, state, stepState, explained, signalledState, held);
   console.log(cancelled, retried, resolved, name, raw, rawText, fromCode, byCode, codes, he, after, lists, reason);
   await t2.close();
   await t.close();

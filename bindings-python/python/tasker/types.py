@@ -192,8 +192,28 @@ class TaskPage(TypedDict):
     next_cursor: Optional[int]
 
 
+class LimitUse(TypedDict):
+    """One limit of a step and its use now (``explain_task``): a concurrency limit
+    (``running`` of ``max``) or a rate limit (``running`` starts in the last ``per_ms``
+    of ``max``; ``next_free_at`` when the full window admits its next start)."""
+
+    key: str
+    running: int
+    max: int
+    per_ms: NotRequired[int]
+    next_free_at: NotRequired[str]
+
+
+class StepLimits(TypedDict, total=False):
+    """A step's concurrency and rate limits (docs/scheduling.md)."""
+
+    concurrency: LimitUse
+    rate: LimitUse
+
+
 class ExplainedStep(TypedDict):
-    """Why one unfinished step is not done (``explain_task``)."""
+    """Why one unfinished step is not done (``explain_task``). ``status`` is
+    ``held_by_limit`` for a ready step its concurrency or rate limit holds back."""
 
     name: str
     state: str
@@ -202,6 +222,7 @@ class ExplainedStep(TypedDict):
     reason: str
     waiting_on: NotRequired[List[str]]
     blocked_by: NotRequired[List[str]]
+    limits: NotRequired[StepLimits]
 
 
 class Explanation(TypedDict):

@@ -648,3 +648,41 @@ fn signal_send_completes_a_waiting_step() {
     let err: Value = serde_json::from_str(missing.stdout.trim()).unwrap();
     assert_eq!(err["code"], "not_found", "{err}");
 }
+
+#[test]
+fn explain_says_which_limit_holds_a_step_back() {
+    let db = Db::new();
+    {
+        let t = db.open();
+        call(
+            &t,
+            "register_template",
+            json!({ "template": { "namespace": "billing", "name": "invoice", "version": "1",
+                "steps": [{ "name": "send", "handler": "send",
+                            "concurrency": { "key": "$context.customer", "max": 1 } }] } }),
+        );
+        for _ in 0..2 {
+            call(
+                &t,
+                "create_task",
+                json!({ "namespace": "billing", "name": "invoice", "context": { "customer": "acme" } }),
+            );
+        }
+        let got = call(
+            &t,
+            "claim",
+            json!({ "handlers": ["send"], "limit": 2, "worker_id": "cli-test" }),
+        );
+        assert_eq!(got["steps"].as_array().unwrap().len(), 1, "{got}");
+        assert_eq!(got["steps"][0]["task_id"], 1);
+        t.close();
+    }
+    let r = db.ok(&["task", "explain", "2"]);
+    assert_eq!(row(&r.stdout, "send")[2], "held_by_limit", "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("concurrency key `global:acme` has 1 of 1 running"),
+        "{}",
+        r.stdout
+    );
+}

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
-use crate::store::TaskView;
+use crate::store::{LimitState, StepLimitState, TaskView};
 use crate::time::rfc3339;
 
 #[derive(Debug, Serialize)]
@@ -22,7 +22,8 @@ pub struct StepExplanation {
     /// Dependency level (0: no parents).
     pub level: i64,
     /// One of `waiting_on_parents`, `blocked`, `retry_scheduled`, `waiting_for_worker`,
-    /// `running`, `waiting_for_signal`, `failed`, `cancelled`.
+    /// `held_by_limit` (ready, but its concurrency or rate limit is used up), `running`,
+    /// `waiting_for_signal`, `failed`, `cancelled`.
     pub status: &'static str,
     pub reason: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -33,6 +34,18 @@ pub struct StepExplanation {
     /// same as a `tasker` command.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<Action>,
+    /// The step's concurrency and rate limits and their use now (steps with limits
+    /// that are ready or running).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<StepLimits>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StepLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<LimitState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<LimitState>,
 }
 
 #[derive(Debug, Serialize)]
@@ -234,6 +247,7 @@ pub fn explain(view: &TaskView, now: i64) -> Explanation {
             waiting_on,
             blocked_by,
             actions,
+            limits: None,
         });
     }
     Explanation {
@@ -241,4 +255,52 @@ pub fn explain(view: &TaskView, now: i64) -> Explanation {
         state: view.summary.state.clone(),
         steps: out,
     }
+}
+
+/// Says which ready steps their limits hold back (a ready step whose concurrency key
+/// has `max` steps running, or whose rate key had `limit` starts in the last window),
+/// and shows the limits of ready and running steps.
+pub fn with_limits(mut ex: Explanation, limits: Vec<StepLimitState>, now: i64) -> Explanation {
+    let mut by_name: HashMap<String, StepLimitState> = limits
+        .into_iter()
+        .map(|l| (l.step_name.clone(), l))
+        .collect();
+    for s in &mut ex.steps {
+        if s.state != "ready" && s.state != "running" {
+            continue;
+        }
+        let Some(l) = by_name.remove(&s.name) else {
+            continue;
+        };
+        if s.status == "waiting_for_worker" {
+            let mut why = Vec::new();
+            if let Some(c) = l.concurrency.as_ref().filter(|c| c.running >= c.max) {
+                why.push(format!(
+                    "concurrency key `{}` has {} of {} running",
+                    c.key, c.running, c.max
+                ));
+            }
+            if let Some(r) = l.rate.as_ref().filter(|r| r.running >= r.max) {
+                let free = r.next_free_at.map_or(now, |t| t.0);
+                why.push(format!(
+                    "rate key `{}` had {} of {} starts in the last {} ms; next start at {} (in {} ms)",
+                    r.key,
+                    r.running,
+                    r.max,
+                    r.per_ms.unwrap_or(0),
+                    rfc3339(free),
+                    (free - now).max(0)
+                ));
+            }
+            if !why.is_empty() {
+                s.status = "held_by_limit";
+                s.reason = format!("ready; held back: {}", why.join("; "));
+            }
+        }
+        s.limits = Some(StepLimits {
+            concurrency: l.concurrency,
+            rate: l.rate,
+        });
+    }
+    ex
 }

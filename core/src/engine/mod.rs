@@ -216,16 +216,19 @@ impl Engine {
     /// The earliest `ready_at` of a ready step (of these handlers, when given): when
     /// the next step becomes claimable, or `None` when no step is waiting to run.
     /// Steps whose parents have not finished are not counted: they become ready when
-    /// a step completes, not at a time.
+    /// a step completes, not at a time; nor are ready steps a concurrency limit holds
+    /// back (a slot frees at a completion). A step a rate limit holds back counts at
+    /// the time its window frees.
     pub async fn next_ready_at(&self, handlers: Option<Vec<String>>) -> Result<Option<i64>> {
         self.check_open()?;
-        let ready = self.store.next_ready_at(handlers).await?;
+        let plain = self.store.next_ready_at(handlers.clone()).await?;
+        let limited = self
+            .store
+            .limited_next_ready_at(handlers, self.now_ms())
+            .await?;
         // A delayed task's steps become ready at its due time.
         let due = self.store.next_due().await?;
-        Ok(match (ready, due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
+        Ok([plain, limited, due].into_iter().flatten().min())
     }
 
     pub(crate) fn signals(&self) -> &Signals {
@@ -615,7 +618,9 @@ impl Engine {
         }
         let (run_at, timeout_ms) =
             self.task_timing(req.run_at, req.delay_ms, req.timeout_s, now)?;
+        let limits = crate::model::limits::resolve_task(&compiled.template, &context)?;
         Ok(NewTask {
+            limits,
             template: compiled.template.clone(),
             context,
             idempotency_key: req.idempotency_key,
@@ -997,7 +1002,17 @@ impl Engine {
 
     pub async fn explain_task(&self, task_id: i64) -> Result<Explanation> {
         let view = self.get_task(task_id).await?;
-        Ok(explain(&view, self.now_ms()))
+        let now = self.now_ms();
+        let ex = explain(&view, now);
+        if !ex
+            .steps
+            .iter()
+            .any(|s| s.state == "ready" || s.state == "running")
+        {
+            return Ok(ex);
+        }
+        let limits = self.store.step_limits(task_id, now).await?;
+        Ok(explain::with_limits(ex, limits, now))
     }
 
     /// Health counts, throughput and rates over the last `window_ms` (default

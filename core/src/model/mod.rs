@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod fan_out;
+pub mod limits;
 pub mod retry;
 pub mod schedule;
 pub mod state;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
+use crate::model::limits::{self, ConcurrencySpec, RateLimitSpec};
 use crate::model::retry::{RetryPolicy, RetrySpec};
 
 /// A template as written by a person.
@@ -37,6 +38,10 @@ pub struct DefaultsDoc {
     pub timeout_s: Option<u64>,
     #[serde(default)]
     pub priority: Option<i32>,
+    #[serde(default)]
+    pub concurrency: Option<ConcurrencySpec>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -58,6 +63,10 @@ pub struct StepDoc {
     pub priority: Option<i32>,
     #[serde(default)]
     pub config: Option<Value>,
+    #[serde(default)]
+    pub concurrency: Option<ConcurrencySpec>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSpec>,
     /// Makes the step wait for a signal instead of running a handler (see `wait_for`).
     #[serde(default)]
     pub wait_for: Option<WaitForDoc>,
@@ -134,6 +143,10 @@ pub struct StepOverride {
     pub priority: Option<i32>,
     #[serde(default)]
     pub config: Option<Value>,
+    #[serde(default)]
+    pub concurrency: Option<ConcurrencySpec>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSpec>,
 }
 
 /// A validated template with every default and override applied.
@@ -166,6 +179,9 @@ pub struct StepSpec {
     pub wait_for: Option<WaitFor>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fan_out: Option<FanOut>,
+    pub concurrency: Option<ConcurrencySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
 }
 
 /// Longest step timeout, in seconds (30 days): a timeout in milliseconds added to any
@@ -313,6 +329,12 @@ impl TemplateDoc {
                 }
                 defaults.timeout_s = d.timeout_s.or(defaults.timeout_s);
                 defaults.priority = d.priority.or(defaults.priority);
+                if d.concurrency.is_some() {
+                    defaults.concurrency = d.concurrency.clone();
+                }
+                if d.rate_limit.is_some() {
+                    defaults.rate_limit = d.rate_limit.clone();
+                }
             }
             for o in &env.steps {
                 if let Some(step) = steps.iter_mut().find(|s| s.name == o.name) {
@@ -391,6 +413,12 @@ impl TemplateDoc {
         };
         let base_timeout = defaults.timeout_s.unwrap_or(limits.default_timeout_s);
         let base_priority = defaults.priority.unwrap_or(0);
+        if let Some(c) = &defaults.concurrency {
+            limits::check_concurrency(c, "defaults", json!({ "field": "defaults.concurrency" }))?;
+        }
+        if let Some(r) = &defaults.rate_limit {
+            limits::check_rate_limit(r, "defaults", json!({ "field": "defaults.rate_limit" }))?;
+        }
 
         let mut index: HashMap<&str, usize> = HashMap::with_capacity(steps.len());
         for (i, s) in steps.iter().enumerate() {
@@ -499,6 +527,25 @@ impl TemplateDoc {
                     json!({ "step": s.name }),
                 ));
             }
+            let concurrency = s
+                .concurrency
+                .clone()
+                .or_else(|| defaults.concurrency.clone());
+            if let Some(c) = &concurrency {
+                limits::check_concurrency(
+                    c,
+                    &format!("step `{}`", s.name),
+                    json!({ "step": s.name }),
+                )?;
+            }
+            let rate_limit = s.rate_limit.clone().or_else(|| defaults.rate_limit.clone());
+            if let Some(r) = &rate_limit {
+                limits::check_rate_limit(
+                    r,
+                    &format!("step `{}`", s.name),
+                    json!({ "step": s.name }),
+                )?;
+            }
             let mut spec = StepSpec {
                 name: s.name.clone(),
                 handler: s.handler.clone(),
@@ -508,6 +555,8 @@ impl TemplateDoc {
                 timeout_s,
                 priority,
                 config: s.config.clone(),
+                concurrency,
+                rate_limit,
                 wait_for: None,
                 fan_out: None,
             };
@@ -648,6 +697,12 @@ fn apply_override(step: &mut StepDoc, o: &StepOverride) {
     }
     step.timeout_s = o.timeout_s.or(step.timeout_s);
     step.priority = o.priority.or(step.priority);
+    if o.concurrency.is_some() {
+        step.concurrency = o.concurrency.clone();
+    }
+    if o.rate_limit.is_some() {
+        step.rate_limit = o.rate_limit.clone();
+    }
     if let Some(cfg) = &o.config {
         step.config = Some(match (step.config.take(), cfg) {
             (Some(Value::Object(mut base)), Value::Object(layer)) => {

@@ -47,6 +47,28 @@ impl Serialize for Ts {
     }
 }
 
+/// One limit of a step and its use now: a concurrency limit (`running` of `max` run
+/// now), or a rate limit (`running` starts in the last `per_ms` of `max`, the window
+/// freeing at `next_free_at` when full).
+#[derive(Debug, Clone, Serialize)]
+pub struct LimitState {
+    pub key: String,
+    pub running: i64,
+    pub max: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_free_at: Option<Ts>,
+}
+
+/// The limits of one step.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepLimitState {
+    pub step_name: String,
+    pub concurrency: Option<LimitState>,
+    pub rate: Option<LimitState>,
+}
+
 /// A task to create, already validated by the engine.
 #[derive(Debug, Clone)]
 pub struct NewTask {
@@ -60,6 +82,9 @@ pub struct NewTask {
     pub run_at: Option<i64>,
     /// The task timeout: the task ends in `error` this long after it is due.
     pub timeout_ms: Option<i64>,
+    /// The concurrency and rate limits of each step, in template order; `None` when no
+    /// step has one (see `model::limits::resolve_task`).
+    pub limits: Option<Vec<crate::model::limits::StepLimits>>,
 }
 
 impl NewTask {
@@ -503,8 +528,19 @@ pub trait Store: Send + Sync {
     fn stats(&self, now: i64, window_ms: i64) -> BoxFut<'_, Stats>;
     fn events(&self, since: i64, limit: u32, task_id: Option<i64>) -> BoxFut<'_, Vec<Event>>;
     fn last_event_id(&self) -> BoxFut<'_, i64>;
-    /// The earliest `ready_at` of a `ready` step (of these handlers when given).
+    /// The earliest `ready_at` of a `ready` step without limits (of these handlers when
+    /// given); limited steps are [`Store::limited_next_ready_at`]'s.
     fn next_ready_at(&self, handlers: Option<Vec<String>>) -> BoxFut<'_, Option<i64>>;
+    /// When a ready step with a concurrency or rate limit (of these handlers when given)
+    /// can start next: a future `ready_at`, when a rate window frees, or a past time for
+    /// one the limits let start now. Steps held back by a concurrency limit do not count.
+    fn limited_next_ready_at(
+        &self,
+        handlers: Option<Vec<String>>,
+        now: i64,
+    ) -> BoxFut<'_, Option<i64>>;
+    /// The limits of task `task_id`'s limited steps and how much of each is used now.
+    fn step_limits(&self, task_id: i64, now: i64) -> BoxFut<'_, Vec<StepLimitState>>;
     /// Releases connections; later calls fail.
     fn close(&self) -> BoxFut<'_, ()>;
 

@@ -288,9 +288,25 @@ class Run {
     });
   }
 
+  // `explain_task`: each step named in `expect_steps` must have these fields in the
+  // explanation (a step missing from it is a failure).
+  async explainAction(a) {
+    const resp = await this.t.call('explain_task', { task_id: this.taskId });
+    for (const [name, fields] of Object.entries(a.expect_steps || {})) {
+      const got = resp.steps.find((s) => s.name === name);
+      if (got === undefined) throw new VectorFailure(`action ${JSON.stringify(a)}: step ${name} is not in the explanation ${JSON.stringify(resp)}`);
+      for (const [k, w] of Object.entries(fields)) {
+        if (!jsonEq(w, got[k])) {
+          throw new VectorFailure(`action ${JSON.stringify(a)}: step ${name}: expected ${k} = ${JSON.stringify(w)}, got ${JSON.stringify(got[k])} (${JSON.stringify(resp)})`);
+        }
+      }
+    }
+  }
+
   async act(a) {
     const { t } = this;
     const step = a.step;
+    if (a.do === 'explain_task') return this.explainAction(a);
     let fn;
     switch (a.do) {
       case 'cancel_task':

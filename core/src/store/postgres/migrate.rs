@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../../migrations/postgres/0009_scheduling.sql"),
     ),
     (
+        10,
+        "limits",
+        include_str!("../../../../migrations/postgres/0010_limits.sql"),
+    ),
+    (
         11,
         "signals",
         include_str!("../../../../migrations/postgres/0011_signals.sql"),

@@ -21,6 +21,7 @@ use crate::store::*;
 mod claims;
 mod fan_out;
 mod hot;
+mod limits;
 mod migrate;
 mod reads;
 mod scheduling;
@@ -532,12 +533,27 @@ impl Store for PgStore {
             // after a lost connection finds the task the first call made instead of
             // making a second one (migration 0005): one round trip, key or no key.
             let task_id = self.reserve_task_id().await?;
-            let id = self
-                .autocommit(|c, ctx| {
+            let id = if task.limits.is_some() {
+                // Steps with limits get their keys in the creating transaction, so no
+                // claimer sees them without.
+                self.write(|c, ctx| {
+                    let task = task.clone();
+                    Box::pin(async move {
+                        let id = hot::create(c, &ctx, task_id, &task).await?;
+                        if let (Some(id), Some(l)) = (id, &task.limits) {
+                            limits::apply(c, id, &task.template, l).await?;
+                        }
+                        Ok(id)
+                    })
+                })
+                .await?
+            } else {
+                self.autocommit(|c, ctx| {
                     let task = task.clone();
                     Box::pin(async move { hot::create(c, &ctx, task_id, &task).await })
                 })
-                .await?;
+                .await?
+            };
             match id {
                 Some(task_id) => {
                     self.wake_others();
@@ -575,12 +591,28 @@ impl Store for PgStore {
             // after a lost connection finds the tasks the first call made.
             let ids: Arc<Vec<i64>> = Arc::new(self.reserve_task_ids(batch.len()).await?);
             let batch = Arc::new(batch);
-            let made = self
-                .autocommit(|c, ctx| {
+            let made = if batch.iter().any(|t| t.limits.is_some()) {
+                // As in `create_task`: limits in the creating transaction.
+                self.write(|c, ctx| {
+                    let (ids, batch) = (ids.clone(), batch.clone());
+                    Box::pin(async move {
+                        let made = hot::create_many(c, &ctx, &ids, &batch).await?;
+                        for (t, m) in batch.iter().zip(&made) {
+                            if let (true, Some(l)) = (m.created, &t.limits) {
+                                limits::apply(c, m.task_id, &t.template, l).await?;
+                            }
+                        }
+                        Ok(made)
+                    })
+                })
+                .await?
+            } else {
+                self.autocommit(|c, ctx| {
                     let (ids, batch) = (ids.clone(), batch.clone());
                     Box::pin(async move { hot::create_many(c, &ctx, &ids, &batch).await })
                 })
-                .await?;
+                .await?
+            };
             if made.iter().any(|t| t.created) {
                 self.wake_others();
             }
@@ -790,6 +822,21 @@ impl Store for PgStore {
                 scheduling::advance_schedule(c, &name, from, to, last_tick, last_task, now).await
             })
         }))
+    }
+
+    fn limited_next_ready_at(
+        &self,
+        handlers: Option<Vec<String>>,
+        now: i64,
+    ) -> BoxFut<'_, Option<i64>> {
+        Box::pin(self.read(move |c| {
+            let handlers = handlers.clone();
+            Box::pin(async move { limits::next_ready(c, handlers.as_deref(), now).await })
+        }))
+    }
+
+    fn step_limits(&self, task_id: i64, now: i64) -> BoxFut<'_, Vec<StepLimitState>> {
+        Box::pin(self.read(move |c| Box::pin(limits::task_state(c, task_id, now))))
     }
 
     fn close(&self) -> BoxFut<'_, ()> {

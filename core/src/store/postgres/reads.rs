@@ -124,19 +124,23 @@ pub async fn next_ready_at(
     conn: &mut PgConnection,
     handlers: Option<&[String]>,
 ) -> Result<Option<i64>> {
-    let row = match handlers {
-        None => {
-            sqlx::query("SELECT min(ready_at) FROM tasker_steps WHERE state = 'ready'")
+    let row =
+        match handlers {
+            None => sqlx::query(
+                "SELECT min(ready_at) FROM tasker_steps WHERE state = 'ready' AND limited = false",
+            )
+            .fetch_one(conn)
+            .await?,
+            Some(h) => {
+                sqlx::query(
+                    "SELECT min(ready_at) FROM tasker_steps
+             WHERE state = 'ready' AND limited = false AND handler = ANY($1)",
+                )
+                .bind(h)
                 .fetch_one(conn)
                 .await?
-        }
-        Some(h) => sqlx::query(
-            "SELECT min(ready_at) FROM tasker_steps WHERE state = 'ready' AND handler = ANY($1)",
-        )
-        .bind(h)
-        .fetch_one(conn)
-        .await?,
-    };
+            }
+        };
     Ok(row.try_get(0)?)
 }
 

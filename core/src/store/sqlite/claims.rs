@@ -9,19 +9,21 @@ use rusqlite::{
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::write;
+use super::{limits, write};
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::events::reason;
 use crate::model::retry::{self, Backoff, RetryPolicy};
 use crate::store::shared::{bump, decide, Deltas, Held, Tr};
 use crate::store::*;
 
-/// The claim statement for `k` handlers: one index range scan per handler (each already
-/// in priority, `ready_at` order), merged, limited, and flipped to `running` in place.
+/// The claim statement for `k` handlers: one index range scan per handler over its
+/// steps without limits (each already in priority, `ready_at` order), merged, limited,
+/// and flipped to `running` in place. With `admitted`, the limited steps the limits let
+/// start (a JSON array of ids, ?{6+k}) compete for the batch too.
 /// Parameters: ?1 token, ?2 worker, ?3 now, ?4 lease ms, ?5 limit, ?6.. handlers.
 /// (`?5 + 0` keeps the limit out of the planner's view: a bare bound LIMIT makes
 /// SQLite re-prepare the statement on every run.)
-pub fn claim_sql(k: usize) -> String {
+pub fn claim_sql(k: usize, admitted: bool) -> String {
     let mut inner = String::new();
     for i in 0..k {
         if i > 0 {
@@ -30,9 +32,17 @@ pub fn claim_sql(k: usize) -> String {
         let _ = write!(
             inner,
             "SELECT * FROM (SELECT id, priority, ready_at FROM tasker_steps \
-             WHERE state = 'ready' AND handler = ?{} AND ready_at <= ?3 \
+             WHERE state = 'ready' AND handler = ?{} AND limited = 0 AND ready_at <= ?3 \
              ORDER BY priority DESC, ready_at LIMIT ?5 + 0)",
             6 + i
+        );
+    }
+    if admitted {
+        let _ = write!(
+            inner,
+            " UNION ALL SELECT id, priority, ready_at FROM tasker_steps \
+             WHERE id IN (SELECT value FROM json_each(?{})) AND state = 'ready'",
+            6 + k
         );
     }
     format!(
@@ -41,7 +51,7 @@ pub fn claim_sql(k: usize) -> String {
          lease_expires_at = MIN(?3 + ?4, ?3 + timeout_ms), updated_at = ?3 \
          WHERE id IN (SELECT id FROM ({inner}) ORDER BY priority DESC, ready_at, id LIMIT ?5 + 0) \
          RETURNING id, task_id, name, handler, attempts, retry_base, max_attempts, \
-         lease_expires_at, timeout_ms, config"
+         lease_expires_at, timeout_ms, config, rate_key, rate_per_ms"
     )
 }
 
@@ -57,6 +67,8 @@ struct ClaimedRow {
     lease_expires_at: i64,
     timeout_ms: i64,
     config: Option<String>,
+    /// The rate-limit key and window, for the start it records.
+    rate: Option<(String, i64)>,
 }
 
 fn raw(text: String) -> Result<Box<RawValue>> {
@@ -73,9 +85,26 @@ pub fn claim(conn: &Connection, params: &ClaimParams) -> Result<ClaimBatch> {
         SqlValue::Integer(i64::from(params.limit)),
     ];
     args.extend(params.handlers.iter().map(|h| SqlValue::Text(h.clone())));
+    // Limited steps first: which of the best of them the limits let start now.
+    let scan = limits::scan_for(params.limit);
+    let mut cands = limits::candidates(conn, &params.handlers, params.now, scan)?;
+    if cands.len() as i64 >= scan {
+        // The best ones may all be held back: other keys' best steps compete too.
+        let heads = limits::key_heads(conn, &params.handlers, &cands, params.now, scan)?;
+        cands.extend(heads);
+    }
+    let (admitted, rate_next) = if cands.is_empty() {
+        (Vec::new(), None)
+    } else {
+        limits::admit(conn, &cands, params.limit, params.now)?
+    };
+    if !admitted.is_empty() {
+        args.push(SqlValue::Text(Value::from(admitted.clone()).to_string()));
+    }
     let mut claimed = Vec::new();
     {
-        let mut stmt = conn.prepare_cached(&claim_sql(params.handlers.len()))?;
+        let mut stmt =
+            conn.prepare_cached(&claim_sql(params.handlers.len(), !admitted.is_empty()))?;
         let mut rows = stmt.query(params_from_iter(args))?;
         while let Some(row) = rows.next()? {
             claimed.push(ClaimedRow {
@@ -89,24 +118,36 @@ pub fn claim(conn: &Connection, params: &ClaimParams) -> Result<ClaimBatch> {
                 lease_expires_at: row.get(7)?,
                 timeout_ms: row.get(8)?,
                 config: row.get(9)?,
+                rate: match (row.get::<_, Option<String>>(10)?, row.get(11)?) {
+                    (Some(k), Some(per)) => Some((k, per)),
+                    _ => None,
+                },
             });
         }
     }
     if claimed.is_empty() {
-        // Nothing claimable now: tell the waiter when the next retry comes due.
+        // Nothing claimable now: tell the waiter when the next retry comes due, or a
+        // rate window frees (limited steps held back now do not count: a concurrency
+        // slot frees at a completion, which wakes waiters).
         let handlers = Value::from(params.handlers.clone()).to_string();
-        let next: Option<i64> = conn
+        let due: Option<i64> = conn
             .prepare_cached(
                 "SELECT MIN(ready_at) FROM tasker_steps
-                 WHERE state = 'ready' AND handler IN (SELECT value FROM json_each(?1))",
+                 WHERE state = 'ready' AND handler IN (SELECT value FROM json_each(?1))
+                   AND (limited = 0 OR ready_at > ?2)",
             )?
-            .query_row([handlers], |r| r.get(0))?;
+            .query_row(params![&handlers, params.now], |r| r.get(0))?;
+        let next = [due, rate_next].into_iter().flatten().min();
         return Ok(ClaimBatch {
             steps: Vec::new(),
             next_ready_at: next,
         });
     }
     claimed.sort_unstable_by_key(|c| c.step_id);
+    let starts: Vec<(String, i64)> = claimed.iter().filter_map(|c| c.rate.clone()).collect();
+    if !starts.is_empty() {
+        limits::record_starts(conn, &starts, params.now)?;
+    }
     let mut task_ids: Vec<i64> = claimed.iter().map(|c| c.task_id).collect();
     task_ids.sort_unstable();
     task_ids.dedup();

@@ -22,6 +22,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../../migrations/sqlite/0003_scheduling.sql"),
     ),
     (
+        4,
+        "limits",
+        include_str!("../../../../migrations/sqlite/0004_limits.sql"),
+    ),
+    (
         5,
         "signals",
         include_str!("../../../../migrations/sqlite/0005_signals.sql"),

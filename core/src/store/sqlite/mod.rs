@@ -19,6 +19,7 @@ use crate::store::*;
 
 mod claims;
 mod fan_out;
+mod limits;
 mod migrate;
 mod reads;
 mod scheduling;
@@ -34,6 +35,16 @@ pub struct SqliteStore {
     max_readers: usize,
     synchronous: &'static str,
     busy_timeout: Duration,
+}
+
+/// Creates a task, then gives its steps their limits in the same transaction.
+fn create_limited(conn: &Connection, task: NewTask) -> Result<CreatedTask> {
+    let (template, limits) = (task.template.clone(), task.limits.clone());
+    let created = tasks::create(conn, task)?;
+    if let (true, Some(l)) = (created.created, limits) {
+        limits::apply(conn, created.task_id, &template, &l)?;
+    }
+    Ok(created)
 }
 
 /// `sqlite://path`, `sqlite:path` (relative or absolute) or `sqlite::memory:`.
@@ -240,7 +251,7 @@ impl Store for SqliteStore {
     }
 
     fn create_task(&self, task: NewTask) -> BoxFut<'_, CreatedTask> {
-        done(self.write(|c| tasks::create(c, task)))
+        done(self.write(|c| create_limited(c, task)))
     }
 
     fn find_tasks_by_keys(&self, keys: Vec<TaskKey>) -> BoxFut<'_, Vec<Option<CreatedTask>>> {
@@ -253,7 +264,7 @@ impl Store for SqliteStore {
 
     fn create_tasks(&self, batch: Vec<NewTask>) -> BoxFut<'_, Vec<CreatedTask>> {
         // One write transaction: every task of the batch commits, or none does.
-        done(self.write(|c| batch.into_iter().map(|t| tasks::create(c, t)).collect()))
+        done(self.write(|c| batch.into_iter().map(|t| create_limited(c, t)).collect()))
     }
 
     fn claim(&self, params: ClaimParams) -> BoxFut<'_, ClaimBatch> {
@@ -401,6 +412,18 @@ impl Store for SqliteStore {
                 scheduling::advance_schedule(c, &name, from, to, last_tick, last_task, at)
             }),
         )
+    }
+
+    fn limited_next_ready_at(
+        &self,
+        handlers: Option<Vec<String>>,
+        now: i64,
+    ) -> BoxFut<'_, Option<i64>> {
+        done(self.read(|c| limits::next_ready(c, handlers.as_deref(), now)))
+    }
+
+    fn step_limits(&self, task_id: i64, now: i64) -> BoxFut<'_, Vec<StepLimitState>> {
+        done(self.read(|c| limits::task_state(c, task_id, now)))
     }
 
     fn close(&self) -> BoxFut<'_, ()> {

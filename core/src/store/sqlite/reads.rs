@@ -88,12 +88,14 @@ pub fn registered_handlers(conn: &Connection) -> Result<Vec<String>> {
 pub fn next_ready_at(conn: &Connection, handlers: Option<&[String]>) -> Result<Option<i64>> {
     Ok(match handlers {
         None => conn
-            .prepare_cached("SELECT MIN(ready_at) FROM tasker_steps WHERE state = 'ready'")?
+            .prepare_cached(
+                "SELECT MIN(ready_at) FROM tasker_steps WHERE state = 'ready' AND limited = 0",
+            )?
             .query_row([], |r| r.get(0))?,
         Some(h) => conn
             .prepare_cached(
                 "SELECT MIN(ready_at) FROM tasker_steps
-                 WHERE state = 'ready' AND handler IN (SELECT value FROM json_each(?1))",
+                 WHERE state = 'ready' AND limited = 0 AND handler IN (SELECT value FROM json_each(?1))",
             )?
             .query_row([serde_json::Value::from(h.to_vec()).to_string()], |r| {
                 r.get(0)
