@@ -173,3 +173,37 @@ fn an_expansion_past_max_steps_per_task_fails_the_step() {
     );
     assert_eq!(db.task(over)["steps_total"], 3);
 }
+
+#[test]
+fn instances_run_under_the_fan_out_steps_concurrency_and_rate_limits() {
+    let db = open(json!({ "clock": "manual" }));
+    let mut t = fan(None);
+    t["steps"][1]["concurrency"] = json!({ "key": "$context.customer", "max": 2 });
+    t["steps"][1]["rate_limit"] = json!({ "limit": 100, "per_ms": 1000 });
+    db.register(t);
+    let id = db.create("fan", json!({ "customer": "acme" }));
+    split(&db, json!([1, 2, 3, 4, 5]));
+    // The fan-out step itself is the engine's: it is never held back, so it expanded.
+    assert_eq!(db.step(id, "process")["pending_parents"], 5);
+    // Five ready instances, at most two running for the key at once.
+    let first = db.claim(&["work"], 10, 60_000);
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert!(db.claim(&["work"], 10, 60_000).is_empty());
+    let explained = db.call("explain_task", json!({ "task_id": id }));
+    let held: Vec<&Value> = explained["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["status"] == "held_by_limit")
+        .collect();
+    assert_eq!(held.len(), 3, "{explained}");
+    // The rate limit's default key is the instances' handler, not the engine's.
+    let limits = &held[0]["limits"];
+    assert!(
+        limits.to_string().contains("work"),
+        "rate key should name the handler `work`: {limits}"
+    );
+    db.complete(&first[0], json!(1));
+    let next = db.claim(&["work"], 10, 60_000);
+    assert_eq!(next.len(), 1, "{next:?}");
+}

@@ -256,7 +256,13 @@ pub fn resolve_task(
             Some(r) => {
                 let key = match &r.key {
                     Some(k) => key_of(&s.name, "rate_limit", k)?,
-                    None => s.handler.clone(),
+                    // A fan-out step's instances run the handler it names (the step
+                    // itself is the engine's).
+                    None => s
+                        .fan_out
+                        .as_ref()
+                        .map_or(&s.handler, |f| &f.handler)
+                        .clone(),
                 };
                 Some((scoped(r.scope, ns, name, &key), r.limit, r.per_ms))
             }

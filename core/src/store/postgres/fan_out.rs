@@ -229,9 +229,12 @@ async fn expand(
     // The instances copy the step's policy columns; ids come in item order.
     let rows = sqlx::query(
         "INSERT INTO tasker_steps (id, task_id, name, handler, state, pending_parents, max_attempts,
-             backoff, base_ms, max_ms, jitter, timeout_ms, priority, config, ready_at, created_at, updated_at)
+             backoff, base_ms, max_ms, jitter, timeout_ms, priority, config, ready_at, created_at, updated_at,
+             limited, concurrency_key, concurrency_max, rate_key, rate_limit, rate_per_ms)
          SELECT nextval('tasker_steps_id_seq'), f.task_id, u.name, $3, 'ready', 0, f.max_attempts,
-                f.backoff, f.base_ms, f.max_ms, f.jitter, f.timeout_ms, f.priority, u.config, $4, $4, $4
+                f.backoff, f.base_ms, f.max_ms, f.jitter, f.timeout_ms, f.priority, u.config, $4, $4, $4,
+                f.concurrency_key IS NOT NULL OR f.rate_key IS NOT NULL,
+                f.concurrency_key, f.concurrency_max, f.rate_key, f.rate_limit, f.rate_per_ms
          FROM tasker_steps f
          CROSS JOIN unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(name, config, n)
          WHERE f.id = $5

@@ -42,7 +42,7 @@ pub async fn apply(
         return Ok(());
     }
     sqlx::query(
-        "UPDATE tasker_steps s SET limited = true, concurrency_key = u.ckey, concurrency_max = u.cmax,
+        "UPDATE tasker_steps s SET limited = s.handler NOT LIKE 'tasker.%', concurrency_key = u.ckey, concurrency_max = u.cmax,
              rate_key = u.rkey, rate_limit = u.rlimit, rate_per_ms = u.rper
          FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[])
               AS u(name, ckey, cmax, rkey, rlimit, rper)

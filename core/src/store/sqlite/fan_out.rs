@@ -207,9 +207,14 @@ fn expand(
         .details(Some(json!({ "items": count }).to_string())),
     );
     let mut insert = conn.prepare_cached(
+        // The instances run under the step's concurrency and rate limits, if any.
         "INSERT INTO tasker_steps (task_id, name, handler, state, pending_parents, max_attempts,
-             backoff, base_ms, max_ms, jitter, timeout_ms, priority, config, ready_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, 'ready', 0, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?12)
+             backoff, base_ms, max_ms, jitter, timeout_ms, priority, config, ready_at, created_at, updated_at,
+             limited, concurrency_key, concurrency_max, rate_key, rate_limit, rate_per_ms)
+         SELECT ?1, ?2, ?3, 'ready', 0, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?12,
+                f.concurrency_key IS NOT NULL OR f.rate_key IS NOT NULL,
+                f.concurrency_key, f.concurrency_max, f.rate_key, f.rate_limit, f.rate_per_ms
+         FROM tasker_steps f WHERE f.id = ?13
          RETURNING id",
     )?;
     let mut edge =
@@ -230,7 +235,8 @@ fn expand(
                 s.timeout_ms,
                 s.priority,
                 config,
-                now
+                now,
+                s.id
             ],
             |r| r.get(0),
         )?;

@@ -34,7 +34,7 @@ pub fn apply(conn: &Connection, task_id: i64, t: &Template, limits: &[StepLimits
         return Ok(());
     }
     conn.prepare_cached(
-        "UPDATE tasker_steps AS s SET limited = 1, concurrency_key = j.value ->> 1,
+        "UPDATE tasker_steps AS s SET limited = s.handler NOT LIKE 'tasker.%', concurrency_key = j.value ->> 1,
              concurrency_max = j.value ->> 2, rate_key = j.value ->> 3, rate_limit = j.value ->> 4,
              rate_per_ms = j.value ->> 5
          FROM json_each(?2) AS j
