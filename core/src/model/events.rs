@@ -157,6 +157,30 @@ mod tests {
             ),
             (
                 Some("running"),
+                "waiting",
+                Some("waiting_for_children"),
+                "step.waiting",
+            ),
+            (
+                Some("waiting"),
+                "complete",
+                Some("children_done"),
+                "step.completed",
+            ),
+            (
+                Some("waiting"),
+                "error",
+                Some("child_failed"),
+                "step.failed",
+            ),
+            (
+                Some("waiting"),
+                "error",
+                Some("children_timeout"),
+                "step.failed",
+            ),
+            (
+                Some("running"),
                 "ready",
                 Some("lease_expired"),
                 "step.lease_expired",
