@@ -67,6 +67,15 @@ fn a_step_waits_for_its_children_and_completes_with_their_results_in_start_order
         json!({ "task_id": id, "step_id": spawn["step_id"], "step_name": "spawn" })
     );
     assert!(db.events(id).contains(&"step.waiting".to_owned()));
+    let explained = db.call("explain_task", json!({ "task_id": id }));
+    let spawn_why = explained["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "spawn")
+        .unwrap()
+        .clone();
+    assert_eq!(spawn_why["status"], "waiting_for_children", "{explained}");
     // The old token no longer holds the step.
     let e = db.call_err(
         "complete_step",
