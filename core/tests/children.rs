@@ -345,3 +345,73 @@ fn cancelling_the_parent_cancels_its_unfinished_children() {
     assert_eq!(db.task(open)["state"], "cancelled");
     assert_eq!(db.task(done)["state"], "complete");
 }
+
+#[test]
+fn a_worker_session_reports_wait_for_children_and_the_step_leaves_the_session() {
+    let db = setup(json!({}));
+    let id = db.create("parent", json!({}));
+    let w = db.call(
+        "worker_open",
+        json!({ "handlers": ["spawn", "work"], "batch": 4 }),
+    )["worker_id"]
+        .clone();
+    let page = db.call(
+        "worker_next",
+        json!({ "worker_id": w, "max": 1, "wait_ms": 1000 }),
+    );
+    let spawn = page["steps"][0].clone();
+    assert_eq!(spawn["step_name"], "spawn");
+    let child = start_child(&db, &spawn, "a", json!({}))["task_id"].clone();
+    let e = db.call_err(
+        "worker_report",
+        json!({ "worker_id": w, "outcomes": [{ "step_id": spawn["step_id"], "wait_for_children": true, "result": 1 }] }),
+    );
+    assert_eq!(e.code, ErrorCode::InvalidArgument);
+    let out = db.call(
+        "worker_report",
+        json!({ "worker_id": w, "outcomes": [{ "step_id": spawn["step_id"], "wait_for_children": true }], "next": { "max": 1 } }),
+    );
+    assert_eq!(out["results"][0]["outcome"], "waiting", "{out}");
+    assert_eq!(db.step(id, "spawn")["state"], "waiting");
+    let work = out["steps"][0].clone();
+    assert_eq!(work["task_id"], child);
+    let out = db.call(
+        "worker_report",
+        json!({ "worker_id": w, "outcomes": [{ "step_id": work["step_id"], "result": "ok" }] }),
+    );
+    assert_eq!(out["results"][0]["outcome"], "completed");
+    assert_eq!(db.step(id, "spawn")["state"], "complete");
+    let stats = db.call("worker_stats", json!({ "worker_id": w }));
+    assert_eq!(stats["completed"], 2, "{stats}");
+    db.call("worker_close", json!({ "worker_id": w }));
+}
+
+#[test]
+fn nested_children_finish_up_the_tree_in_one_call() {
+    let db = setup(json!({}));
+    db.register(template("tree", &[("node", &[])], fast_retry(1)));
+    let root = db.create("tree", json!({ "depth": 0 }));
+    let mut waiting = Vec::new();
+    for depth in 1..=2 {
+        let step = db.claim(&["node"], 1, 60_000).remove(0);
+        db.call(
+            "create_task",
+            json!({ "namespace": "t", "name": "tree", "context": { "depth": depth }, "idempotency_key": "next",
+                    "parent": { "step_id": step["step_id"], "claim_token": step["claim_token"] } }),
+        );
+        wait(&db, &step);
+        waiting.push(step["task_id"].as_i64().unwrap());
+    }
+    let leaf = db.claim(&["node"], 1, 60_000).remove(0);
+    assert_eq!(leaf["context"]["depth"], 2);
+    db.complete(&leaf, json!("leaf"));
+    // The leaf's completion finished its parent's wait, which finished the root's.
+    for id in waiting {
+        assert_eq!(db.task(id)["state"], "complete");
+    }
+    let result = &db.step(root, "node")["result"];
+    assert_eq!(
+        result["children"][0]["results"]["node"]["children"][0]["results"]["node"],
+        "leaf"
+    );
+}
