@@ -66,6 +66,9 @@ pub struct Page {
     pub idle: bool,
 }
 
+/// A reported step with no payload: (index in the report, step id, claim token).
+type Held = (usize, i64, i64);
+
 /// One outcome a host reports.
 pub enum Outcome {
     Result(Box<RawValue>),
@@ -529,8 +532,8 @@ impl Sessions {
         // (index, step_id, token, ...)
         let mut completions: Vec<(usize, i64, i64, Box<RawValue>)> = Vec::with_capacity(n);
         let mut failures: Vec<(usize, i64, i64, StepFailure, Option<&'static str>)> = Vec::new();
-        let mut releases: Vec<(usize, i64, i64)> = Vec::new();
-        let mut waits: Vec<(usize, i64, i64)> = Vec::new();
+        let mut releases: Vec<Held> = Vec::new();
+        let mut waits: Vec<Held> = Vec::new();
         let mut reported: Vec<i64> = Vec::with_capacity(n);
         let claim_cap;
         {
@@ -666,7 +669,7 @@ impl Sessions {
         s: &Session,
         completions: Vec<(usize, i64, i64, Box<RawValue>)>,
         failures: Vec<(usize, i64, i64, StepFailure, Option<&'static str>)>,
-        (releases, waits): (Vec<(usize, i64, i64)>, Vec<(usize, i64, i64)>),
+        (releases, waits): (Vec<Held>, Vec<Held>),
         claim_cap: u32,
     ) -> Result<(Vec<(usize, ItemResult)>, Vec<ClaimedStep>)> {
         let mut records = Vec::with_capacity(completions.len() + failures.len() + releases.len());
