@@ -335,6 +335,7 @@ class Run {
       case 'advance_clock':
         // Scheduling vectors: move the manual clock (config.clock: manual).
         fn = () => t.call('advance_clock', { ms: a.ms });
+        break;
       case 'send_signal':
         fn = this.signalCall(a);
         break;
