@@ -154,6 +154,13 @@ fn a_repeated_start_with_the_same_key_returns_the_same_child() {
     assert_eq!(again["created"], false);
     let other = start_child(&db, &spawn, "k2", json!({}));
     assert_ne!(other["task_id"], first["task_id"]);
+    // A key of the longest length a key may have works for a child too.
+    let long = "x".repeat(256);
+    let longest = start_child(&db, &spawn, &long, json!({}));
+    assert_eq!(
+        start_child(&db, &spawn, &long, json!({}))["task_id"],
+        longest["task_id"]
+    );
     // The next attempt of the step (a retry after a crash) starts the same child again.
     db.call(
         "release_step",
@@ -165,7 +172,7 @@ fn a_repeated_start_with_the_same_key_returns_the_same_child() {
     assert_eq!(third["created"], false);
     assert_eq!(
         db.step(id, "spawn")["children"],
-        json!([first["task_id"], other["task_id"]])
+        json!([first["task_id"], other["task_id"], longest["task_id"]])
     );
     // A plain task of the same template with the same key is another task: the child's
     // key is scoped by its parent step.

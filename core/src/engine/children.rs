@@ -42,7 +42,7 @@ impl Engine {
             .await?;
         req.idempotency_key = Some(format!("child:{}:{key}", parent.step_id));
         self.children_seen.store(true, Ordering::Release);
-        let created = self.create_task(req).await?;
+        let created = self.create_keyed(req).await?;
         // Linked after the task exists: a crash in between leaves a task the step's
         // next attempt finds again by its key and links then.
         let linked = self

@@ -471,6 +471,14 @@ impl Engine {
         }
         if let Some(key) = &req.idempotency_key {
             check_key(key)?;
+        }
+        self.create_keyed(req).await
+    }
+
+    /// [`Engine::create_task`] once its key (if any) was checked: a child task's key is
+    /// the scoped `child:<step_id>:<key>`, longer than a caller's key may be.
+    pub(crate) async fn create_keyed(&self, req: CreateTask) -> Result<CreatedTask> {
+        if let Some(key) = &req.idempotency_key {
             // A repeat returns the task the key made, whatever its context: it is the
             // same request, and the first one was already validated.
             if let Some(existing) = self
