@@ -422,3 +422,21 @@ fn nested_children_finish_up_the_tree_in_one_call() {
         "leaf"
     );
 }
+
+#[test]
+fn cancelling_a_child_fails_the_waiting_step_and_leaves_the_parent_task_running_until_then() {
+    let db = setup(json!({}));
+    let id = db.create("parent", json!({}));
+    let spawn = db.claim(&["spawn"], 1, 60_000).remove(0);
+    let child = start_child(&db, &spawn, "a", json!({}))["task_id"]
+        .as_i64()
+        .unwrap();
+    wait(&db, &spawn);
+    assert_eq!(db.task(id)["state"], "running");
+    db.call("cancel_task", json!({ "task_id": child }));
+    let step = db.step(id, "spawn");
+    assert_eq!(step["state"], "error");
+    assert_eq!(step["error"]["kind"], "child_failed");
+    assert_eq!(step["error"]["details"]["state"], "cancelled");
+    assert_eq!(db.task(id)["state"], "error");
+}
