@@ -202,8 +202,10 @@ export interface StepInfo {
   worker: string | null;
   ready_at: string | null;
   lease_expires_at: string | null;
-  /** A `waiting` step's deadline (it fails with kind `signal_timeout` then). */
+  /** A `waiting` step's deadline (it fails with kind `signal_timeout` or `children_timeout` then). */
   wait_until?: string;
+  /** The ids of the child tasks the step started, in start order. */
+  children?: number[];
   first_started_at: string | null;
   started_at: string | null;
   finished_at: string | null;
@@ -214,6 +216,8 @@ export interface StepInfo {
 export interface TaskInfo extends TaskSummary {
   context: Json;
   steps: StepInfo[];
+  /** A child task's parent: the step that started it. */
+  parent?: { task_id: number; step_id: number; step_name: string };
   /** A delayed task's due time. */
   run_at?: string;
   /** True while a delayed task waits for its due time. */
@@ -451,7 +455,36 @@ export class Step {
   /** Aborted when the run should stop (`signal.reason.code`: a StopReason or `'stopped'`). */
   readonly signal: AbortSignal;
   readonly cancelled: boolean;
+  /**
+   * Starts a child task of this step (`create_task` with `parent`); `key` names it
+   * among the step's children (a retried handler gets the same task back). Resolves
+   * to the child task's id. Return `waitForChildren()` to have the step wait for them.
+   */
+  startChild(options: StartChildOptions): Promise<number>;
 }
+
+/** `step.startChild` options. */
+export interface StartChildOptions {
+  namespace: string;
+  name: string;
+  /** Unique among the children of the step. */
+  key: string;
+  context?: Json;
+  version?: string;
+  priority?: number;
+}
+
+/** The marker `waitForChildren()` returns. */
+export class WaitForChildren {
+  private constructor();
+}
+
+/**
+ * A handler's return value that makes its step wait for its child tasks: it completes
+ * with `{children: [{task_id, key, state, results}]}` in start order once every child
+ * is final, or fails with kind `child_failed`.
+ */
+export function waitForChildren(): WaitForChildren;
 
 export type Handler = (step: Step) => unknown;
 

@@ -13,7 +13,7 @@
 
 const native = require('./lib/native');
 const { Tasker } = require('./lib/client');
-const { Worker, Step } = require('./lib/worker');
+const { Worker, Step, WaitForChildren, waitForChildren } = require('./lib/worker');
 const errors = require('./lib/errors');
 const types = require('./lib/types');
 
@@ -21,6 +21,8 @@ module.exports = {
   Tasker,
   Worker,
   Step,
+  WaitForChildren,
+  waitForChildren,
   TaskerError: errors.TaskerError,
   InvalidJsonError: errors.InvalidJsonError,
   InvalidUtf8Error: errors.InvalidUtf8Error,

@@ -5,6 +5,8 @@ export const {
   Tasker,
   Worker,
   Step,
+  WaitForChildren,
+  waitForChildren,
   TaskerError,
   InvalidJsonError,
   InvalidUtf8Error,

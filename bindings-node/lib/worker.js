@@ -54,13 +54,35 @@ class Run {
   }
 }
 
+/**
+ * What a handler returns to have its step wait for the child tasks it started
+ * (`step.startChild`): made by `waitForChildren()`.
+ */
+class WaitForChildren {
+  toString() {
+    return 'waitForChildren()';
+  }
+}
+const WAIT_FOR_CHILDREN = Object.freeze(new WaitForChildren());
+
+/**
+ * The handler's return value that makes its step wait for its child tasks instead of
+ * completing: the step completes with `{children: [{task_id, key, state, results}]}`
+ * (start order) once every child is final, or fails with kind `child_failed`.
+ * @returns {WaitForChildren}
+ */
+function waitForChildren() {
+  return WAIT_FOR_CHILDREN;
+}
+
 /** What a handler receives: one claimed step. */
 class Step {
   /**
    * @param {object} raw the step as `worker_next` hands it out
    * @param {AbortSignal | Run} [stop] its stop signal (a fresh one when omitted)
+   * @param {Tasker} [tasker] the client its worker claimed it with (for `startChild`)
    */
-  constructor(raw, stop) {
+  constructor(raw, stop, tasker) {
     /** @type {number} */ this.stepId = raw.step_id;
     /** @type {number} */ this.taskId = raw.task_id;
     /** @type {string} */ this.stepName = raw.step_name;
@@ -74,6 +96,38 @@ class Step {
     this.config = raw.config ?? null;
     /** Parent results by step name. */ this.results = raw.results || {};
     Object.defineProperty(this, '_stop', { value: stop || new Run(), enumerable: false });
+    Object.defineProperty(this, '_claim', { value: { token: raw.claim_token, tasker }, enumerable: false });
+  }
+
+  /**
+   * Starts a child task of this step (`create_task` with `parent`). `key` names the
+   * child among this step's children: a retried handler that starts it again gets the
+   * same task back. Resolves to the child task's id. Return `waitForChildren()` to have
+   * the step wait for its children.
+   * @param {{namespace: string, name: string, key: string, context?: unknown, version?: string, priority?: number}} options
+   * @returns {Promise<number>}
+   */
+  async startChild(options) {
+    const { tasker, token } = this._claim;
+    if (!(tasker instanceof Tasker)) {
+      throw new TypeError('startChild needs a step a Worker handed to its handler');
+    }
+    check.options('options', options, ['namespace', 'name', 'key', 'context', 'version', 'priority']);
+    const { namespace, name, key, context, version, priority } = options;
+    check.string('namespace', namespace);
+    check.string('name', name);
+    check.string('key', key);
+    check.optString('version', version);
+    check.optInt('priority', priority);
+    const req = { namespace, name, idempotency_key: key, parent: { step_id: this.stepId, claim_token: token } };
+    if (version !== undefined) req.version = version;
+    if (priority !== undefined) req.priority = priority;
+    if (context !== undefined) {
+      check.json('context', context);
+      req.context = context;
+    }
+    const out = await tasker.call('create_task', req);
+    return out.task_id;
   }
 
   /**
@@ -106,6 +160,7 @@ class StopSignal extends Error {
 }
 
 function encodeResult(stepId, result) {
+  if (result === WAIT_FOR_CHILDREN) return `{"step_id":${stepId},"wait_for_children":true}`;
   let text;
   try {
     text = json.stringify(result === undefined ? null : result);
@@ -395,7 +450,7 @@ class Worker extends EventEmitter {
     let outcome;
     try {
       if (!fn) throw new PermanentError(`this worker has no handler named \`${raw.handler}\``);
-      const result = await fn(new Step(raw, run));
+      const result = await fn(new Step(raw, run, this.tasker));
       outcome = encodeResult(raw.step_id, result);
     } catch (e) {
       outcome = encodeFailure(raw.step_id, e);
@@ -584,4 +639,4 @@ class Worker extends EventEmitter {
   }
 }
 
-module.exports = { Worker, Step, StopSignal, Run };
+module.exports = { Worker, Step, StopSignal, Run, WaitForChildren, waitForChildren };

@@ -78,6 +78,8 @@ pub struct Step {
     results: PyOnceLock<Py<PyAny>>,
     logger: PyOnceLock<Py<PyAny>>,
     cancelled: PyOnceLock<Py<PyAny>>,
+    /// The `tasker.Tasker` of the worker that claimed the step (for `start_child`).
+    client: PyOnceLock<Py<PyAny>>,
 }
 
 impl From<ClaimedStep> for Step {
@@ -100,6 +102,7 @@ impl From<ClaimedStep> for Step {
             results: PyOnceLock::new(),
             logger: PyOnceLock::new(),
             cancelled: PyOnceLock::new(),
+            client: PyOnceLock::new(),
         }
     }
 }
@@ -165,6 +168,53 @@ impl Step {
                 Ok::<_, PyErr>(py.import("threading")?.call_method0("Event")?.unbind())
             })
             .map(|v| v.clone_ref(py))
+    }
+
+    /// Binds the step to the client its worker claimed it with (done by the worker).
+    fn _attach(&self, py: Python<'_>, client: Py<PyAny>) {
+        let _ = self.client.set(py, client);
+    }
+
+    /// Starts a child task of this step (`create_task` with `parent`): `key` names the
+    /// child among this step's children, so a retried handler that starts it again gets
+    /// the same task back. Returns the child task's id. Return
+    /// `tasker.wait_for_children()` to have the step wait for its children.
+    #[pyo3(signature = (namespace, name, context=None, *, key, version=None, priority=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn start_child(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        name: &str,
+        context: Option<Py<PyAny>>,
+        key: &str,
+        version: Option<&str>,
+        priority: Option<i64>,
+    ) -> PyResult<i64> {
+        let Some(client) = self.client.get(py) else {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "start_child needs a step a tasker.Worker handed to its handler",
+            ));
+        };
+        let req = pyo3::types::PyDict::new(py);
+        req.set_item("namespace", namespace)?;
+        req.set_item("name", name)?;
+        if let Some(c) = context {
+            req.set_item("context", c)?;
+        }
+        req.set_item("idempotency_key", key)?;
+        if let Some(v) = version {
+            req.set_item("version", v)?;
+        }
+        if let Some(p) = priority {
+            req.set_item("priority", p)?;
+        }
+        let parent = pyo3::types::PyDict::new(py);
+        parent.set_item("step_id", self.step_id)?;
+        parent.set_item("claim_token", &self.claim_token)?;
+        req.set_item("parent", parent)?;
+        let out = client.call_method1(py, "call", ("create_task", req))?;
+        out.bind(py).get_item("task_id")?.extract()
     }
 
     fn __repr__(&self) -> String {

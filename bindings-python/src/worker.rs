@@ -139,6 +139,7 @@ impl Handle {
                     req.push_str(&json_str(&text));
                 }
                 "release" => req.push_str(",\"release\":true"),
+                "wait_for_children" => req.push_str(",\"wait_for_children\":true"),
                 other => {
                     return Err(PyValueError::new_err(format!(
                         "unknown outcome kind `{other}`"
@@ -156,7 +157,7 @@ impl Handle {
         let mut counts = (0, 0, 0, 0);
         for r in &page.results {
             match r.outcome.as_str() {
-                "completed" => counts.0 += 1,
+                "completed" | "waiting" => counts.0 += 1,
                 "failed" => counts.1 += 1,
                 "released" => counts.2 += 1,
                 _ => counts.3 += 1,

@@ -31,7 +31,23 @@ module Tasker
     raise LoadError, "tasker: native extension #{Native.version} does not match the gem's #{VERSION}"
   end
 
+  # What a handler returns (via Tasker.wait_for_children) to have its step wait for
+  # the child tasks it started with Step#start_child.
+  WAIT_FOR_CHILDREN = Object.new.tap do |o|
+    def o.inspect
+      "Tasker::WAIT_FOR_CHILDREN"
+    end
+  end.freeze
+
   class << self
+    # The handler's return value that makes its step wait for its child tasks instead
+    # of completing: the step completes with {"children" => [{"task_id", "key",
+    # "state", "results"}, ...]} in start order once every child is final, or fails
+    # with kind "child_failed" when one ends in error or cancelled.
+    def wait_for_children
+      WAIT_FOR_CHILDREN
+    end
+
     # Opens a Tasker::Client (see Tasker::Client.open). With a block, yields it, closes
     # it when the block ends and returns the block's value.
     def open(config = nil, **settings)

@@ -37,6 +37,8 @@ struct WireStep<'a> {
     config: Option<&'a RawValue>,
     #[serde(default, borrow)]
     results: Option<&'a RawValue>,
+    #[serde(borrow)]
+    claim_token: &'a RawValue,
 }
 
 #[derive(Deserialize)]
@@ -84,7 +86,7 @@ fn page_to_ruby(ruby: &Ruby, text: &str) -> Result<RArray, Error> {
     })?;
     let steps = ruby.ary_new_capa(page.steps.len());
     for s in &page.steps {
-        let row = ruby.ary_new_capa(11);
+        let row = ruby.ary_new_capa(12);
         row.push(s.step_id)?;
         row.push(s.task_id)?;
         row.push(json_str(ruby, s.step_name)?)?;
@@ -99,6 +101,7 @@ fn page_to_ruby(ruby: &Ruby, text: &str) -> Result<RArray, Error> {
         row.push(raw_text(ruby, s.context))?;
         row.push(raw_text(ruby, s.config))?;
         row.push(raw_text(ruby, s.results))?;
+        row.push(json_str(ruby, s.claim_token)?)?;
         steps.push(row)?;
     }
     let stop = match page.stop {
@@ -176,7 +179,7 @@ impl Handle {
     /// `#worker_report(worker_id, outcomes, next_max)`: records outcomes and, when
     /// `next_max` is a positive Integer, claims up to that many steps in the same round
     /// trip. Each outcome is `[step_id, :ok, result]`, `[step_id, :error, error_hash]` or
-    /// `[step_id, :release]`; a result that is not JSON data is reported as
+    /// `[step_id, :release]` or `[step_id, :wait_for_children]`; a result that is not JSON data is reported as
     /// `invalid_result` with the reason, failing only that step. Returns
     /// `[steps, stop, idle, results]` (results: those not `completed`).
     pub fn worker_report(
@@ -192,6 +195,7 @@ impl Handle {
         let ok = ruby.to_symbol("ok");
         let error = ruby.to_symbol("error");
         let release = ruby.to_symbol("release");
+        let wait = ruby.to_symbol("wait_for_children");
         for i in 0..outcomes.len() {
             let item: RArray = outcomes.entry(i as isize)?;
             let step_id = int_arg(ruby, item.entry(0)?, "step_id")?;
@@ -215,11 +219,13 @@ impl Handle {
                 encode_into(ruby, doc.as_value(), "error", &mut req)?;
             } else if kind.eql(release)? {
                 req.extend_from_slice(b"\"release\":true");
+            } else if kind.eql(wait)? {
+                req.extend_from_slice(b"\"wait_for_children\":true");
             } else {
                 return Err(Error::new(
                     ruby.exception_arg_error(),
                     format!(
-                        "outcome kind must be :ok, :error or :release, got {}",
+                        "outcome kind must be :ok, :error, :release or :wait_for_children, got {}",
                         kind.inspect()
                     ),
                 ));

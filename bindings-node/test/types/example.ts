@@ -29,6 +29,8 @@ import tasker, {
   STEP_STATES,
   EVENT_NAMES,
   STOP_REASONS,
+  WaitForChildren,
+  waitForChildren,
   version,
 } from 'tasker';
 import type {
@@ -58,6 +60,7 @@ import type {
   EventPage,
   Ping,
   StepRef,
+  StartChildOptions,
   Handler,
   WorkerClosed,
   WorkerStats,
@@ -164,6 +167,15 @@ async function main(): Promise<void> {
     return { id: step.stepId, task: step.taskId, name: step.stepName, ctx: step.context, cfg: step.config, parents: step.results };
   };
   worker.handle('validate_order', handler).handle('other', () => null);
+  // Child tasks: start them, then wait for them.
+  worker.handle('spawn', async (step: Step): Promise<WaitForChildren> => {
+    const child: StartChildOptions = { namespace: 'orders', name: 'ship', key: 'ship-1', context: { w: 1 } };
+    const childId: number = await step.startChild(child);
+    console.log(childId);
+    return waitForChildren();
+  });
+  const info: TaskInfo = await t.getTask(1);
+  console.log(info.parent?.step_name, info.steps[0].children?.length);
   worker.on('log', (r: LogRecord) => console.log(r.level, r.target, r.message));
   const counts: WorkerClosed = await worker.runUntilIdle();
   await worker.start();

@@ -48,6 +48,8 @@ from .errors import (
     TooLargeError,
     UnavailableError,
     UnknownOperationError,
+    WaitForChildren,
+    wait_for_children,
 )
 from .worker import Handler, Step, Worker, WorkerStats
 
@@ -78,9 +80,11 @@ __all__ = [
     "TooLargeError",
     "UnavailableError",
     "UnknownOperationError",
+    "WaitForChildren",
     "Worker",
     "WorkerStats",
     "__version__",
+    "wait_for_children",
 ]
 
 

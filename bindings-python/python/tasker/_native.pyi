@@ -98,6 +98,13 @@ class Step:
     @property
     def cancelled(self) -> threading.Event:
         """Set when this run should stop (task cancelled, timeout passed, lease lost)."""
+    def start_child(self, namespace: str, name: str, context: Any = None, *, key: str,
+                    version: Optional[str] = None, priority: Optional[int] = None) -> int:
+        """Starts a child task of this step (``key`` names it among the step's children:
+        a retried handler gets the same task back); returns its id. Return
+        ``tasker.wait_for_children()`` to have the step wait for its children."""
+    def _attach(self, client: Any) -> None:
+        """Binds the step to the client its worker claimed it with."""
     @property
     def lease_expires_at(self) -> Optional[str]:
         """When the lease runs out unless renewed (RFC 3339)."""

@@ -33,6 +33,8 @@ class Session:
         self.lanes = 0
 
     def _took(self, stops: List[Tuple[int, str]], steps: List[Step], idle: bool) -> None:
+        for step in steps:  # for step.start_child
+            step._attach(self.tasker)
         for step_id, _reason in stops:
             self.on_stop(step_id)
         self.idle = idle and not steps

@@ -225,6 +225,27 @@ class RetryableError(HandlerError):
 Outcome = Tuple[int, str, str]
 
 
+class WaitForChildren:
+    """What a handler returns to have its step wait for the child tasks it started
+    (:meth:`tasker.Step.start_child`); made by :func:`tasker.wait_for_children`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "tasker.wait_for_children()"
+
+
+_WAIT_FOR_CHILDREN = WaitForChildren()
+
+
+def wait_for_children() -> WaitForChildren:
+    """The handler's return value that makes its step wait for its child tasks instead
+    of completing: the step completes, with ``{"children": [{"task_id", "key", "state",
+    "results"}, ...]}`` in start order, once every child task is final (or fails with
+    kind ``child_failed`` when one ends in ``error`` or ``cancelled``)."""
+    return _WAIT_FOR_CHILDREN
+
+
 def outcome_of(step_id: int, result: Any = None, error: Optional[BaseException] = None) -> Outcome:
     """The outcome of one handler run: its result as JSON, its exception as a failure
     document (class, message, traceback, ``retry_after``, ``details``), or, for a result
@@ -249,6 +270,8 @@ def outcome_of(step_id: int, result: Any = None, error: Optional[BaseException] 
         except (TypeError, ValueError):  # details that are not JSON: keep the rest
             doc.pop("details", None)
             return (step_id, "error", _native.to_json(doc))
+    if isinstance(result, WaitForChildren):
+        return (step_id, "wait_for_children", "")
     try:
         return (step_id, "result", _native.to_json(result))
     except (TypeError, ValueError) as e:

@@ -98,7 +98,8 @@ module Tasker
     end
 
     def initialize(step_id, task_id, step_name, handler, attempt, max_attempts, timeout_ms,
-                   lease_expires_at, context_json = nil, config_json = nil, results_json = nil)
+                   lease_expires_at, context_json = nil, config_json = nil, results_json = nil,
+                   claim_token = nil)
       @step_id = step_id
       @task_id = task_id
       @step_name = step_name
@@ -110,7 +111,29 @@ module Tasker
       @context_json = context_json
       @config_json = config_json
       @results_json = results_json
+      @claim_token = claim_token
+      @client = nil
       @stop_reason = nil
+    end
+
+    # Starts a child task of this step (create_task with parent): +key+ names it among
+    # the step's children, so a retried handler that starts it again gets the same task
+    # back. Returns the child task's id. Return Tasker.wait_for_children from the
+    # handler to have the step wait for its children.
+    def start_child(namespace:, name:, key:, context: nil, version: nil, priority: nil)
+      raise ArgumentError, "start_child needs a step a Tasker::Worker handed to its handler" if @client.nil?
+
+      req = { "namespace" => namespace, "name" => name, "idempotency_key" => key,
+              "parent" => { "step_id" => step_id, "claim_token" => @claim_token } }
+      req["context"] = context unless context.nil?
+      req["version"] = version unless version.nil?
+      req["priority"] = priority unless priority.nil?
+      @client.call("create_task", req)["task_id"]
+    end
+
+    # Called by the worker: the client the step was claimed with (for #start_child).
+    def bind_client(client)
+      @client = client
     end
 
     # The task's context (its input), as given to create_task.

@@ -344,7 +344,7 @@ module Tasker
     # Runs a batch: [outcomes, fatal] where fatal is an exit or signal raised by a
     # handler (recorded as that step's failure, then raised once the batch is reported).
     def run_batch(rows)
-      steps = rows.map { |r| Step.from_wire(r) }
+      steps = rows.map { |r| Step.from_wire(r).tap { |s| s.bind_client(@tasker) } }
       @lock.synchronize { steps.each { |s| @held[s.step_id] = s } }
       outcomes = []
       fatal = nil
@@ -366,7 +366,10 @@ module Tasker
 
     def run_one(step)
       handler = @handlers.fetch(step.handler)
-      [[step.step_id, :ok, handler.call(step)], nil]
+      result = handler.call(step)
+      return [[step.step_id, :wait_for_children], nil] if result.equal?(WAIT_FOR_CHILDREN)
+
+      [[step.step_id, :ok, result], nil]
     rescue SystemExit, SignalException => e
       [[step.step_id, :error, error_doc(e)], e]
     rescue Exception => e # rubocop:disable Lint/RescueException

@@ -156,8 +156,24 @@ pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<S
             json!({ "template": c.template.to_value() })
         }
         "create_task" => {
-            let req = create_fields(&mut f)?;
-            f.finish(CREATE_FIELDS)?;
+            let mut req = create_fields(&mut f)?;
+            // A child task (docs/scheduling.md#child-tasks): only here, not in
+            // `create_tasks`, whose items reject the field as unknown.
+            req.parent = match f.object("parent")? {
+                Some(mut p) => {
+                    let step_id = p.req_id("step_id")?;
+                    let claim_token = token_field(&mut p)?;
+                    p.finish(&["step_id", "claim_token"])?;
+                    Some(crate::engine::children::ParentLink {
+                        step_id,
+                        claim_token,
+                    })
+                }
+                None => None,
+            };
+            let mut fields = CREATE_FIELDS.to_vec();
+            fields.push("parent");
+            f.finish(&fields)?;
             return to_string(&engine.create_task(req).await?);
         }
         "create_tasks" => {
@@ -215,9 +231,33 @@ pub async fn dispatch(engine: &Arc<Engine>, op: &str, request: &str) -> Result<S
             json!({ "step_id": step_id, "lease_expires_at": crate::time::rfc3339(at) })
         }
         "complete_step" => {
+            // Waiting for the step's child tasks instead of a result.
+            let wait = f.bool("wait_for_children")?;
+            let has_result = f.has("result");
             let completion = completion_fields(&mut f)?;
-            f.finish(COMPLETION_FIELDS)?;
+            let mut fields = COMPLETION_FIELDS.to_vec();
+            fields.push("wait_for_children");
+            f.finish(&fields)?;
             let step_id = completion.step_id;
+            if wait == Some(true) {
+                if has_result {
+                    return Err(Error::invalid_argument(
+                        "give `result` or `wait_for_children: true`, not both",
+                    )
+                    .with_details(json!({ "field": "wait_for_children" })));
+                }
+                let out = engine
+                    .wait_for_children(step_id, completion.claim_token)
+                    .await?;
+                return Ok(json!({
+                    "step_id": step_id,
+                    "ok": true,
+                    "waiting": true,
+                    "children": out.children,
+                    "unfinished": out.unfinished,
+                })
+                .to_string());
+            }
             let mut out = engine.complete_steps(vec![completion]).await?;
             match out.pop() {
                 Some(o) if o.ok => json!({ "step_id": step_id, "ok": true }),
@@ -716,6 +756,7 @@ fn create_fields(f: &mut Fields) -> Result<CreateTask> {
         run_at,
         delay_ms,
         timeout_s: timeout_s.map(|s| s as u64),
+        parent: None,
     })
 }
 

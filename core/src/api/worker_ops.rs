@@ -35,15 +35,24 @@ fn outcome(mut o: Fields, index: usize) -> Result<OutcomeItem> {
     };
     let invalid_result = o.string("invalid_result", 0, MAX_TEXT_BYTES * 16)?;
     let release = o.bool("release")?;
-    o.finish(&["step_id", "result", "error", "invalid_result", "release"])?;
-    let outcome = match (result, error, invalid_result, release) {
-        (Some(r), None, None, None) => Outcome::Result(r),
-        (None, Some(e), None, None) => Outcome::Error(e),
-        (None, None, Some(why), None) => Outcome::InvalidResult(why),
-        (None, None, None, Some(true)) => Outcome::Release,
+    let wait = o.bool("wait_for_children")?;
+    o.finish(&[
+        "step_id",
+        "result",
+        "error",
+        "invalid_result",
+        "release",
+        "wait_for_children",
+    ])?;
+    let outcome = match (result, error, invalid_result, release, wait) {
+        (Some(r), None, None, None, None) => Outcome::Result(r),
+        (None, Some(e), None, None, None) => Outcome::Error(e),
+        (None, None, Some(why), None, None) => Outcome::InvalidResult(why),
+        (None, None, None, Some(true), None) => Outcome::Release,
+        (None, None, None, None, Some(true)) => Outcome::WaitForChildren,
         _ => {
             return Err(Error::invalid_argument(format!(
-                "outcomes[{index}]: give the step_id and exactly one of `result`, `error`, `invalid_result` or `release: true`"
+                "outcomes[{index}]: give the step_id and exactly one of `result`, `error`, `invalid_result`, `release: true` or `wait_for_children: true`"
             ))
             .with_details(serde_json::json!({ "field": format!("outcomes[{index}]") })))
         }

@@ -23,7 +23,7 @@ pub struct StepExplanation {
     pub level: i64,
     /// One of `waiting_on_parents`, `blocked`, `retry_scheduled`, `waiting_for_worker`,
     /// `held_by_limit` (ready, but its concurrency or rate limit is used up), `running`,
-    /// `waiting_for_signal`, `failed`, `cancelled`.
+    /// `waiting_for_signal`, `waiting_for_children`, `failed`, `cancelled`.
     pub status: &'static str,
     pub reason: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -200,6 +200,17 @@ pub fn explain(view: &TaskView, now: i64) -> Explanation {
                 ),
                 Vec::new(),
             ),
+            "waiting" if s.handler != crate::model::template::SIGNAL_HANDLER => {
+                let until = s.wait_until.map(|t| rfc3339(t.0)).unwrap_or_default();
+                (
+                    "waiting_for_children",
+                    format!(
+                        "waiting for its child tasks {:?} to finish; fails with children_timeout at {until}",
+                        s.children
+                    ),
+                    Vec::new(),
+                )
+            }
             "waiting" => {
                 let signal = s
                     .config

@@ -20,6 +20,7 @@ use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::*;
 
+pub mod children;
 mod explain;
 mod scheduling;
 mod signals;
@@ -53,6 +54,10 @@ pub struct Engine {
     /// (`wait_for`, `fan_out`) or sent a signal: calls that release steps then move
     /// such steps on at once (the sweep does it in every process regardless).
     waits_seen: AtomicBool,
+    /// Set once this engine has created a child task or a step waits for children:
+    /// calls that can finalize a task then finish such waits at once (the sweep does it
+    /// in every process regardless).
+    children_seen: AtomicBool,
 }
 
 /// A request to create a task.
@@ -70,6 +75,8 @@ pub struct CreateTask {
     pub delay_ms: Option<u64>,
     /// The task timeout, counted from when the task is due.
     pub timeout_s: Option<u64>,
+    /// A child task: the step (running under this claim) that starts it.
+    pub parent: Option<children::ParentLink>,
 }
 
 /// A claim request.
@@ -187,6 +194,7 @@ impl Engine {
             closed: AtomicBool::new(false),
             scheduling: scheduling::State::default(),
             waits_seen: AtomicBool::new(false),
+            children_seen: AtomicBool::new(false),
         }))
     }
 
@@ -456,10 +464,21 @@ impl Engine {
         Ok(())
     }
 
-    pub async fn create_task(&self, req: CreateTask) -> Result<CreatedTask> {
+    pub async fn create_task(&self, mut req: CreateTask) -> Result<CreatedTask> {
         self.check_open()?;
+        if let Some(parent) = req.parent.take() {
+            return Box::pin(self.create_child(req, parent)).await;
+        }
         if let Some(key) = &req.idempotency_key {
             check_key(key)?;
+        }
+        self.create_keyed(req).await
+    }
+
+    /// [`Engine::create_task`] once its key (if any) was checked: a child task's key is
+    /// the scoped `child:<step_id>:<key>`, longer than a caller's key may be.
+    pub(crate) async fn create_keyed(&self, req: CreateTask) -> Result<CreatedTask> {
+        if let Some(key) = &req.idempotency_key {
             // A repeat returns the task the key made, whatever its context: it is the
             // same request, and the first one was already validated.
             if let Some(existing) = self
@@ -825,6 +844,7 @@ impl Engine {
             })
             .await?;
         self.changed(true);
+        self.after_children().await;
         Ok(out)
     }
 
@@ -864,6 +884,9 @@ impl Engine {
         // now), then steps whose parents finished in a process that left them ready.
         total += self.expire_waits().await?;
         self.advance_waits().await?;
+        // Child tasks: waits whose children are all final (a crash, or a process
+        // that finalized the last child without knowing of child tasks).
+        total += self.advance_children().await?;
         if total > 0 {
             self.changed(true);
         }
@@ -886,6 +909,12 @@ impl Engine {
             // processes' sessions at their next lease renewal.
             self.workers.task_cancelled(task_id);
         }
+        // A cancelled task's child tasks are cancelled too (also when the task already
+        // was: a repeat finishes a cascade a crash cut short).
+        if out.state == "cancelled" {
+            self.cancel_children(task_id).await?;
+        }
+        self.after_children().await;
         Ok(out)
     }
 
@@ -928,9 +957,22 @@ impl Engine {
             .await?
             .ok_or_else(|| Error::not_found(format!("task {task_id} does not exist")))?;
         set_levels(&mut view);
+        self.add_links(&mut view).await?;
         self.add_timing(&mut view).await?;
         self.add_history(&mut view).await?;
         Ok(view)
+    }
+
+    /// Fills the task's parent (a child task) and each step's child tasks.
+    async fn add_links(&self, view: &mut TaskView) -> Result<()> {
+        let links = self.store.task_links(view.summary.id).await?;
+        view.parent = links.parent;
+        for (step_id, child) in links.children {
+            if let Some(step) = view.steps.iter_mut().find(|s| s.id == step_id) {
+                step.children.push(child);
+            }
+        }
+        Ok(())
     }
 
     /// Fills each step's run number and its failed attempts from the task's events:
@@ -1136,7 +1178,7 @@ impl Engine {
 /// Most tasks one `create_tasks` call may create.
 pub const MAX_CREATE_BATCH: usize = 10_000;
 
-fn check_key(key: &str) -> Result<()> {
+pub(crate) fn check_key(key: &str) -> Result<()> {
     if key.is_empty() || key.len() > 256 {
         return Err(Error::invalid_argument(
             "idempotency_key must be 1-256 characters",

@@ -291,6 +291,7 @@ impl Engine {
                     run_at: None,
                     delay_ms: None,
                     timeout_s: None,
+                    parent: None,
                 },
                 now,
             )
@@ -422,6 +423,7 @@ impl Engine {
                 run_at: None,
                 delay_ms: None,
                 timeout_s: None,
+                parent: None,
             });
         }
         let (made, last_task) = match self.create_tasks(reqs).await {

@@ -58,6 +58,8 @@ impl Engine {
                 tracing::warn!(error = %e, "could not move ready wait steps to waiting; the sweep will");
             }
         }
+        // The same calls can finish a child task, and so a parent's wait.
+        self.after_children().await;
     }
 
     /// Moves every ready wait step to `waiting` (or completes it with a signal sent

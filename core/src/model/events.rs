@@ -30,6 +30,14 @@ pub mod reason {
     pub const FANNED_OUT: &str = "fanned_out";
     /// A fan-out step whose items were missing, not a list, or too many.
     pub const FAN_OUT_FAILED: &str = "fan_out_failed";
+    /// A running step whose handler asked to wait for the child tasks it started.
+    pub const WAITING_FOR_CHILDREN: &str = "waiting_for_children";
+    /// A step waiting for child tasks completed: every child completed.
+    pub const CHILDREN_DONE: &str = "children_done";
+    /// A step waiting for child tasks failed: a child ended `error` or `cancelled`.
+    pub const CHILD_FAILED: &str = "child_failed";
+    /// A step waiting for child tasks whose deadline passed first.
+    pub const CHILDREN_TIMEOUT: &str = "children_timeout";
 }
 
 /// Every event name the engine emits.
@@ -145,6 +153,30 @@ mod tests {
                 Some("waiting"),
                 "error",
                 Some("signal_timeout"),
+                "step.failed",
+            ),
+            (
+                Some("running"),
+                "waiting",
+                Some("waiting_for_children"),
+                "step.waiting",
+            ),
+            (
+                Some("waiting"),
+                "complete",
+                Some("children_done"),
+                "step.completed",
+            ),
+            (
+                Some("waiting"),
+                "error",
+                Some("child_failed"),
+                "step.failed",
+            ),
+            (
+                Some("waiting"),
+                "error",
+                Some("children_timeout"),
                 "step.failed",
             ),
             (

@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 use crate::error::Result;
 use crate::model::template::Template;
 
+pub mod children;
 pub mod postgres;
 pub mod shared;
 pub mod signals;
@@ -272,12 +273,17 @@ pub struct StepView {
     pub worker: Option<String>,
     pub ready_at: Option<Ts>,
     pub lease_expires_at: Option<Ts>,
-    /// A `waiting` step's deadline: it fails with kind `signal_timeout` then.
+    /// A `waiting` step's deadline: it fails with kind `signal_timeout` (or
+    /// `children_timeout`) then.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wait_until: Option<Ts>,
     pub first_started_at: Option<Ts>,
     pub started_at: Option<Ts>,
     pub finished_at: Option<Ts>,
+    /// The ids of the child tasks this step started, in start order (filled by the
+    /// engine; absent when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<i64>,
     /// From the first claim to the finish.
     pub duration_ms: Option<i64>,
     #[serde(skip)]
@@ -306,6 +312,9 @@ pub struct TaskView {
     #[serde(flatten)]
     pub timing: TaskTiming,
     pub context: Box<RawValue>,
+    /// When this task is a child task: the step that started it (filled by the engine).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<children::ParentRef>,
     pub steps: Vec<StepView>,
 }
 
@@ -616,4 +625,38 @@ pub trait Store: Send + Sync {
     /// item order. An expansion that would make the task more than `max_steps` steps
     /// fails like a list over `max_items`. Returns how many steps it took.
     fn advance_fan_outs(&self, now: i64, limit: u32, max_steps: i64) -> BoxFut<'_, u32>;
+
+    // Child tasks (`create_task` with `parent`; a step waiting for its children).
+
+    /// The task and name of step `step_id` when it is `running` under `token`; else
+    /// `lease_lost` (or `not_found`), as for any stale token.
+    fn held_step(&self, step_id: i64, token: i64) -> BoxFut<'_, (i64, String)>;
+    /// Links task `child` to step `step_id` (still held by `token`) under `key`; a link
+    /// of that key made before stands. Returns the linked child task's id.
+    fn link_child<'a>(
+        &'a self,
+        step_id: i64,
+        token: i64,
+        child: i64,
+        key: &'a str,
+        now: i64,
+    ) -> BoxFut<'a, i64>;
+    /// Moves a step held by `token` from `running` to `waiting` until `wait_until`
+    /// (lease released; event `step.waiting`). Says how many children it has and how
+    /// many are unfinished.
+    fn wait_for_children(
+        &self,
+        step_id: i64,
+        token: i64,
+        wait_until: i64,
+        now: i64,
+    ) -> BoxFut<'_, children::WaitStarted>;
+    /// Finishes up to `limit` steps waiting for child tasks that are all final
+    /// (complete with their results, or failed with kind `child_failed`). Returns how
+    /// many.
+    fn advance_children(&self, now: i64, limit: u32) -> BoxFut<'_, u32>;
+    /// A task's parent (when it is a child task) and its steps' children.
+    fn task_links(&self, task_id: i64) -> BoxFut<'_, children::TaskLinks>;
+    /// The child tasks of a task's steps that are not final yet.
+    fn unfinished_children(&self, task_id: i64) -> BoxFut<'_, Vec<i64>>;
 }

@@ -66,12 +66,17 @@ pub struct Page {
     pub idle: bool,
 }
 
+/// A reported step with no payload: (index in the report, step id, claim token).
+type Held = (usize, i64, i64);
+
 /// One outcome a host reports.
 pub enum Outcome {
     Result(Box<RawValue>),
     Error(StepFailure),
     InvalidResult(String),
     Release,
+    /// The step waits for the child tasks its handler started (state `waiting`).
+    WaitForChildren,
 }
 
 pub struct OutcomeItem {
@@ -87,7 +92,7 @@ pub struct NextRequest {
 #[derive(Serialize)]
 pub struct ItemResult {
     pub step_id: i64,
-    /// `completed`, `failed`, `released` or `lost`.
+    /// `completed`, `failed`, `released`, `waiting` (for its child tasks) or `lost`.
     pub outcome: &'static str,
     /// For `failed`: the step's state now (`ready`: a retry is scheduled; `error`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -527,7 +532,8 @@ impl Sessions {
         // (index, step_id, token, ...)
         let mut completions: Vec<(usize, i64, i64, Box<RawValue>)> = Vec::with_capacity(n);
         let mut failures: Vec<(usize, i64, i64, StepFailure, Option<&'static str>)> = Vec::new();
-        let mut releases: Vec<(usize, i64, i64)> = Vec::new();
+        let mut releases: Vec<Held> = Vec::new();
+        let mut waits: Vec<Held> = Vec::new();
         let mut reported: Vec<i64> = Vec::with_capacity(n);
         let claim_cap;
         {
@@ -574,6 +580,7 @@ impl Sessions {
                         Some("invalid_result"),
                     )),
                     Outcome::Release => releases.push((i, step_id, token)),
+                    Outcome::WaitForChildren => waits.push((i, step_id, token)),
                 }
             }
             let lost_now = results.iter().filter(|r| r.is_some()).count() as u64;
@@ -589,7 +596,14 @@ impl Sessions {
             };
         }
         let outcome = self
-            .record(engine, &s, completions, failures, releases, claim_cap)
+            .record(
+                engine,
+                &s,
+                completions,
+                failures,
+                (releases, waits),
+                claim_cap,
+            )
             .await;
         let (records, mut steps) = match outcome {
             Ok(v) => v,
@@ -618,6 +632,7 @@ impl Sessions {
                     "completed" => st.counts.completed += 1,
                     "failed" => st.counts.failed += 1,
                     "released" => st.counts.released += 1,
+                    "waiting" => st.counts.completed += 1,
                     _ => st.counts.lost += 1,
                 }
                 results[i] = Some(r);
@@ -654,7 +669,7 @@ impl Sessions {
         s: &Session,
         completions: Vec<(usize, i64, i64, Box<RawValue>)>,
         failures: Vec<(usize, i64, i64, StepFailure, Option<&'static str>)>,
-        releases: Vec<(usize, i64, i64)>,
+        (releases, waits): (Vec<Held>, Vec<Held>),
         claim_cap: u32,
     ) -> Result<(Vec<(usize, ItemResult)>, Vec<ClaimedStep>)> {
         let mut records = Vec::with_capacity(completions.len() + failures.len() + releases.len());
@@ -724,6 +739,13 @@ impl Sessions {
             let why = Some(format!("released unrun by worker {}", s.name));
             let r = match engine.release_step(step_id, token, 0, why).await {
                 Ok(_) => ItemResult::plain(step_id, "released"),
+                Err(e) => ItemResult::lost(step_id, e),
+            };
+            records.push((i, r));
+        }
+        for (i, step_id, token) in waits {
+            let r = match engine.wait_for_children(step_id, token).await {
+                Ok(_) => ItemResult::plain(step_id, "waiting"),
                 Err(e) => ItemResult::lost(step_id, e),
             };
             records.push((i, r));

@@ -12,7 +12,7 @@ use crate::model::retry::{self, Backoff, RetryPolicy};
 use crate::store::shared::{decide, Deltas, Held, Tr};
 use crate::store::*;
 
-async fn fence_error(conn: &mut PgConnection, step_id: i64) -> Result<Error> {
+pub(super) async fn fence_error(conn: &mut PgConnection, step_id: i64) -> Result<Error> {
     let row = sqlx::query(
         "SELECT s.state, t.state FROM tasker_steps s JOIN tasker_tasks t ON t.id = s.task_id
          WHERE s.id = $1",

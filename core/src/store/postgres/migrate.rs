@@ -63,6 +63,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "signals",
         include_str!("../../../../migrations/postgres/0011_signals.sql"),
     ),
+    (
+        12,
+        "children",
+        include_str!("../../../../migrations/postgres/0012_children.sql"),
+    ),
 ];
 
 pub async fn run(conn: &mut PgConnection, lock_key: i64) -> Result<u32> {

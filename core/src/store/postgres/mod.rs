@@ -18,6 +18,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::model::template::Template;
 use crate::store::*;
 
+mod children;
 mod claims;
 mod fan_out;
 mod hot;
@@ -885,5 +886,57 @@ impl Store for PgStore {
         Box::pin(self.write(move |c, ctx| {
             Box::pin(async move { fan_out::advance_fan_outs(c, &ctx, now, limit, max_steps).await })
         }))
+    }
+
+    fn held_step(&self, step_id: i64, token: i64) -> BoxFut<'_, (i64, String)> {
+        Box::pin(self.read(move |c| Box::pin(children::held_step(c, step_id, token))))
+    }
+
+    fn link_child<'a>(
+        &'a self,
+        step_id: i64,
+        token: i64,
+        child: i64,
+        key: &'a str,
+        now: i64,
+    ) -> BoxFut<'a, i64> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            self.write(move |c, _| {
+                let key = key.clone();
+                Box::pin(
+                    async move { children::link_child(c, step_id, token, child, &key, now).await },
+                )
+            })
+            .await
+        })
+    }
+
+    fn wait_for_children(
+        &self,
+        step_id: i64,
+        token: i64,
+        wait_until: i64,
+        now: i64,
+    ) -> BoxFut<'_, crate::store::children::WaitStarted> {
+        Box::pin(self.write(move |c, ctx| {
+            Box::pin(async move {
+                children::wait_for_children(c, &ctx, step_id, token, wait_until, now).await
+            })
+        }))
+    }
+
+    fn advance_children(&self, now: i64, limit: u32) -> BoxFut<'_, u32> {
+        Box::pin(self.write(move |c, ctx| {
+            Box::pin(async move { children::advance_children(c, &ctx, now, limit).await })
+        }))
+    }
+
+    fn task_links(&self, task_id: i64) -> BoxFut<'_, crate::store::children::TaskLinks> {
+        Box::pin(self.read(move |c| Box::pin(children::task_links(c, task_id))))
+    }
+
+    fn unfinished_children(&self, task_id: i64) -> BoxFut<'_, Vec<i64>> {
+        Box::pin(self.read(move |c| Box::pin(children::unfinished_children(c, task_id))))
     }
 }

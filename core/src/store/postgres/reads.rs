@@ -244,12 +244,14 @@ pub async fn get_task(conn: &mut PgConnection, task_id: i64) -> Result<Option<Ta
             },
             ready_at_ms: ready_at,
             lease_expires_at_ms: lease,
+            children: Vec::new(),
         });
     }
     Ok(Some(TaskView {
         timing: TaskTiming::default(),
         summary,
         context: RawValue::from_string(context).map_err(|e| Error::internal(e.to_string()))?,
+        parent: None,
         steps,
     }))
 }

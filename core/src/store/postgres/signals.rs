@@ -276,12 +276,14 @@ pub async fn send_signal(
 /// See the SQLite `expire_waits`.
 pub async fn expire_waits(conn: &mut PgConnection, ctx: &Ctx, now: i64, limit: u32) -> Result<u32> {
     let rows = sqlx::query(
-        "SELECT id, task_id, name, attempts, (config::jsonb ->> 'signal'), timeout_ms
+        "SELECT id, task_id, name, attempts, (config::jsonb ->> 'signal'), timeout_ms,
+                handler = $3
          FROM tasker_steps WHERE state = 'waiting' AND wait_until <= $1
          ORDER BY wait_until, id LIMIT $2 FOR UPDATE SKIP LOCKED",
     )
     .bind(now)
     .bind(i64::from(limit))
+    .bind(SIGNAL_HANDLER)
     .fetch_all(&mut *conn)
     .await?;
     if rows.is_empty() {
@@ -300,23 +302,30 @@ pub async fn expire_waits(conn: &mut PgConnection, ctx: &Ctx, now: i64, limit: u
             signal: r.try_get::<Option<String>, _>(4)?.unwrap_or_default(),
         };
         let timeout_ms: i64 = r.try_get(5)?;
-        let error = signals::timeout_error(&w.signal, timeout_ms);
+        let is_signal: bool = r.try_get(6)?;
+        // A step that waits for its child tasks (its own handler, not `tasker.signal`)
+        // fails with kind `children_timeout` instead.
+        let (error, why, details) = if is_signal {
+            let error = signals::timeout_error(&w.signal, timeout_ms);
+            let details = json!({ "error": serde_json::from_str::<Value>(&error).unwrap_or(Value::Null), "signal": w.signal });
+            (error, reason::SIGNAL_TIMEOUT, details)
+        } else {
+            let unfinished = super::children::unfinished_of(conn, w.step_id).await?;
+            let error = crate::store::children::timeout_error(
+                crate::store::children::WAIT_TIMEOUT_MS,
+                &unfinished,
+            );
+            let details = json!({ "error": serde_json::from_str::<Value>(&error).unwrap_or(Value::Null), "unfinished": unfinished });
+            (error, reason::CHILDREN_TIMEOUT, details)
+        };
         bump(&mut deltas, w.task_id, |d| {
             d.active -= 1;
             d.error += 1;
         });
-        let details = json!({ "error": serde_json::from_str::<Value>(&error).unwrap_or(Value::Null), "signal": w.signal });
         trs.push(
-            Tr::step(
-                w.task_id,
-                w.step_id,
-                &w.name,
-                Some("waiting"),
-                "error",
-                reason::SIGNAL_TIMEOUT,
-            )
-            .attempt(w.attempt, None)
-            .details(Some(details.to_string())),
+            Tr::step(w.task_id, w.step_id, &w.name, Some("waiting"), "error", why)
+                .attempt(w.attempt, None)
+                .details(Some(details.to_string())),
         );
         ids.push(w.step_id);
         errors.push(error);

@@ -242,7 +242,7 @@ pub fn claim(conn: &Connection, params: &ClaimParams) -> Result<ClaimBatch> {
 
 /// Why a fenced update matched nothing: the step is unknown, or no longer held by
 /// this claim.
-fn fence_error(conn: &Connection, step_id: i64) -> Result<Error> {
+pub(super) fn fence_error(conn: &Connection, step_id: i64) -> Result<Error> {
     let state: Option<(String, String)> = conn
         .prepare_cached(
             "SELECT s.state, t.state FROM tasker_steps AS s JOIN tasker_tasks AS t ON t.id = s.task_id

@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "signals",
         include_str!("../../../../migrations/sqlite/0005_signals.sql"),
     ),
+    (
+        6,
+        "children",
+        include_str!("../../../../migrations/sqlite/0006_children.sql"),
+    ),
 ];
 
 pub fn run(conn: &mut Connection) -> Result<u32> {

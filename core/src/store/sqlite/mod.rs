@@ -17,6 +17,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::model::template::Template;
 use crate::store::*;
 
+mod children;
 mod claims;
 mod fan_out;
 mod limits;
@@ -455,5 +456,42 @@ impl Store for SqliteStore {
 
     fn advance_fan_outs(&self, now: i64, limit: u32, max_steps: i64) -> BoxFut<'_, u32> {
         done(self.write(|c| fan_out::advance_fan_outs(c, now, limit, max_steps)))
+    }
+
+    fn held_step(&self, step_id: i64, token: i64) -> BoxFut<'_, (i64, String)> {
+        done(self.read(|c| children::held_step(c, step_id, token)))
+    }
+
+    fn link_child<'a>(
+        &'a self,
+        step_id: i64,
+        token: i64,
+        child: i64,
+        key: &'a str,
+        now: i64,
+    ) -> BoxFut<'a, i64> {
+        done(self.write(|c| children::link_child(c, step_id, token, child, key, now)))
+    }
+
+    fn wait_for_children(
+        &self,
+        step_id: i64,
+        token: i64,
+        wait_until: i64,
+        now: i64,
+    ) -> BoxFut<'_, crate::store::children::WaitStarted> {
+        done(self.write(|c| children::wait_for_children(c, step_id, token, wait_until, now)))
+    }
+
+    fn advance_children(&self, now: i64, limit: u32) -> BoxFut<'_, u32> {
+        done(self.write(|c| children::advance_children(c, now, limit)))
+    }
+
+    fn task_links(&self, task_id: i64) -> BoxFut<'_, crate::store::children::TaskLinks> {
+        done(self.read(|c| children::task_links(c, task_id)))
+    }
+
+    fn unfinished_children(&self, task_id: i64) -> BoxFut<'_, Vec<i64>> {
+        done(self.read(|c| children::unfinished_children(c, task_id)))
     }
 }

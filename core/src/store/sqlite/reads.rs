@@ -198,12 +198,14 @@ pub fn get_task(conn: &Connection, task_id: i64) -> Result<Option<TaskView>> {
             },
             ready_at_ms: ready_at,
             lease_expires_at_ms: lease,
+            children: Vec::new(),
         });
     }
     Ok(Some(TaskView {
         timing: TaskTiming::default(),
         summary,
         context: RawValue::from_string(context).map_err(|e| Error::internal(e.to_string()))?,
+        parent: None,
         steps,
     }))
 }

@@ -240,13 +240,14 @@ pub fn send_signal(
 /// Fails up to `limit` waiting steps whose deadline has passed, permanently, with kind
 /// `signal_timeout`; their tasks follow the usual failure rules. Returns how many.
 pub fn expire_waits(conn: &Connection, now: i64, limit: u32) -> Result<u32> {
-    let rows: Vec<(Waiter, i64)> = conn
+    let rows: Vec<(Waiter, i64, bool)> = conn
         .prepare_cached(
-            "SELECT id, task_id, name, attempts, json_extract(config, '$.signal'), timeout_ms
+            "SELECT id, task_id, name, attempts, json_extract(config, '$.signal'), timeout_ms,
+                    handler = ?3
              FROM tasker_steps WHERE state = 'waiting' AND wait_until <= ?1
              ORDER BY wait_until, id LIMIT ?2",
         )?
-        .query_map(params![now, i64::from(limit)], |r| {
+        .query_map(params![now, i64::from(limit), SIGNAL_HANDLER], |r| {
             Ok((
                 Waiter {
                     step_id: r.get(0)?,
@@ -256,6 +257,7 @@ pub fn expire_waits(conn: &Connection, now: i64, limit: u32) -> Result<u32> {
                     signal: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
                 },
                 r.get(5)?,
+                r.get(6)?,
             ))
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -269,25 +271,31 @@ pub fn expire_waits(conn: &Connection, now: i64, limit: u32) -> Result<u32> {
              finished_at = ?3, updated_at = ?3
          WHERE id = ?1",
     )?;
-    for (w, timeout_ms) in &rows {
-        let error = signals::timeout_error(&w.signal, *timeout_ms);
+    for (w, timeout_ms, is_signal) in &rows {
+        // A step that waits for its child tasks (its own handler, not `tasker.signal`)
+        // fails with kind `children_timeout` instead.
+        let (error, why, details) = if *is_signal {
+            let error = signals::timeout_error(&w.signal, *timeout_ms);
+            let details = json!({ "error": serde_json::from_str::<Value>(&error).unwrap_or(Value::Null), "signal": w.signal });
+            (error, reason::SIGNAL_TIMEOUT, details)
+        } else {
+            let unfinished = super::children::unfinished_of(conn, w.step_id)?;
+            let error = crate::store::children::timeout_error(
+                crate::store::children::WAIT_TIMEOUT_MS,
+                &unfinished,
+            );
+            let details = json!({ "error": serde_json::from_str::<Value>(&error).unwrap_or(Value::Null), "unfinished": unfinished });
+            (error, reason::CHILDREN_TIMEOUT, details)
+        };
         stmt.execute(params![w.step_id, error, now])?;
         bump(&mut deltas, w.task_id, |d| {
             d.active -= 1;
             d.error += 1;
         });
-        let details = json!({ "error": serde_json::from_str::<Value>(&error).unwrap_or(Value::Null), "signal": w.signal });
         trs.push(
-            Tr::step(
-                w.task_id,
-                w.step_id,
-                &w.name,
-                Some("waiting"),
-                "error",
-                reason::SIGNAL_TIMEOUT,
-            )
-            .attempt(w.attempt, None)
-            .details(Some(details.to_string())),
+            Tr::step(w.task_id, w.step_id, &w.name, Some("waiting"), "error", why)
+                .attempt(w.attempt, None)
+                .details(Some(details.to_string())),
         );
     }
     write::apply_deltas(conn, &deltas, now, &mut trs)?;
