@@ -440,3 +440,26 @@ fn cancelling_a_child_fails_the_waiting_step_and_leaves_the_parent_task_running_
     assert_eq!(step["error"]["details"]["state"], "cancelled");
     assert_eq!(db.task(id)["state"], "error");
 }
+
+#[test]
+fn a_combined_result_over_max_payload_bytes_fails_the_waiting_step() {
+    // Each child's result fits; together they do not: the step fails permanently, as a
+    // handler's oversized result would, and nothing after it runs.
+    let db = setup(json!({ "max_payload_bytes": 1024 }));
+    let id = db.create("parent", json!({}));
+    let spawn = db.claim(&["spawn"], 1, 60_000).remove(0);
+    for k in ["a", "b", "c"] {
+        start_child(&db, &spawn, k, json!({}));
+    }
+    wait(&db, &spawn);
+    for step in db.claim(&["work"], 10, 60_000) {
+        db.complete(&step, json!("x".repeat(500)));
+    }
+    let step = db.step(id, "spawn");
+    assert_eq!(step["state"], "error", "{step}");
+    assert_eq!(step["error"]["kind"], "result_too_large", "{step}");
+    assert_eq!(step["error"]["retryable"], false);
+    assert_eq!(step["error"]["details"]["max_payload_bytes"], 1024);
+    assert!(db.claim(&["after"], 1, 60_000).is_empty());
+    assert_eq!(db.task(id)["state"], "error");
+}

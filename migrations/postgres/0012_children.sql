@@ -18,3 +18,8 @@ CREATE TABLE tasker_children (
 CREATE UNIQUE INDEX tasker_children_child ON tasker_children (child_task_id);
 -- A task's children (get_task, cancel_task of the parent).
 CREATE INDEX tasker_children_parent_task ON tasker_children (parent_task_id);
+-- The steps waiting for their children (what the follow-up after each completion and
+-- the sweep read), so that reading them costs the number of waiting parents, not a
+-- scan of every step.
+CREATE INDEX tasker_steps_waiting_parents
+    ON tasker_steps (id) WHERE state = 'waiting' AND handler NOT LIKE 'tasker.%';

@@ -100,7 +100,10 @@ impl Engine {
         let batch = self.config.sweep_batch;
         let mut total = 0;
         for _ in 0..1_000 {
-            let n = self.store.advance_children(self.now_ms(), batch).await?;
+            let n = self
+                .store
+                .advance_children(self.now_ms(), batch, self.config.max_payload_bytes)
+                .await?;
             total += n;
             if n == 0 {
                 break;

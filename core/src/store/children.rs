@@ -76,6 +76,66 @@ pub fn timeout_error(timeout_ms: i64, unfinished: &[i64]) -> String {
     .to_string()
 }
 
+/// What a waiting step whose children are all final becomes: `Complete` with the
+/// combined result when every child completed and it fits in `max_bytes`, else `Fail`.
+pub enum Finish {
+    Complete(String),
+    Fail(Failure),
+}
+
+/// A permanent failure of a waiting step: its error document, the transition's reason
+/// and details.
+pub struct Failure {
+    pub error: String,
+    pub reason: &'static str,
+    pub details: Value,
+}
+
+/// Decides how a waiting step ends once its children are all final (`results` as for
+/// [`result`]): `child_failed` naming the first failed child, `result_too_large` when
+/// the combined result is over `max_bytes` (a step result is held to
+/// `max_payload_bytes` like any handler's), else complete with the combined result.
+pub fn finish(
+    children: &[Child],
+    results: impl FnOnce() -> crate::error::Result<Vec<Vec<(String, Option<String>)>>>,
+    max_bytes: usize,
+) -> crate::error::Result<Finish> {
+    if let Some(bad) = failed_child(children) {
+        let error = child_failed_error(bad);
+        let details = json!({
+            "error": serde_json::from_str::<Value>(&error).unwrap_or(Value::Null),
+            "child_task_id": bad.task_id,
+        });
+        return Ok(Finish::Fail(Failure {
+            error,
+            reason: crate::model::events::reason::CHILD_FAILED,
+            details,
+        }));
+    }
+    let combined = result(children, &results()?);
+    if combined.len() > max_bytes {
+        let error = json!({
+            "message": format!(
+                "the combined result of the step's {} child tasks is {} bytes, over max_payload_bytes ({max_bytes})",
+                children.len(),
+                combined.len()
+            ),
+            "kind": "result_too_large",
+            "retryable": false,
+            "details": { "bytes": combined.len(), "max_payload_bytes": max_bytes },
+        })
+        .to_string();
+        let details =
+            json!({ "error": serde_json::from_str::<Value>(&error).unwrap_or(Value::Null) });
+        return Ok(Finish::Fail(Failure {
+            error,
+            reason: crate::model::events::reason::FAILED,
+            details,
+        }));
+    }
+    Ok(Finish::Complete(combined))
+}
+
 /// The result of a step whose children all completed:
 /// `{"children": [{"task_id", "key", "state", "results": {step: result}}]}` in start
 /// order. `results[i]` holds child `i`'s steps as `(name, result JSON text)`.

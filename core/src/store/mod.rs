@@ -654,7 +654,7 @@ pub trait Store: Send + Sync {
     /// Finishes up to `limit` steps waiting for child tasks that are all final
     /// (complete with their results, or failed with kind `child_failed`). Returns how
     /// many.
-    fn advance_children(&self, now: i64, limit: u32) -> BoxFut<'_, u32>;
+    fn advance_children(&self, now: i64, limit: u32, max_result_bytes: usize) -> BoxFut<'_, u32>;
     /// A task's parent (when it is a child task) and its steps' children.
     fn task_links(&self, task_id: i64) -> BoxFut<'_, children::TaskLinks>;
     /// The child tasks of a task's steps that are not final yet.

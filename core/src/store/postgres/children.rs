@@ -3,7 +3,7 @@
 //! it) and locks taken steps first, then tasks, as every other write does. New
 //! statements only: no existing function changes.
 
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::postgres::PgConnection;
 use sqlx::Row;
 
@@ -167,6 +167,7 @@ pub async fn advance_children(
     ctx: &Ctx,
     now: i64,
     limit: u32,
+    max_result_bytes: usize,
 ) -> Result<u32> {
     let rows = sqlx::query(
         "SELECT s.id, s.task_id, s.name, s.attempts FROM tasker_steps s
@@ -192,57 +193,51 @@ pub async fn advance_children(
     let mut completed = Vec::new();
     for (step_id, task_id, name, attempt) in &steps {
         let kids = list(conn, *step_id).await?;
-        if let Some(bad) = children::failed_child(&kids) {
-            let error = children::child_failed_error(bad);
-            sqlx::query(
-                "UPDATE tasker_steps SET state = 'error', last_error = $2, wait_until = NULL,
-                     finished_at = $3, updated_at = $3
-                 WHERE id = $1",
-            )
-            .bind(step_id)
-            .bind(&error)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-            bump(&mut deltas, *task_id, |d| {
-                d.active -= 1;
-                d.error += 1;
-            });
-            let details = json!({
-                "error": serde_json::from_str::<Value>(&error).unwrap_or(Value::Null),
-                "child_task_id": bad.task_id,
-            });
-            trs.push(
-                Tr::step(
-                    *task_id,
-                    *step_id,
-                    name,
-                    Some("waiting"),
-                    "error",
-                    reason::CHILD_FAILED,
-                )
-                .attempt(*attempt, None)
-                .details(Some(details.to_string())),
-            );
-            continue;
-        }
+        // The children's results are read first (the decision itself is synchronous).
         let mut results = Vec::with_capacity(kids.len());
-        for k in &kids {
-            let rows =
-                sqlx::query("SELECT name, result FROM tasker_steps WHERE task_id = $1 ORDER BY id")
-                    .bind(k.task_id)
-                    .fetch_all(&mut *conn)
-                    .await?;
-            let mut steps = Vec::with_capacity(rows.len());
-            for r in rows {
-                steps.push((
-                    r.try_get::<String, _>(0)?,
-                    r.try_get::<Option<String>, _>(1)?,
-                ));
+        if children::failed_child(&kids).is_none() {
+            for k in &kids {
+                let rows = sqlx::query(
+                    "SELECT name, result FROM tasker_steps WHERE task_id = $1 ORDER BY id",
+                )
+                .bind(k.task_id)
+                .fetch_all(&mut *conn)
+                .await?;
+                let mut steps = Vec::with_capacity(rows.len());
+                for r in rows {
+                    steps.push((
+                        r.try_get::<String, _>(0)?,
+                        r.try_get::<Option<String>, _>(1)?,
+                    ));
+                }
+                results.push(steps);
             }
-            results.push(steps);
         }
-        let result = children::result(&kids, &results);
+        let result = match children::finish(&kids, || Ok(results), max_result_bytes)? {
+            children::Finish::Complete(result) => result,
+            children::Finish::Fail(f) => {
+                sqlx::query(
+                    "UPDATE tasker_steps SET state = 'error', last_error = $2, wait_until = NULL,
+                         finished_at = $3, updated_at = $3
+                     WHERE id = $1",
+                )
+                .bind(step_id)
+                .bind(&f.error)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+                bump(&mut deltas, *task_id, |d| {
+                    d.active -= 1;
+                    d.error += 1;
+                });
+                trs.push(
+                    Tr::step(*task_id, *step_id, name, Some("waiting"), "error", f.reason)
+                        .attempt(*attempt, None)
+                        .details(Some(f.details.to_string())),
+                );
+                continue;
+            }
+        };
         sqlx::query(
             "UPDATE tasker_steps SET state = 'complete', result = $2, wait_until = NULL,
                  finished_at = $3, updated_at = $3

@@ -926,9 +926,11 @@ impl Store for PgStore {
         }))
     }
 
-    fn advance_children(&self, now: i64, limit: u32) -> BoxFut<'_, u32> {
+    fn advance_children(&self, now: i64, limit: u32, max_result_bytes: usize) -> BoxFut<'_, u32> {
         Box::pin(self.write(move |c, ctx| {
-            Box::pin(async move { children::advance_children(c, &ctx, now, limit).await })
+            Box::pin(async move {
+                children::advance_children(c, &ctx, now, limit, max_result_bytes).await
+            })
         }))
     }
 

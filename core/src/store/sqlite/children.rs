@@ -4,7 +4,7 @@
 //! caller's write transaction.
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::{claims, write};
 use crate::error::Result;
@@ -136,7 +136,12 @@ pub fn unfinished_of(conn: &Connection, step_id: i64) -> Result<Vec<i64>> {
 /// Finishes up to `limit` steps waiting for children that are all final: complete with
 /// their results when all completed (their own children proceed), else failed
 /// permanently with kind `child_failed`. Returns how many.
-pub fn advance_children(conn: &Connection, now: i64, limit: u32) -> Result<u32> {
+pub fn advance_children(
+    conn: &Connection,
+    now: i64,
+    limit: u32,
+    max_result_bytes: usize,
+) -> Result<u32> {
     let sql = format!(
         "SELECT s.id, s.task_id, s.name, s.attempts FROM tasker_steps AS s
          WHERE s.state = 'waiting' AND s.handler NOT LIKE 'tasker.%'
@@ -159,47 +164,44 @@ pub fn advance_children(conn: &Connection, now: i64, limit: u32) -> Result<u32> 
     let mut completed = Vec::new();
     for (step_id, task_id, name, attempt) in &rows {
         let kids = list(conn, *step_id)?;
-        if let Some(bad) = children::failed_child(&kids) {
-            let error = children::child_failed_error(bad);
-            conn.prepare_cached(
-                "UPDATE tasker_steps SET state = 'error', last_error = ?2, wait_until = NULL,
-                     finished_at = ?3, updated_at = ?3
-                 WHERE id = ?1",
-            )?
-            .execute(params![step_id, error, now])?;
-            bump(&mut deltas, *task_id, |d| {
-                d.active -= 1;
-                d.error += 1;
-            });
-            let details = json!({
-                "error": serde_json::from_str::<Value>(&error).unwrap_or(Value::Null),
-                "child_task_id": bad.task_id,
-            });
-            trs.push(
-                Tr::step(
-                    *task_id,
-                    *step_id,
-                    name,
-                    Some("waiting"),
-                    "error",
-                    reason::CHILD_FAILED,
-                )
-                .attempt(*attempt, None)
-                .details(Some(details.to_string())),
-            );
-            continue;
-        }
-        let mut results = Vec::with_capacity(kids.len());
-        for k in &kids {
-            let steps: Vec<(String, Option<String>)> = conn
-                .prepare_cached(
-                    "SELECT name, result FROM tasker_steps WHERE task_id = ?1 ORDER BY id",
+        let finish = children::finish(
+            &kids,
+            || {
+                let mut results = Vec::with_capacity(kids.len());
+                for k in &kids {
+                    let steps: Vec<(String, Option<String>)> = conn
+                        .prepare_cached(
+                            "SELECT name, result FROM tasker_steps WHERE task_id = ?1 ORDER BY id",
+                        )?
+                        .query_map([k.task_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    results.push(steps);
+                }
+                Ok(results)
+            },
+            max_result_bytes,
+        )?;
+        let result = match finish {
+            children::Finish::Complete(result) => result,
+            children::Finish::Fail(f) => {
+                conn.prepare_cached(
+                    "UPDATE tasker_steps SET state = 'error', last_error = ?2, wait_until = NULL,
+                         finished_at = ?3, updated_at = ?3
+                     WHERE id = ?1",
                 )?
-                .query_map([k.task_id], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            results.push(steps);
-        }
-        let result = children::result(&kids, &results);
+                .execute(params![step_id, f.error, now])?;
+                bump(&mut deltas, *task_id, |d| {
+                    d.active -= 1;
+                    d.error += 1;
+                });
+                trs.push(
+                    Tr::step(*task_id, *step_id, name, Some("waiting"), "error", f.reason)
+                        .attempt(*attempt, None)
+                        .details(Some(f.details.to_string())),
+                );
+                continue;
+            }
+        };
         conn.prepare_cached(
             "UPDATE tasker_steps SET state = 'complete', result = ?2, wait_until = NULL,
                  finished_at = ?3, updated_at = ?3

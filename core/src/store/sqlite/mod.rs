@@ -483,8 +483,8 @@ impl Store for SqliteStore {
         done(self.write(|c| children::wait_for_children(c, step_id, token, wait_until, now)))
     }
 
-    fn advance_children(&self, now: i64, limit: u32) -> BoxFut<'_, u32> {
-        done(self.write(|c| children::advance_children(c, now, limit)))
+    fn advance_children(&self, now: i64, limit: u32, max_result_bytes: usize) -> BoxFut<'_, u32> {
+        done(self.write(|c| children::advance_children(c, now, limit, max_result_bytes)))
     }
 
     fn task_links(&self, task_id: i64) -> BoxFut<'_, crate::store::children::TaskLinks> {
