@@ -111,9 +111,12 @@ BEGIN
             IF v_ok AND c.rkey IS NOT NULL THEN
                 IF NOT v_used ? v_rk THEN
                     IF v_pass = 2 THEN
-                        -- Starts that left their window, dropped under the key's lock.
+                        -- Starts that left their window, dropped under the key's lock,
+                        -- ten minutes late: a claimer's p_now is read before it waits for
+                        -- the lock, so another may count with an older p_now than this one
+                        -- and must still see every start of its window.
                         DELETE FROM tasker_rate_starts
-                        WHERE key = c.rkey AND per_ms = c.rper AND at <= p_now - c.rper;
+                        WHERE key = c.rkey AND per_ms = c.rper AND at <= p_now - c.rper - 600000;
                     END IF;
                     SELECT count(*) INTO v_n FROM tasker_rate_starts
                     WHERE key = c.rkey AND per_ms = c.rper AND at > p_now - c.rper;

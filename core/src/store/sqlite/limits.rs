@@ -218,10 +218,13 @@ pub fn admit(
         if let (Some(k), Some(lim), Some(per)) = (&c.rkey, c.rlimit, c.rper) {
             let key = (1, k.clone(), per);
             if !used.contains_key(&key) {
+                // Kept PRUNE_SLACK_MS past their window: a claimer's `now` is read
+                // before it waits for the write lock, so another claimer may count with an
+                // older `now` than this one, and must still see the starts in its window.
                 conn.prepare_cached(
-                    "DELETE FROM tasker_rate_starts WHERE key = ?1 AND per_ms = ?2 AND at <= ?3 - ?2",
+                    "DELETE FROM tasker_rate_starts WHERE key = ?1 AND per_ms = ?2 AND at <= ?3 - ?2 - ?4",
                 )?
-                .execute(params![k, per, now])?;
+                .execute(params![k, per, now, PRUNE_SLACK_MS])?;
                 used.insert(key.clone(), starts(conn, k, per, now)?);
             }
             let (n, oldest) = used[&key];
@@ -247,6 +250,12 @@ pub fn admit(
     }
     Ok((out, next))
 }
+
+/// How long a rate-limited start is kept past its window before it is dropped: far
+/// longer than a claimer waits for the write lock (`sqlite_busy_timeout_ms`, 5 s by
+/// default), so a claim made with a `now` read before that wait still counts every
+/// start of its window.
+pub const PRUNE_SLACK_MS: i64 = 600_000;
 
 /// Records the starts of claimed rate-limited steps.
 pub fn record_starts(conn: &Connection, starts: &[(String, i64)], now: i64) -> Result<()> {
