@@ -266,8 +266,20 @@ fn a_repeated_creation_with_a_reserved_id_makes_one_task() {
     assert_eq!((first, again), (Some(ids[0]), Some(ids[0])));
     assert_eq!(count("tasker_tasks", ids[0]), 1);
     assert_eq!(count("tasker_steps", ids[0]), 1);
-    // One transition for the task, one for its step: the repeat wrote none.
-    assert_eq!(count("tasker_transitions", ids[0]), 2);
+    // One transition row (migration 0013) holds the task's event and its step's: the
+    // repeat wrote none.
+    assert_eq!(count("tasker_transitions", ids[0]), 1);
+    let events = db.call("events", json!({ "task_id": ids[0] }));
+    let events = events["events"].as_array().expect("events");
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0]["event"], "task.created", "{events:?}");
+    assert!(events[0]["step_id"].is_null(), "{events:?}");
+    assert_eq!(events[1]["step_name"], "a", "{events:?}");
+    assert_eq!(
+        events[1]["id"].as_i64().unwrap(),
+        events[0]["id"].as_i64().unwrap() + 1,
+        "the second event of a row has the next id: {events:?}"
+    );
     assert_eq!(keyed, Some(ids[1]));
     assert_eq!(same_key, None, "a taken idempotency key makes no task");
     assert_eq!(count("tasker_tasks", ids[2]), 0);
@@ -471,7 +483,14 @@ fn a_repeated_batch_creation_makes_each_task_once() {
     let stats = db.call("stats", json!({}));
     assert_eq!(stats["tasks"]["pending"], 4);
     assert_eq!(stats["steps"]["ready"], 4);
-    // Two transitions per task (the task's and its step's), none written twice.
+    // Two events per task (the task's and its step's) in one row each (migration
+    // 0013), none written twice.
+    let events = db.call("events", json!({ "limit": 100 }));
+    assert_eq!(
+        events["events"].as_array().map(Vec::len),
+        Some(8),
+        "{events}"
+    );
     let rows: i64 = with_conn(async |c| {
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) FROM \"{schema}\".tasker_transitions"
@@ -480,7 +499,7 @@ fn a_repeated_batch_creation_makes_each_task_once() {
         .await
         .unwrap()
     });
-    assert_eq!(rows, 8);
+    assert_eq!(rows, 4);
 }
 
 /// Migration 0008: a write sends NOTIFY only when it makes a step ready: a creation and

@@ -622,3 +622,50 @@ fn a_task_timeout_ends_a_step_waiting_for_its_signal_too() {
     assert_eq!(db.step(id, "approve")["state"], "cancelled");
     assert_eq!(db.task(id)["state"], "error");
 }
+
+/// Tasks that finished before their deadline stay as they are when it passes and keep
+/// showing it (on PostgreSQL the sweep then drops them from the deadline index,
+/// migration 0013), while an unfinished one with a later deadline still times out.
+#[test]
+fn finished_tasks_keep_their_deadline_and_later_timeouts_still_fire() {
+    let db = manual();
+    let create = |timeout_s: u64| {
+        db.call(
+            "create_task",
+            json!({ "namespace": "t", "name": "chain", "timeout_s": timeout_s }),
+        )["task_id"]
+            .as_i64()
+            .unwrap()
+    };
+    let done = create(60);
+    let cancelled = create(60);
+    let late = create(120);
+    for handler in ["a", "b"] {
+        for step in db.claim(&[handler], 10, 600_000) {
+            if step["task_id"] == done || handler == "a" {
+                db.complete(&step, json!(1));
+            }
+        }
+    }
+    db.call("cancel_task", json!({ "task_id": cancelled }));
+    let shown: Vec<Value> = [done, cancelled]
+        .iter()
+        .map(|&id| db.task(id)["deadline_at"].clone())
+        .collect();
+    assert!(shown.iter().all(Value::is_string), "{shown:?}");
+    advance(&db, 60_001);
+    db.call("sweep", json!({}));
+    for (id, (state, deadline)) in [done, cancelled]
+        .iter()
+        .zip([("complete", &shown[0]), ("cancelled", &shown[1])])
+    {
+        let task = db.task(*id);
+        assert_eq!(task["state"], state, "{task}");
+        assert_eq!(&task["deadline_at"], deadline, "{task}");
+    }
+    assert_eq!(db.task(late)["state"], "running");
+    advance(&db, 60_000);
+    let task = db.task(late);
+    assert_eq!(task["state"], "error", "{task}");
+    assert_eq!(db.step(late, "b")["state"], "cancelled");
+}

@@ -68,6 +68,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "children",
         include_str!("../../../../migrations/postgres/0012_children.sql"),
     ),
+    (
+        13,
+        "fewer_rows",
+        include_str!("../../../../migrations/postgres/0013_fewer_rows.sql"),
+    ),
 ];
 
 pub async fn run(conn: &mut PgConnection, lock_key: i64) -> Result<u32> {

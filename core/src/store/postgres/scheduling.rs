@@ -69,6 +69,20 @@ pub async fn time_out_tasks(
     now: i64,
     limit: u32,
 ) -> Result<Vec<i64>> {
+    // The deadline index covers every task with a deadline (migration 0013: its
+    // predicate names no state, so state changes stay HOT updates). Completed and
+    // cancelled tasks never run again: their passed deadlines leave the index here, so
+    // the range read below holds unfinished (and errored) tasks only.
+    sqlx::query(
+        "UPDATE tasker_tasks SET deadline_at = NULL
+         WHERE id IN (SELECT id FROM tasker_tasks
+                      WHERE deadline_at IS NOT NULL AND deadline_at <= $1
+                        AND state IN ('complete', 'cancelled')
+                      ORDER BY deadline_at, id LIMIT 1000 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
     let tasks = sqlx::query(
         "SELECT id, state, timeout_ms FROM tasker_tasks
          WHERE deadline_at IS NOT NULL AND state IN ('pending', 'running') AND deadline_at <= $1
@@ -142,8 +156,13 @@ fn timeout_details(timeout_ms: Option<i64>) -> String {
 }
 
 pub async fn task_timing(conn: &mut PgConnection, task_id: i64) -> Result<Option<TaskTiming>> {
+    // The sweep clears the passed deadline of a completed or cancelled task (see
+    // `time_out_tasks`); such a task still shows the deadline it had.
     let row = sqlx::query(
-        "SELECT run_at, due_at, timeout_ms, deadline_at FROM tasker_tasks WHERE id = $1",
+        "SELECT run_at, due_at, timeout_ms,
+                COALESCE(deadline_at, CASE WHEN state IN ('complete', 'cancelled')
+                                           THEN COALESCE(run_at, created_at) + timeout_ms END)
+         FROM tasker_tasks WHERE id = $1",
     )
     .bind(task_id)
     .fetch_optional(conn)
