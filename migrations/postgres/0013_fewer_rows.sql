@@ -68,6 +68,19 @@ BEGIN
        AND EXISTS (SELECT 1 FROM unnest(p_trs) AS u WHERE u.to_state = 'ready' AND u.step_id IS NOT NULL) THEN
         PERFORM pg_notify(p_channel, '');
     END IF;
+    IF NOT (SELECT bool_or(u.step_id IS NULL) AND bool_or(u.step_id IS NOT NULL)
+            FROM unnest(p_trs) AS u) THEN
+        -- Only step rows (most calls of a workflow's middle steps) or only task rows:
+        -- nothing to combine.
+        INSERT INTO tasker_transitions
+            (task_id, step_id, step_name, from_state, to_state, at, attempt, worker, reason, details)
+        SELECT u.task_id, u.step_id, u.step_name, u.from_state, u.to_state, p_now, u.attempt,
+               u.worker, u.reason, u.details
+        FROM unnest(p_trs) WITH ORDINALITY AS u(task_id, step_id, step_name, from_state, to_state,
+                                                attempt, worker, reason, details, n)
+        ORDER BY u.n;
+        RETURN;
+    END IF;
     INSERT INTO tasker_transitions
         (task_id, step_id, step_name, from_state, to_state, at, attempt, worker, reason, details,
          task_from, task_to, task_reason, task_first)
