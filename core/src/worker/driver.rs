@@ -144,6 +144,9 @@ struct Run<'a> {
     until_idle: bool,
     stop: Option<&'a AtomicBool>,
     finished: AtomicBool,
+    /// The stop flags of the steps handed to the lanes and not reported yet, from the
+    /// moment their page arrives: a page can carry a step and its stop, and the
+    /// watching thread can hear a stop before the lane starts the handler.
     running: Mutex<HashMap<i64, Arc<AtomicBool>>>,
     error: Mutex<Option<Error>>,
 }
@@ -162,6 +165,12 @@ impl Run<'_> {
             .and_then(|t| parse_json::<Page>(&t))
         {
             Ok(page) => {
+                {
+                    let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+                    for step in &page.steps {
+                        running.insert(step.step_id, step.cancelled.clone());
+                    }
+                }
                 self.apply_stops(&page.stop);
                 if page.idle && self.until_idle {
                     self.finished.store(true, Ordering::Release);
@@ -216,17 +225,13 @@ impl Run<'_> {
             for (i, step) in steps.iter().enumerate() {
                 if self.stop.is_some_and(|s| s.load(Ordering::Acquire)) {
                     // Stopping: the rest of the batch goes back unrun.
-                    outcomes.extend(
-                        steps[i..]
-                            .iter()
-                            .map(|s| json!({ "step_id": s.step_id, "release": true })),
-                    );
+                    let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+                    for s in &steps[i..] {
+                        running.remove(&s.step_id);
+                        outcomes.push(json!({ "step_id": s.step_id, "release": true }));
+                    }
                     break;
                 }
-                self.running
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(step.step_id, step.cancelled.clone());
                 let outcome = match self.worker.run_one(step) {
                     Ok(result) => json!({ "step_id": step.step_id, "result": result }),
                     Err(e) => json!({ "step_id": step.step_id, "error": e.to_json() }),

@@ -76,16 +76,19 @@ pub async fn link_child(
     Ok(row.try_get(0)?)
 }
 
-/// A step's children in start order, with their tasks' states.
-async fn list(conn: &mut PgConnection, step_id: i64) -> Result<Vec<Child>> {
-    let rows = sqlx::query(
+/// A step's children in start order, with their tasks' states; with `lock`, the
+/// children's task rows are share-locked until commit.
+async fn list(conn: &mut PgConnection, step_id: i64, lock: bool) -> Result<Vec<Child>> {
+    let sql = if lock {
         "SELECT c.child_task_id, c.key, t.state FROM tasker_children c
          JOIN tasker_tasks t ON t.id = c.child_task_id
-         WHERE c.parent_step_id = $1 ORDER BY c.id",
-    )
-    .bind(step_id)
-    .fetch_all(&mut *conn)
-    .await?;
+         WHERE c.parent_step_id = $1 ORDER BY c.id FOR SHARE OF t"
+    } else {
+        "SELECT c.child_task_id, c.key, t.state FROM tasker_children c
+         JOIN tasker_tasks t ON t.id = c.child_task_id
+         WHERE c.parent_step_id = $1 ORDER BY c.id"
+    };
+    let rows = sqlx::query(sql).bind(step_id).fetch_all(&mut *conn).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         out.push(Child {
@@ -99,7 +102,7 @@ async fn list(conn: &mut PgConnection, step_id: i64) -> Result<Vec<Child>> {
 
 /// The unfinished children of a step (for the timeout's error).
 pub async fn unfinished_of(conn: &mut PgConnection, step_id: i64) -> Result<Vec<i64>> {
-    Ok(list(conn, step_id)
+    Ok(list(conn, step_id, false)
         .await?
         .into_iter()
         .filter(|c| !is_final(&c.state))
@@ -135,7 +138,12 @@ pub async fn wait_for_children(
     let name: String = row.try_get(1)?;
     let attempt: i64 = row.try_get(2)?;
     let worker: Option<String> = row.try_get(3)?;
-    let all = list(conn, step_id).await?;
+    // Share-locked: a child finishing at this moment either commits first (and the
+    // locking read sees it final) or waits for this commit, so that its process's
+    // follow-up (`advance_children`, after its own commit) sees this step waiting.
+    // Without the lock, under READ COMMITTED both could miss each other and the step
+    // would wait for the sweep.
+    let all = list(conn, step_id, true).await?;
     let started = WaitStarted {
         children: all.len() as i64,
         unfinished: all.iter().filter(|c| !is_final(&c.state)).count() as i64,
@@ -192,7 +200,7 @@ pub async fn advance_children(
     let mut trs = Vec::with_capacity(steps.len() * 2);
     let mut completed = Vec::new();
     for (step_id, task_id, name, attempt) in &steps {
-        let kids = list(conn, *step_id).await?;
+        let kids = list(conn, *step_id, false).await?;
         // The children's results are read first (the decision itself is synchronous).
         let mut results = Vec::with_capacity(kids.len());
         if children::failed_child(&kids).is_none() {
