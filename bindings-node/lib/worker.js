@@ -412,8 +412,10 @@ class Worker extends EventEmitter {
     return new Promise((resolve) => this._settledWaiters.push(resolve));
   }
 
-  /** Applies a page of `worker_next` / `worker_report`: stop signals, new steps. */
+  /** Applies a page of `worker_next` / `worker_report`: new steps, then stop signals
+   * (a page can carry a step and its stop). */
   _apply(page) {
+    for (const raw of page.steps || []) this._queue.push(raw);
     for (const s of page.stop || []) {
       const run = this._running.get(s.step_id);
       if (run) {
@@ -427,7 +429,6 @@ class Worker extends EventEmitter {
         this._push(json.stringify({ step_id: s.step_id, release: true }));
       }
     }
-    for (const raw of page.steps || []) this._queue.push(raw);
     if (page.idle !== undefined) this._lastIdle = page.idle;
     this._drainLogs();
   }

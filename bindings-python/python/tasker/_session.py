@@ -16,12 +16,15 @@ Step = _native.Step
 
 
 class Session:
-    """Opens a session for ``names``; ``on_stop(step_id)`` is called for every stop
-    signal, ``stats`` is added to under ``lock``."""
+    """Opens a session for ``names``; ``on_steps(steps)`` is called for every page of
+    steps before ``on_stop(step_id)`` for each of its stop signals (a page can carry a
+    step and its stop), ``stats`` is added to under ``lock``."""
 
     def __init__(self, tasker: Tasker, request: Dict[str, Any], on_stop: Callable[[int], None],
-                 stats: WorkerStats, lock: threading.Lock) -> None:
+                 stats: WorkerStats, lock: threading.Lock,
+                 on_steps: Callable[[List[Step]], None]) -> None:
         self.tasker, self.on_stop, self.stats, self.lock = tasker, on_stop, stats, lock
+        self.on_steps = on_steps
         try:
             self.id: Optional[str] = tasker.call("worker_open", request)["worker_id"]
         finally:
@@ -35,6 +38,7 @@ class Session:
     def _took(self, stops: List[Tuple[int, str]], steps: List[Step], idle: bool) -> None:
         for step in steps:  # for step.start_child
             step._attach(self.tasker)
+        self.on_steps(steps)
         for step_id, _reason in stops:
             self.on_stop(step_id)
         self.idle = idle and not steps

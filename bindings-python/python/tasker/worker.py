@@ -179,7 +179,8 @@ class Worker:
             if self.lease_ms is not None:
                 req["lease_ms"] = self.lease_ms
             try:
-                s = self._sessions[kind] = Session(self.tasker, req, self._on_stop, self._stats, self._lock)
+                s = self._sessions[kind] = Session(self.tasker, req, self._on_stop, self._stats, self._lock,
+                                                   self._on_steps)
             except BaseException:
                 for other in self._sessions.values():
                     other.close()
@@ -221,6 +222,11 @@ class Worker:
             self._done.set()
         return self._done.is_set() or self._stopping.is_set()
 
+    def _on_steps(self, steps: List[Step]) -> None:
+        # Handed to a lane, not started yet: a stop signal for them must not be lost.
+        for step in steps:
+            self._running[step.step_id] = step
+
     def _on_stop(self, step_id: int) -> None:
         step = self._running.get(step_id)
         if step is not None:
@@ -242,16 +248,17 @@ class Worker:
             started, outcomes = time.perf_counter(), []  # type: Tuple[float, List[Outcome]]
             for i, step in enumerate(steps):
                 if self._stopping.is_set():
-                    outcomes.extend((s.step_id, "release", "") for s in steps[i:])
+                    for s in steps[i:]:
+                        self._running.pop(s.step_id, None)
+                        outcomes.append((s.step_id, "release", ""))
                     break
                 fn = self._sync[step.handler]
-                self._running[step.step_id] = step
                 try:
                     outcomes.append(outcome_of(step.step_id, result=fn(step)))
                 except Exception as e:
                     outcomes.append(outcome_of(step.step_id, error=e))
                 finally:
-                    del self._running[step.step_id]
+                    self._running.pop(step.step_id, None)
             fast = (time.perf_counter() - started) / len(steps) < _SLOW_STEP_S
             size = min(size * 2, self.batch_size) if fast else 1
             steps = session.report(outcomes, None if self._finished() else size)
@@ -292,3 +299,4 @@ class Worker:
             return outcome_of(step.step_id, error=e)
         finally:
             self._tasks.pop(step.step_id, None)
+            self._running.pop(step.step_id, None)

@@ -259,7 +259,10 @@ module Tasker
           page = h.worker_next(id, size, wait, token)
           next if page.nil? # the wait was cut short by #stop: look at @stopping again
         end
-        steps, stops, idle, unusual = page
+        rows, stops, idle, unusual = page
+        # Held before the stops are applied: a page can carry a step and its stop, and
+        # the watching thread can hear a stop before this lane starts the handler.
+        steps = hold(rows)
         apply_stops(stops)
         log_unusual(unusual)
         forward_logs
@@ -341,11 +344,16 @@ module Tasker
       end
     end
 
-    # Runs a batch: [outcomes, fatal] where fatal is an exit or signal raised by a
-    # handler (recorded as that step's failure, then raised once the batch is reported).
-    def run_batch(rows)
+    # The steps of a page, held (so stop signals reach them) until run_batch ends.
+    def hold(rows)
       steps = rows.map { |r| Step.from_wire(r).tap { |s| s.bind_client(@tasker) } }
       @lock.synchronize { steps.each { |s| @held[s.step_id] = s } }
+      steps
+    end
+
+    # Runs a batch: [outcomes, fatal] where fatal is an exit or signal raised by a
+    # handler (recorded as that step's failure, then raised once the batch is reported).
+    def run_batch(steps)
       outcomes = []
       fatal = nil
       steps.each do |step|
