@@ -147,3 +147,49 @@ fn a_timeout_reaches_a_running_handler_and_fails_the_attempt() {
     assert_eq!(step["state"], "error");
     assert_eq!(step["error"]["kind"], "timeout");
 }
+
+/// A step claimed in the same page as one that is running, whose task is cancelled
+/// before its handler starts: the stop signal reaches that handler (it was once
+/// dropped, because only started handlers had a flag to raise).
+#[test]
+fn a_cancel_before_the_handler_starts_reaches_it() {
+    let db = open(json!({}));
+    db.register(template("one", &[("a", &[])], fast_retry(3)));
+    let ids = [db.create("one", json!({})), db.create("one", json!({}))];
+    let t = db.tasker.clone();
+    let first = Arc::new(AtomicUsize::new(0));
+    let saw = Arc::new(AtomicUsize::new(0));
+    let seen = saw.clone();
+    let stats = Worker::new(&db.tasker, "w")
+        .batch(2)
+        .handle("a", move |s| {
+            if first.fetch_add(1, Ordering::SeqCst) == 0 {
+                // The first handler to run cancels the other task, whose step is in
+                // the same page and has not started.
+                let other = if s.task_id == ids[0] { ids[1] } else { ids[0] };
+                t.call("cancel_task", &json!({ "task_id": other }).to_string())
+                    .unwrap();
+                // Time for the stop to arrive while the other step waits its turn.
+                std::thread::sleep(Duration::from_millis(300));
+            } else {
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while !s.is_cancelled() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if s.is_cancelled() {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            Ok(json!(1))
+        })
+        .run_until_idle()
+        .unwrap();
+    assert_eq!(
+        saw.load(Ordering::SeqCst),
+        1,
+        "the waiting handler saw the cancel"
+    );
+    assert_eq!((stats.completed, stats.lost), (1, 1), "{stats:?}");
+    let states: Vec<_> = ids.iter().map(|&id| db.task(id)["state"].clone()).collect();
+    assert!(states.contains(&json!("cancelled")), "{states:?}");
+}
