@@ -82,6 +82,29 @@ def test_a_cancel_reaches_a_running_handler(tk: tasker.Tasker, caplog: pytest.Lo
     assert len(stops) == 1, [r.getMessage() for r in stops]
 
 
+def test_a_cancel_before_the_handler_starts_reaches_it(tk: tasker.Tasker) -> None:
+    # Two steps in one page; the first handler to run cancels the other's task before
+    # that handler starts: its stop signal must not be dropped.
+    tk.register_template(chain("pair", [("a", [])]))
+    ids = [tk.create_task("t", "pair")["task_id"] for _ in range(2)]
+    order: List[int] = []
+    saw: List[bool] = []
+
+    def a(step: tasker.Step) -> Any:
+        order.append(step.task_id)
+        if len(order) == 1:
+            tk.cancel_task(ids[1] if step.task_id == ids[0] else ids[0])
+            time.sleep(0.3)  # the stop arrives while the other step waits its turn
+        else:
+            saw.append(step.cancelled.wait(5))
+        return 1
+
+    stats = tasker.Worker(tk, batch_size=2, handlers={"a": a}).run_until_idle()
+    assert saw == [True]
+    assert (stats.completed, stats.lost) == (1, 1)
+    assert sorted(tk.get_task(i)["state"] for i in ids) == ["cancelled", "complete"]
+
+
 def test_a_timeout_reaches_a_running_handler_and_is_a_failed_attempt(tk: tasker.Tasker) -> None:
     tk.register_template({**chain("slow", [("a", [])], defaults={"retry": {"max_attempts": 1}}),
                           "steps": [{"name": "a", "handler": "a", "timeout_s": 1}]})
