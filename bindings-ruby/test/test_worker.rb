@@ -168,6 +168,27 @@ module WorkerTests
     assert_equal "cancelled", task["steps"][0]["state"]
   end
 
+  # Two steps in one batch; the first handler to run cancels the other's task before
+  # that handler starts: the stop reaches the waiting step, which goes back unrun.
+  def test_a_cancel_before_the_handler_starts_keeps_it_from_running
+    one_step
+    ids = Array.new(2) { tasker.create_task("t", "only")["task_id"] }
+    ran = []
+    w = Tasker::Worker.new(tasker, batch_size: 2)
+    w.handle("only") do |step|
+      ran << step.task_id
+      if ran.size == 1
+        tasker.cancel_task(ids.find { |id| id != step.task_id })
+        sleep 0.3 # the stop arrives while the other step waits its turn
+      end
+      1
+    end
+    stats = w.run_until_idle
+    assert_equal 1, ran.size, "the cancelled step's handler ran: #{ran}"
+    assert_equal 1, stats.completed
+    assert_equal %w[cancelled complete], ids.map { |id| tasker.get_task(id)["state"] }.sort
+  end
+
   def test_start_and_stop
     one_step
     w = Tasker::Worker.new(tasker, concurrency: 3)
