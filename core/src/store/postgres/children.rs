@@ -79,16 +79,16 @@ pub async fn link_child(
 /// A step's children in start order, with their tasks' states; with `lock`, the
 /// children's task rows are share-locked until commit.
 async fn list(conn: &mut PgConnection, step_id: i64, lock: bool) -> Result<Vec<Child>> {
-    let sql = if lock {
+    let sql = format!(
         "SELECT c.child_task_id, c.key, t.state FROM tasker_children c
          JOIN tasker_tasks t ON t.id = c.child_task_id
-         WHERE c.parent_step_id = $1 ORDER BY c.id FOR SHARE OF t"
-    } else {
-        "SELECT c.child_task_id, c.key, t.state FROM tasker_children c
-         JOIN tasker_tasks t ON t.id = c.child_task_id
-         WHERE c.parent_step_id = $1 ORDER BY c.id"
-    };
-    let rows = sqlx::query(sql).bind(step_id).fetch_all(&mut *conn).await?;
+         WHERE c.parent_step_id = $1 ORDER BY c.id{}",
+        if lock { " FOR SHARE OF t" } else { "" }
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(step_id)
+        .fetch_all(&mut *conn)
+        .await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         out.push(Child {

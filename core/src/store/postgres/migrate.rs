@@ -73,11 +73,6 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "fewer_rows",
         include_str!("../../../../migrations/postgres/0013_fewer_rows.sql"),
     ),
-    (
-        14,
-        "claim_by_key",
-        include_str!("../../../../migrations/postgres/0014_claim_by_key.sql"),
-    ),
 ];
 
 pub async fn run(conn: &mut PgConnection, lock_key: i64) -> Result<u32> {
