@@ -409,14 +409,26 @@ fn event_readers_wait_for_writers_in_flight_and_writers_wait_for_no_one() {
     assert_eq!(stats["last_event_id"].as_i64(), Some(got[3].0));
 }
 
-/// Calls 0008's `tasker_create_tasks` for one-step tasks with `ids` and `keys`; returns
-/// its rows `(position, id, created, state)`.
+/// Calls `tasker_create_tasks` (the overload of 0009 the engine calls, as 0014 defines it)
+/// for one-step tasks with `ids` and `keys`; returns its rows `(position, id, created,
+/// state)`.
 async fn create_batch_with_ids(
     c: &mut sqlx::PgConnection,
     schema: &str,
     ids: &[i64],
     keys: &[Option<&str>],
 ) -> Vec<(i32, i64, bool, String)> {
+    try_create_batch_with_ids(c, schema, ids, keys)
+        .await
+        .unwrap()
+}
+
+async fn try_create_batch_with_ids(
+    c: &mut sqlx::PgConnection,
+    schema: &str,
+    ids: &[i64],
+    keys: &[Option<&str>],
+) -> Result<Vec<(i32, i64, bool, String)>, sqlx::Error> {
     let n = ids.len();
     let positions: Vec<i32> = (1..=n as i32).collect();
     sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -425,6 +437,8 @@ async fn create_batch_with_ids(
              array_fill('1.0.0'::text, ARRAY[$3]), array_fill('{{}}'::text, ARRAY[$3]), $2,
              array_fill(0::bigint, ARRAY[$3]), array_fill(1::bigint, ARRAY[$3]),
              array_fill(1::bigint, ARRAY[$3]), 0,
+             array_fill(NULL::bigint, ARRAY[$3]), array_fill(NULL::bigint, ARRAY[$3]),
+             array_fill(NULL::bigint, ARRAY[$3]), array_fill(NULL::bigint, ARRAY[$3]),
              $4, array_fill('a'::text, ARRAY[$3]), array_fill('h'::text, ARRAY[$3]),
              array_fill(0::bigint, ARRAY[$3]), array_fill(3::bigint, ARRAY[$3]),
              array_fill('exponential'::text, ARRAY[$3]), array_fill(10::bigint, ARRAY[$3]),
@@ -439,10 +453,11 @@ async fn create_batch_with_ids(
     .bind(positions)
     .fetch_all(c)
     .await
-    .unwrap()
-    .into_iter()
-    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-    .collect()
+    .map(|rows| {
+        rows.into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect()
+    })
 }
 
 /// Migration 0008: the batch creation is safe to repeat as 0005's single one is: a
@@ -500,6 +515,67 @@ fn a_repeated_batch_creation_makes_each_task_once() {
         .unwrap()
     });
     assert_eq!(rows, 4);
+}
+
+/// Migration 0014: tasks without a key are inserted without `ON CONFLICT`. A repeat that
+/// runs while the call it repeats is still open (the server still runs a call whose
+/// connection the engine lost) waits for it, then fails on the ids with a unique
+/// violation of the primary key once it commits: the store reports that as the
+/// serialization failure it repeats a call after (`hot::repeat_on_taken_id`), and the
+/// next repeat finds the tasks.
+#[test]
+fn a_repeat_racing_the_open_call_it_repeats_fails_on_the_ids_and_the_next_finds_them() {
+    if skip() {
+        return;
+    }
+    let db = open(json!({}));
+    let schema = db.schema.clone().unwrap();
+    let url = postgres_url();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (ids, raced, again) = rt.block_on(async {
+        let mut a = sqlx::PgConnection::connect(&url).await.unwrap();
+        let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT \"{schema}\".tasker_reserve_task_ids(2)"
+        )))
+        .fetch_all(&mut a)
+        .await
+        .unwrap();
+        sqlx::query("BEGIN").execute(&mut a).await.unwrap();
+        let first = create_batch_with_ids(&mut a, &schema, &ids, &[None, None]).await;
+        assert_eq!(first.len(), 2);
+        let (s2, ids2) = (schema.clone(), ids.clone());
+        let url2 = url.clone();
+        let repeat = tokio::spawn(async move {
+            let mut b = sqlx::PgConnection::connect(&url2).await.unwrap();
+            try_create_batch_with_ids(&mut b, &s2, &ids2, &[None, None]).await
+        });
+        // The repeat waits on the open call's ids (it cannot see them yet).
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !repeat.is_finished(),
+            "the repeat did not wait for the open call"
+        );
+        sqlx::query("COMMIT").execute(&mut a).await.unwrap();
+        let raced = repeat.await.unwrap();
+        let again = create_batch_with_ids(&mut a, &schema, &ids, &[None, None]).await;
+        (ids, raced, again)
+    });
+    let e = raced.expect_err("a repeat racing its open call must fail");
+    let d = e.as_database_error().expect("a database error");
+    assert_eq!(d.code().as_deref(), Some("23505"), "{e}");
+    assert_eq!(d.constraint(), Some("tasker_tasks_pkey"), "{e}");
+    let made = |i: usize| (i as i32 + 1, ids[i], true, "pending".to_owned());
+    assert_eq!(
+        again,
+        vec![made(0), made(1)],
+        "the next repeat finds the tasks"
+    );
+    let stats = db.call("stats", json!({}));
+    assert_eq!(stats["tasks"]["pending"], 2, "{stats}");
 }
 
 /// Migration 0008: a write sends NOTIFY only when it makes a step ready: a creation and

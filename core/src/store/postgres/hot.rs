@@ -219,7 +219,8 @@ pub async fn create_many(
     .bind(timeouts)
     .bind(deadlines)
     .fetch_all(&mut *conn)
-    .await?;
+    .await
+    .map_err(repeat_on_taken_id)?;
     if rows.len() != n {
         return Err(Error::internal(format!(
             "tasker_create_tasks answered {} of {n} tasks",
@@ -235,6 +236,25 @@ pub async fn create_many(
             })
         })
         .collect()
+}
+
+/// Tasks without an idempotency key are inserted without `ON CONFLICT` (migration 0014):
+/// the only call that can hold their ids is a repeat of this one after a lost connection,
+/// still running on the server. Its commit makes this call fail with a unique violation
+/// on the ids; that is reported as the serialization failure the engine repeats a call
+/// after, and the repeat finds those tasks (as `tasker_create_tasks` itself does when a
+/// key is taken meanwhile).
+fn repeat_on_taken_id(e: sqlx::Error) -> Error {
+    if let sqlx::Error::Database(d) = &e {
+        if d.code().as_deref() == Some("23505") && d.constraint() == Some("tasker_tasks_pkey") {
+            return Error::new(
+                crate::error::ErrorCode::Database,
+                format!("a task id of the batch was taken meanwhile: {e}"),
+            )
+            .with_details(serde_json::json!({ "sqlstate": "40001" }));
+        }
+    }
+    Error::from(e)
 }
 
 /// A fresh claim token: below 2^53, so it survives every JSON reader as a number.

@@ -73,6 +73,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "fewer_rows",
         include_str!("../../../../migrations/postgres/0013_fewer_rows.sql"),
     ),
+    (
+        14,
+        "paired_transitions",
+        include_str!("../../../../migrations/postgres/0014_paired_transitions.sql"),
+    ),
 ];
 
 pub async fn run(conn: &mut PgConnection, lock_key: i64) -> Result<u32> {
