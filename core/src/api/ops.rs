@@ -539,14 +539,13 @@ fn claim_fields(f: &mut Fields, config: &crate::config::Config, wait: bool) -> R
 
 /// A claim token: the decimal text of a token this engine issued.
 fn token_field(f: &mut Fields) -> Result<i64> {
-    let path = f.path("claim_token");
     let Some(raw) = f.take_raw("claim_token") else {
         return Err(validate::field_error(
-            &path,
+            &f.at("claim_token"),
             "missing (expected the string a claim returned)",
         ));
     };
-    let s = validate::check_string(&path, &raw, 0, 64)?;
+    let s = validate::check_string(&f.at("claim_token"), &raw, 0, 64)?;
     token(&s)
 }
 
@@ -732,16 +731,16 @@ fn create_fields(f: &mut Fields) -> Result<CreateTask> {
     let idempotency_key = f.string("idempotency_key", 1, 256)?;
     let priority = f.int("priority", -MAX_PRIORITY, MAX_PRIORITY)?;
     // Scheduling: a delayed start and a task timeout (docs/scheduling.md).
-    let run_at_path = f.path("run_at");
     let run_at = f
         .string("run_at", 1, 64)?
-        .map(|t| crate::model::schedule::parse_rfc3339(&run_at_path, &t))
+        .map(|t| crate::model::schedule::parse_rfc3339(&f.path("run_at"), &t))
         .transpose()?;
     let delay_ms = f.duration_ms("delay_ms", 0)?;
     if run_at.is_some() && delay_ms.is_some() {
         return Err(Error::invalid_argument(format!(
-            "give `{run_at_path}` or `{}`, not both",
-            f.path("delay_ms")
+            "give `{}` or `{}`, not both",
+            f.at("run_at"),
+            f.at("delay_ms")
         ))
         .with_details(json!({ "field": f.path("delay_ms") })));
     }

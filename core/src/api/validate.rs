@@ -17,7 +17,7 @@
 //! Errors are `invalid_argument` and name the field, what was expected and what was given:
 //! `task_id: expected an integer between 1 and 9007199254740991, got "one"`.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Display, Write as _};
 
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -136,8 +136,41 @@ fn kind_of(raw: &str) -> &'static str {
 }
 
 /// The error for a field: `invalid_argument` with `details.field`.
-pub fn field_error(field: &str, message: impl std::fmt::Display) -> Error {
+pub fn field_error(field: &(impl Display + ?Sized), message: impl Display) -> Error {
+    let field = field.to_string();
     Error::invalid_argument(format!("{field}: {message}")).with_details(json!({ "field": field }))
+}
+
+/// A field's full name in messages (`items[3].context`), written out only when a message
+/// is made: reading a valid request builds no string for it (a batch of 100 tasks has
+/// about a thousand fields).
+#[derive(Debug, Clone, Copy)]
+pub struct FieldPath<'a> {
+    prefix: &'a str,
+    name: &'a str,
+    index: Option<usize>,
+}
+
+impl<'a> FieldPath<'a> {
+    /// Element `index` of the array field `name` (`handlers[2]`).
+    pub fn item(name: &'a str, index: usize) -> FieldPath<'a> {
+        FieldPath {
+            prefix: "",
+            name,
+            index: Some(index),
+        }
+    }
+}
+
+impl Display for FieldPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.prefix)?;
+        f.write_str(self.name)?;
+        if let Some(i) = self.index {
+            write!(f, "[{i}]")?;
+        }
+        Ok(())
+    }
 }
 
 /// The fields of one JSON object, each as its raw text, in the order given.
@@ -229,7 +262,16 @@ impl Fields {
 
     /// The full name of field `name` in messages.
     pub fn path(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
+        self.at(name).to_string()
+    }
+
+    /// The same name, written out only if a message needs it.
+    pub fn at<'a>(&'a self, name: &'a str) -> FieldPath<'a> {
+        FieldPath {
+            prefix: &self.prefix,
+            name,
+            index: None,
+        }
     }
 
     pub fn max_depth(&self) -> usize {
@@ -248,12 +290,12 @@ impl Fields {
     }
 
     fn missing(&self, name: &str, expected: &str) -> Error {
-        field_error(&self.path(name), format!("missing (expected {expected})"))
+        field_error(&self.at(name), format!("missing (expected {expected})"))
     }
 
     fn wrong(&self, name: &str, expected: &str, raw: &RawValue) -> Error {
         field_error(
-            &self.path(name),
+            &self.at(name),
             format!("expected {expected}, got {}", shown(raw.get())),
         )
     }
@@ -263,14 +305,13 @@ impl Fields {
         let Some(raw) = self.take_raw(name) else {
             return Ok(None);
         };
-        let expected = format!("an integer between {min} and {max}");
-        match serde_json::from_str::<Value>(raw.get()) {
-            Ok(Value::Number(n)) => match n.as_i64() {
-                Some(v) if (min..=max).contains(&v) => Ok(Some(v)),
-                _ => Err(self.wrong(name, &expected, &raw)),
-            },
-            _ => Err(self.wrong(name, &expected, &raw)),
+        if let Ok(Value::Number(n)) = serde_json::from_str::<Value>(raw.get()) {
+            if let Some(v) = n.as_i64().filter(|v| (min..=max).contains(v)) {
+                return Ok(Some(v));
+            }
         }
+        let expected = format!("an integer between {min} and {max}");
+        Err(self.wrong(name, &expected, &raw))
     }
 
     /// A required integer field in `[min, max]`.
@@ -300,14 +341,13 @@ impl Fields {
         let Some(raw) = self.take_raw(name) else {
             return Ok(None);
         };
-        let expected = format!("an integer between 1 and {max} ({setting})");
-        match serde_json::from_str::<Value>(raw.get()) {
-            Ok(Value::Number(n)) => match n.as_u64() {
-                Some(v) if (1..=u64::from(max)).contains(&v) => Ok(Some(v as u32)),
-                _ => Err(self.wrong(name, &expected, &raw)),
-            },
-            _ => Err(self.wrong(name, &expected, &raw)),
+        if let Ok(Value::Number(n)) = serde_json::from_str::<Value>(raw.get()) {
+            if let Some(v) = n.as_u64().filter(|v| (1..=u64::from(max)).contains(v)) {
+                return Ok(Some(v as u32));
+            }
         }
+        let expected = format!("an integer between 1 and {max} ({setting})");
+        Err(self.wrong(name, &expected, &raw))
     }
 
     pub fn bool(&mut self, name: &str) -> Result<Option<bool>> {
@@ -326,8 +366,7 @@ impl Fields {
         let Some(raw) = self.take_raw(name) else {
             return Ok(None);
         };
-        let path = self.path(name);
-        check_string(&path, &raw, min, max).map(Some)
+        check_string(&self.at(name), &raw, min, max).map(Some)
     }
 
     pub fn req_string(&mut self, name: &str, min: usize, max: usize) -> Result<String> {
@@ -347,25 +386,32 @@ impl Fields {
         let Some(raw) = self.take_raw(name) else {
             return Ok(None);
         };
-        let expected = format!(
-            "an array of {} to {} strings ({} each)",
-            items.0,
-            items.1,
-            len_text(len.0, len.1)
-        );
+        let expected = || {
+            format!(
+                "an array of {} to {} strings ({} each)",
+                items.0,
+                items.1,
+                len_text(len.0, len.1)
+            )
+        };
         let elements: Vec<Box<RawValue>> =
-            serde_json::from_str(raw.get()).map_err(|_| self.wrong(name, &expected, &raw))?;
+            serde_json::from_str(raw.get()).map_err(|_| self.wrong(name, &expected(), &raw))?;
         if elements.len() < items.0 || elements.len() > items.1 {
             return Err(field_error(
-                &self.path(name),
-                format!("expected {expected}, got {} items", elements.len()),
+                &self.at(name),
+                format!("expected {}, got {} items", expected(), elements.len()),
             ));
         }
-        let path = self.path(name);
         elements
             .iter()
             .enumerate()
-            .map(|(i, e)| check_string(&format!("{path}[{i}]"), e, len.0, len.1))
+            .map(|(i, e)| {
+                let path = FieldPath {
+                    index: Some(i),
+                    ..self.at(name)
+                };
+                check_string(&path, e, len.0, len.1)
+            })
             .collect::<Result<Vec<_>>>()
             .map(Some)
     }
@@ -376,7 +422,7 @@ impl Fields {
         let Some(raw) = self.take_raw(name) else {
             return Ok(None);
         };
-        check_payload(&self.path(name), &raw, self.max_depth)?;
+        check_payload(&self.at(name), &raw, self.max_depth)?;
         Ok(Some(raw))
     }
 
@@ -386,7 +432,7 @@ impl Fields {
             return Ok(None);
         };
         let (_, raw) = self.fields.remove(i);
-        check_payload(&self.path(name), &raw, self.max_depth)?;
+        check_payload(&self.at(name), &raw, self.max_depth)?;
         Ok(Some(raw))
     }
 
@@ -396,10 +442,10 @@ impl Fields {
         let Some(raw) = self.take_raw(name) else {
             return Ok(None);
         };
-        check_payload_depth(&self.path(name), &raw, depth)?;
+        check_payload_depth(&self.at(name), &raw, depth)?;
         serde_json::from_str(raw.get())
             .map(Some)
-            .map_err(|e| field_error(&self.path(name), format!("not a JSON value: {e}")))
+            .map_err(|e| field_error(&self.at(name), format!("not a JSON value: {e}")))
     }
 
     /// An object field, read as nested fields (`claim`, `error`, `next`).
@@ -427,22 +473,23 @@ impl Fields {
         let Some(raw) = self.take_raw(name) else {
             return Ok(None);
         };
-        let expected = format!("an array of at most {max_items} objects");
+        let expected = || format!("an array of at most {max_items} objects");
         let elements: Vec<Box<RawValue>> =
-            serde_json::from_str(raw.get()).map_err(|_| self.wrong(name, &expected, &raw))?;
+            serde_json::from_str(raw.get()).map_err(|_| self.wrong(name, &expected(), &raw))?;
         if elements.len() > max_items {
             return Err(field_error(
-                &self.path(name),
-                format!("expected {expected}, got {} items", elements.len()),
+                &self.at(name),
+                format!("expected {}, got {} items", expected(), elements.len()),
             ));
         }
-        let path = self.path(name);
         elements
             .iter()
             .enumerate()
             .map(|(i, e)| {
-                let item = format!("{path}[{i}]");
-                Fields::from_raw(&format!("{item}."), &item, e, self.max_depth)
+                // `items[3].`: the element's own fields are named under it.
+                let prefix = format!("{}[{i}].", self.at(name));
+                let item = &prefix[..prefix.len() - 1];
+                Fields::from_raw(&prefix, item, e, self.max_depth)
             })
             .collect::<Result<Vec<_>>>()
             .map(Some)
@@ -487,20 +534,29 @@ fn string_expected(min: usize, max: usize) -> String {
 }
 
 /// A string field: `min`..=`max` bytes, no NUL, valid Unicode.
-pub fn check_string(path: &str, raw: &RawValue, min: usize, max: usize) -> Result<String> {
-    let expected = string_expected(min, max);
+pub fn check_string(
+    path: &(impl Display + ?Sized),
+    raw: &RawValue,
+    min: usize,
+    max: usize,
+) -> Result<String> {
     let text = raw.get();
     if !text.trim_start().starts_with('"') {
         return Err(field_error(
             path,
-            format!("expected {expected}, got {}", shown(text)),
+            format!(
+                "expected {}, got {}",
+                string_expected(min, max),
+                shown(text)
+            ),
         ));
     }
     let s: String = serde_json::from_str(text).map_err(|_| {
         field_error(
             path,
             format!(
-                "expected {expected}, got {} (an escaped lone surrogate is not a character)",
+                "expected {}, got {} (an escaped lone surrogate is not a character)",
+                string_expected(min, max),
                 shown(text)
             ),
         )
@@ -510,7 +566,7 @@ pub fn check_string(path: &str, raw: &RawValue, min: usize, max: usize) -> Resul
 }
 
 /// Length and NUL rules for a string already read.
-pub fn check_str(path: &str, s: &str, min: usize, max: usize) -> Result<()> {
+pub fn check_str(path: &(impl Display + ?Sized), s: &str, min: usize, max: usize) -> Result<()> {
     if s.contains('\0') {
         return Err(field_error(
             path,
@@ -533,7 +589,11 @@ pub fn check_str(path: &str, s: &str, min: usize, max: usize) -> Result<()> {
     Ok(())
 }
 
-fn check_payload_depth(path: &str, raw: &RawValue, max_depth: usize) -> Result<Scan> {
+fn check_payload_depth(
+    path: &(impl Display + ?Sized),
+    raw: &RawValue,
+    max_depth: usize,
+) -> Result<Scan> {
     let s = scan(raw.get());
     if s.depth > max_depth {
         return Err(field_error(
@@ -543,7 +603,7 @@ fn check_payload_depth(path: &str, raw: &RawValue, max_depth: usize) -> Result<S
                 s.depth
             ),
         )
-        .with_details(json!({ "field": path, "depth": s.depth, "limit": max_depth })));
+        .with_details(json!({ "field": path.to_string(), "depth": s.depth, "limit": max_depth })));
     }
     if let Some(at) = s.lone_surrogate {
         let text = raw.get();
@@ -560,7 +620,11 @@ fn check_payload_depth(path: &str, raw: &RawValue, max_depth: usize) -> Result<S
 }
 
 /// A stored payload's rules (depth, Unicode) for the text of one field.
-pub fn check_payload(path: &str, raw: &RawValue, max_depth: usize) -> Result<()> {
+pub fn check_payload(
+    path: &(impl Display + ?Sized),
+    raw: &RawValue,
+    max_depth: usize,
+) -> Result<()> {
     check_payload_depth(path, raw, max_depth).map(|_| ())
 }
 

@@ -115,6 +115,16 @@ fn set_levels(view: &mut TaskView) {
     }
 }
 
+/// `result of step N` in a message about a completion's result, written out only if
+/// the result is refused.
+struct ResultOf(i64);
+
+impl std::fmt::Display for ResultOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "result of step {}", self.0)
+    }
+}
+
 /// A handle's close signal. The API runs each call with its handle's signal in
 /// [`CALLER`], and the operations that wait (`claim`, `events`) end with `closed` when
 /// it fires instead of finishing their wait.
@@ -448,7 +458,7 @@ impl Engine {
         ))
     }
 
-    fn check_payload(&self, what: &str, bytes: usize) -> Result<()> {
+    fn check_payload(&self, what: &(impl std::fmt::Display + ?Sized), bytes: usize) -> Result<()> {
         if bytes > self.config.max_payload_bytes {
             return Err(Error::new(
                 ErrorCode::TooLarge,
@@ -669,7 +679,12 @@ impl Engine {
             )));
         }
         for (i, h) in req.handlers.iter().enumerate() {
-            check_str(&format!("handlers[{i}]"), h, 1, 256)?;
+            check_str(
+                &crate::api::validate::FieldPath::item("handlers", i),
+                h,
+                1,
+                256,
+            )?;
             if h.starts_with(crate::model::template::RESERVED_HANDLER_PREFIX) {
                 return Err(crate::api::validate::field_error(
                     &format!("handlers[{i}]"),
@@ -785,7 +800,7 @@ impl Engine {
     ) -> Result<(Vec<ItemOutcome>, ClaimBatch)> {
         self.check_open()?;
         for item in &items {
-            let what = format!("result of step {}", item.step_id);
+            let what = ResultOf(item.step_id);
             self.check_payload(&what, item.result.get().len())?;
             // Also for callers that reach the engine without the request validator (the
             // worker sessions): no stored result may be unreadable.
