@@ -302,14 +302,18 @@ impl PgStore {
         Ok(ids)
     }
 
-    /// Takes `n` fresh ids from the server's task id sequence (one round trip).
+    /// Takes `n` fresh ids from the server's task id sequence (one round trip), as one
+    /// array value rather than a row per id (decoding rows was most of the client's
+    /// cost of the reservation).
     async fn reserve_from_server(&self, n: i32) -> Result<Vec<i64>> {
         self.read(move |c| {
             Box::pin(async move {
-                Ok(sqlx::query_scalar("SELECT tasker_reserve_task_ids($1)")
-                    .bind(n)
-                    .fetch_all(c)
-                    .await?)
+                Ok(sqlx::query_scalar(
+                    "SELECT ARRAY(SELECT r.id FROM tasker_reserve_task_ids($1) AS r(id) ORDER BY r.id)",
+                )
+                .bind(n)
+                .fetch_one(c)
+                .await?)
             })
         })
         .await
