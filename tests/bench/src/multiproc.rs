@@ -213,8 +213,8 @@ fn drain_until_complete(t: &tasker_core::api::Tasker, limit: u32) -> Res<(u64, f
     drain_with(
         t,
         |times: &mut OpTimes| util::claim(t, &claim, times),
-        |steps: &[Value], times: &mut OpTimes| {
-            Ok(util::complete_page(t, steps, true, limit, times)?.unwrap_or(Value::Null))
+        |steps: &[util::Claimed], times: &mut OpTimes| {
+            Ok(util::complete_page(t, steps, true, limit, times)?.unwrap_or_default())
         },
         &mut times,
     )
@@ -226,14 +226,14 @@ fn drain_session(t: &tasker_core::api::Tasker, w: &str, limit: u32) -> Res<(u64,
     let next = json!({ "worker_id": w, "max": limit, "wait_ms": 100 }).to_string();
     drain_with(
         t,
-        |_: &mut OpTimes| util::call(t, "worker_next", &next),
-        |steps: &[Value], _: &mut OpTimes| {
+        |_: &mut OpTimes| util::Page::parse(&util::call_text(t, "worker_next", &next)?),
+        |steps: &[util::Claimed], _: &mut OpTimes| {
             let outcomes: Vec<Value> = steps
                 .iter()
-                .map(|s| json!({ "step_id": s["step_id"], "result": null }))
+                .map(|s| json!({ "step_id": s.step_id, "result": null }))
                 .collect();
             let req = json!({ "worker_id": w, "outcomes": outcomes, "next": { "max": limit } });
-            util::call(t, "worker_report", &req.to_string())
+            util::Page::parse(&util::call_text(t, "worker_report", &req.to_string())?)
         },
         &mut OpTimes::default(),
     )
@@ -244,8 +244,8 @@ fn drain_session(t: &tasker_core::api::Tasker, w: &str, limit: u32) -> Res<(u64,
 /// running. Returns the steps done and when the last report returned.
 fn drain_with(
     t: &tasker_core::api::Tasker,
-    mut claim: impl FnMut(&mut OpTimes) -> Res<Value>,
-    mut report: impl FnMut(&[Value], &mut OpTimes) -> Res<Value>,
+    mut claim: impl FnMut(&mut OpTimes) -> Res<util::Page>,
+    mut report: impl FnMut(&[util::Claimed], &mut OpTimes) -> Res<util::Page>,
     times: &mut OpTimes,
 ) -> Res<(u64, f64)> {
     let mut done = 0u64;
@@ -254,7 +254,7 @@ fn drain_with(
         let mut page = claim(times)?;
         let mut any = false;
         loop {
-            let steps = page["steps"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+            let steps = page.steps.as_slice();
             if steps.is_empty() {
                 break;
             }

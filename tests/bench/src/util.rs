@@ -56,10 +56,39 @@ pub fn open(db: &Path, sync: &str) -> Res<Tasker> {
 
 /// One operation; the response parsed.
 pub fn call(t: &Tasker, op: &str, req: &str) -> Res<Value> {
-    let out = t
-        .call(op, req)
-        .map_err(|e| format!("{op} failed: {} {}", e.code, e.message))?;
-    Ok(serde_json::from_str(&out)?)
+    Ok(serde_json::from_str(&call_text(t, op, req)?)?)
+}
+
+/// One operation; the response as given.
+pub fn call_text(t: &Tasker, op: &str, req: &str) -> Res<String> {
+    Ok(t.call(op, req)
+        .map_err(|e| format!("{op} failed: {} {}", e.code, e.message))?)
+}
+
+/// What the no-op worker reads of a claimed step. serde passes over the rest of each
+/// step (its context, config and parents' results) without building it, as a Rust
+/// client reading into its own types would: the harness's CPU is not the engine's
+/// (building a `Value` of every 256-step page was a third of the process's
+/// instructions).
+#[derive(Debug, serde::Deserialize)]
+pub struct Claimed {
+    pub step_id: i64,
+    /// Absent from a worker session's steps, which report without tokens.
+    #[serde(default)]
+    pub claim_token: String,
+}
+
+/// The steps of a `claim`, `complete_steps` or `worker_next` response.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Page {
+    #[serde(default)]
+    pub steps: Vec<Claimed>,
+}
+
+impl Page {
+    pub fn parse(text: &str) -> Res<Page> {
+        Ok(serde_json::from_str(text)?)
+    }
 }
 
 pub fn register(t: &Tasker, template: &Value) -> Res<()> {
@@ -139,23 +168,18 @@ pub fn claim_request(limit: u32, wait_ms: u64) -> String {
 /// the same call (one transaction) also claims up to `limit` more, which are returned.
 pub fn complete_page(
     t: &Tasker,
-    steps: &[Value],
+    steps: &[Claimed],
     claim_next: bool,
     limit: u32,
     times: &mut OpTimes,
-) -> Res<Option<Value>> {
+) -> Res<Option<Page>> {
     let mut items = String::with_capacity(64 * steps.len() + 128);
     items.push_str(r#"{"items":["#);
     for (i, s) in steps.iter().enumerate() {
         if i > 0 {
             items.push(',');
         }
-        let id = s["step_id"]
-            .as_i64()
-            .ok_or("claimed step without step_id")?;
-        let token = s["claim_token"]
-            .as_str()
-            .ok_or("claimed step without claim_token")?;
+        let (id, token) = (s.step_id, &s.claim_token);
         let _ = write!(
             items,
             r#"{{"step_id":{id},"claim_token":"{token}","result":null}}"#
@@ -181,20 +205,17 @@ pub fn complete_page(
     if !claim_next {
         return Ok(None);
     }
-    let v: Value = serde_json::from_str(&out)?;
-    Ok(v["steps"]
-        .as_array()
-        .is_some_and(|s| !s.is_empty())
-        .then_some(v))
+    let page = Page::parse(&out)?;
+    Ok((!page.steps.is_empty()).then_some(page))
 }
 
 /// One `claim` (timed into `times`).
-pub fn claim(t: &Tasker, request: &str, times: &mut OpTimes) -> Res<Value> {
+pub fn claim(t: &Tasker, request: &str, times: &mut OpTimes) -> Res<Page> {
     let start = Instant::now();
-    let p = call(t, "claim", request)?;
+    let out = call_text(t, "claim", request)?;
     times.claims += 1;
     times.claim_ns += start.elapsed().as_nanos() as u64;
-    Ok(p)
+    Page::parse(&out)
 }
 
 /// A worker of no-op handlers, as the engine's own workers run: claim (with a wait) up
@@ -257,16 +278,13 @@ fn drain_loop(
 ) -> Res<()> {
     let claim_req = claim_request(limit, wait_ms);
     let mut empty = 0u32;
-    let mut page: Option<Value> = None;
+    let mut page: Option<Page> = None;
     while done.load(Ordering::Acquire) < target {
         let current = match page.take() {
             Some(p) => p,
             None => claim(t, &claim_req, times)?,
         };
-        let steps = current["steps"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
+        let steps = current.steps.as_slice();
         if steps.is_empty() {
             empty += 1;
             if empty >= patience {
