@@ -301,3 +301,65 @@ fn ids_follow_creation_order_within_a_process_across_single_and_batch_creations(
         "ids out of creation order: {ids:?}"
     );
 }
+
+#[test]
+fn a_batch_without_versions_takes_the_highest_version_registered_when_it_runs() {
+    // A batch looks each unversioned template up once: every task of it gets the same
+    // version, and a version registered after it is what the next batch takes.
+    let db = open(json!({}));
+    let versioned = |version: &str, steps: &[(&str, &[&str])]| {
+        let mut t = template("grow", steps, fast_retry(1));
+        t["version"] = json!(version);
+        t
+    };
+    let shape = |task: &Value| {
+        let t = &db.call("get_task", json!({ "task_id": task["task_id"] }))["task"];
+        (
+            t["version"].as_str().unwrap().to_owned(),
+            t["steps"].as_array().unwrap().len(),
+        )
+    };
+    db.register(versioned("1.9.0", &[("a", &[])]));
+    let mut pinned = item("grow", json!({}), None);
+    pinned["version"] = json!("1.9.0");
+    let first = batch(
+        &db,
+        &[
+            item("grow", json!({}), None),
+            pinned.clone(),
+            item("grow", json!({}), None),
+        ],
+    );
+    for t in &first {
+        assert_eq!(shape(t), ("1.9.0".to_owned(), 1));
+    }
+    // 1.10.0 is the higher version (by semver, not by text).
+    db.register(versioned("1.10.0", &[("a", &[]), ("b", &["a"])]));
+    let second = batch(
+        &db,
+        &[
+            item("grow", json!({}), None),
+            pinned,
+            item("grow", json!({}), None),
+        ],
+    );
+    let shapes: Vec<_> = second.iter().map(shape).collect();
+    assert_eq!(
+        shapes,
+        [
+            ("1.10.0".to_owned(), 2),
+            ("1.9.0".to_owned(), 1),
+            ("1.10.0".to_owned(), 2)
+        ]
+    );
+    for t in &first {
+        assert_eq!(shape(t), ("1.9.0".to_owned(), 1), "an earlier task changed");
+    }
+    // An unknown template without a version is refused by its index, as before.
+    let e = db.call_err(
+        "create_tasks",
+        json!({ "tasks": [item("grow", json!({}), None), item("nowhere", json!({}), None)] }),
+    );
+    assert_eq!(e.code, ErrorCode::NotFound);
+    assert!(e.message.starts_with("tasks[1]"), "{e}");
+}

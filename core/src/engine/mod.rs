@@ -551,6 +551,11 @@ impl Engine {
         let mut slots = Vec::with_capacity(reqs.len());
         let mut first: HashMap<TaskKey, usize> = HashMap::new();
         let mut batch = Vec::with_capacity(reqs.len());
+        // A request without a version takes the template's highest version, which only
+        // the store knows (another process may have registered a newer one): looked up
+        // once per template for the whole batch, not once per task (each lookup reads
+        // every version's body and compiles the chosen one).
+        let mut highest: HashMap<(String, String), Arc<Compiled>> = HashMap::new();
         for (i, req) in reqs.into_iter().enumerate() {
             if let Some(key) = &req.idempotency_key {
                 if let Some(found) = existing.next().flatten() {
@@ -568,9 +573,23 @@ impl Engine {
                 }
                 first.insert(k, i);
             }
-            let task = self
-                .prepare_task(req, now)
-                .await
+            let compiled = if req.version.is_some() {
+                self.find_template(&req.namespace, &req.name, req.version.as_deref())
+                    .await
+            } else {
+                let key = (req.namespace.clone(), req.name.clone());
+                match highest.get(&key) {
+                    Some(c) => Ok(c.clone()),
+                    None => self
+                        .find_template(&req.namespace, &req.name, None)
+                        .await
+                        .inspect(|c| {
+                            highest.insert(key, c.clone());
+                        }),
+                }
+            };
+            let task = compiled
+                .and_then(|c| self.prepare_task_with(req, c, now))
                 .map_err(|e| in_batch(e, i))?;
             slots.push(Slot::New(batch.len()));
             if let Some(at) = task.run_at {
@@ -611,6 +630,16 @@ impl Engine {
         let compiled = self
             .find_template(&req.namespace, &req.name, req.version.as_deref())
             .await?;
+        self.prepare_task_with(req, compiled, now)
+    }
+
+    /// [`Engine::prepare_task`] with its template already found.
+    fn prepare_task_with(
+        &self,
+        req: CreateTask,
+        compiled: Arc<Compiled>,
+        now: i64,
+    ) -> Result<NewTask> {
         let context = req
             .context
             .map(|c| c.get().to_owned())
