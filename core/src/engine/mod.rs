@@ -573,24 +573,11 @@ impl Engine {
                 }
                 first.insert(k, i);
             }
-            let compiled = if req.version.is_some() {
-                self.find_template(&req.namespace, &req.name, req.version.as_deref())
-                    .await
-            } else {
-                let key = (req.namespace.clone(), req.name.clone());
-                match highest.get(&key) {
-                    Some(c) => Ok(c.clone()),
-                    None => self
-                        .find_template(&req.namespace, &req.name, None)
-                        .await
-                        .inspect(|c| {
-                            highest.insert(key, c.clone());
-                        }),
-                }
-            };
-            let task = compiled
-                .and_then(|c| self.prepare_task_with(req, c, now))
-                .map_err(|e| in_batch(e, i))?;
+            let task = match self.batch_template(&req, &mut highest).await {
+                Ok(compiled) => self.prepare_task_with(req, compiled, now),
+                Err(e) => Err(e),
+            }
+            .map_err(|e| in_batch(e, i))?;
             slots.push(Slot::New(batch.len()));
             if let Some(at) = task.run_at {
                 self.note_due(at);
@@ -622,6 +609,27 @@ impl Engine {
             out.push(task);
         }
         Ok(out)
+    }
+
+    /// The template of one item of a batch: as `find_template` finds it, with the highest
+    /// version of each template the batch leaves unversioned found once (`highest`).
+    async fn batch_template(
+        &self,
+        req: &CreateTask,
+        highest: &mut HashMap<(String, String), Arc<Compiled>>,
+    ) -> Result<Arc<Compiled>> {
+        if req.version.is_some() {
+            return self
+                .find_template(&req.namespace, &req.name, req.version.as_deref())
+                .await;
+        }
+        let key = (req.namespace.clone(), req.name.clone());
+        if let Some(c) = highest.get(&key) {
+            return Ok(c.clone());
+        }
+        let compiled = self.find_template(&req.namespace, &req.name, None).await?;
+        highest.insert(key, compiled.clone());
+        Ok(compiled)
     }
 
     /// Checks a creation request against its template (found as `find_template` does):
@@ -708,15 +716,11 @@ impl Engine {
             )));
         }
         for (i, h) in req.handlers.iter().enumerate() {
-            check_str(
-                &crate::api::validate::FieldPath::item("handlers", i),
-                h,
-                1,
-                256,
-            )?;
+            let path = crate::api::validate::FieldPath::item("handlers", i);
+            check_str(&path, h, 1, 256)?;
             if h.starts_with(crate::model::template::RESERVED_HANDLER_PREFIX) {
                 return Err(crate::api::validate::field_error(
-                    &format!("handlers[{i}]"),
+                    &path,
                     format!(
                         "`{h}`: handler names starting with `{}` are reserved for the engine, which runs those steps itself",
                         crate::model::template::RESERVED_HANDLER_PREFIX
